@@ -1,0 +1,136 @@
+//! API errors: JSON `{error, requestId}`; precise for 4xx, opaque for 5xx.
+
+use axum::extract::multipart::{MultipartError, MultipartRejection};
+use axum::extract::rejection::{JsonRejection, PathRejection, QueryRejection};
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde_json::json;
+
+use super::middleware::current_request_id;
+use crate::backend;
+use crate::function::ServiceError;
+
+#[derive(Debug)]
+pub struct ApiError {
+    pub status: StatusCode,
+    pub message: String,
+    pub details: Vec<String>,
+    pub job_id: Option<String>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError {
+            status,
+            message: message.into(),
+            details: Vec::new(),
+            job_id: None,
+        }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    /// A server-side failure: logged in full, answered opaquely.
+    pub fn internal(status: StatusCode, cause: &dyn std::fmt::Display) -> Self {
+        tracing::error!(error = %cause, status = status.as_u16(), "request failed");
+        let message = if status == StatusCode::SERVICE_UNAVAILABLE {
+            "a backend is unavailable; try again shortly"
+        } else {
+            "internal error"
+        };
+        Self::new(status, message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let this = self;
+        let mut body = json!({ "error": this.message, "requestId": current_request_id() });
+        if !this.details.is_empty() {
+            body["details"] = json!(this.details);
+        }
+        if let Some(job_id) = this.job_id {
+            body["jobId"] = json!(job_id);
+        }
+        (this.status, Json(body)).into_response()
+    }
+}
+
+impl From<backend::Error> for ApiError {
+    fn from(e: backend::Error) -> Self {
+        match e {
+            backend::Error::NotFound(what) => ApiError::not_found(format!("{what} not found")),
+            backend::Error::Conflict(what) => ApiError::new(StatusCode::CONFLICT, what),
+            backend::Error::Unavailable { .. } => ApiError::internal(StatusCode::SERVICE_UNAVAILABLE, &e),
+            backend::Error::Invalid(_) => ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &e),
+        }
+    }
+}
+
+impl From<ServiceError> for ApiError {
+    fn from(e: ServiceError) -> Self {
+        match e {
+            ServiceError::Invalid(v) => ApiError {
+                details: v.0.clone(),
+                ..ApiError::bad_request(format!("invalid function settings: {v}"))
+            },
+            ServiceError::Package(p) if p.is_too_large() => ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, p.to_string()),
+            ServiceError::Package(p) => ApiError::bad_request(p.to_string()),
+            ServiceError::NotFound(_) => ApiError::not_found(e.to_string()),
+            ServiceError::Owned { .. } => ApiError::new(StatusCode::CONFLICT, e.to_string()),
+            ServiceError::Backend(b) => b.into(),
+        }
+    }
+}
+
+impl From<JsonRejection> for ApiError {
+    fn from(r: JsonRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+impl From<QueryRejection> for ApiError {
+    fn from(r: QueryRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+impl From<PathRejection> for ApiError {
+    fn from(r: PathRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+impl From<MultipartRejection> for ApiError {
+    fn from(r: MultipartRejection) -> Self {
+        ApiError::new(r.status(), r.body_text())
+    }
+}
+
+impl From<MultipartError> for ApiError {
+    fn from(e: MultipartError) -> Self {
+        let status = e.status();
+        if status == StatusCode::PAYLOAD_TOO_LARGE {
+            return ApiError::new(status, "request body too large: uploads are limited to 50 MiB");
+        }
+        ApiError::new(status, format!("malformed multipart body: {}", e.body_text()))
+    }
+}
+
+/// `Json` whose rejections are JSON errors too.
+#[derive(axum::extract::FromRequest)]
+#[from_request(via(axum::Json), rejection(ApiError))]
+pub struct ApiJson<T>(pub T);
+
+impl<T: serde::Serialize> IntoResponse for ApiJson<T> {
+    fn into_response(self) -> Response {
+        Json(self.0).into_response()
+    }
+}

@@ -1,0 +1,343 @@
+//! `/upload` and `/functions`: register, list, inspect, update, delete.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use axum::extract::multipart::{Field, MultipartRejection};
+use axum::extract::rejection::QueryRejection;
+use axum::extract::{Multipart, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::{Json, RequestExt};
+use bytes::BytesMut;
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+use super::error::ApiError;
+use super::ApiState;
+use crate::function::package::MAX_UPLOAD_BYTES;
+use crate::function::service::CodeUpload;
+use crate::function::SettingsDraft;
+use crate::model::FunctionRecord;
+
+const FIELD_TEXT_LIMIT: usize = 64 * 1024;
+const ACCEPTED_FIELDS: &str = "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars";
+
+/// Multipart fields of `POST /upload` (also accepted as query parameters;
+/// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct UploadForm {
+    /// A `.py` file (stored as the handler's module) or a `.zip` holding the handler module.
+    #[schema(value_type = String, format = Binary)]
+    file: Vec<u8>,
+    name: Option<String>,
+    description: Option<String>,
+    /// `python`.
+    runtime: Option<String>,
+    /// 128 to 10240.
+    #[schema(value_type = Option<u32>)]
+    memory_mb: Option<String>,
+    /// 100 to 900000.
+    #[schema(value_type = Option<u64>)]
+    timeout_ms: Option<String>,
+    /// `module.function`, default `main.handler`.
+    handler: Option<String>,
+    /// A JSON object of strings, e.g. `{"GREETING":"hi"}`.
+    env_vars: Option<String>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct UploadResponse {
+    success: bool,
+    function_id: String,
+    function: FunctionRecord,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct FunctionList {
+    functions: Vec<FunctionRecord>,
+    count: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteResponse {
+    success: bool,
+    function_id: String,
+}
+
+/// `PUT /functions/{id}` as JSON: settings only.
+#[derive(Deserialize, ToSchema, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct UpdateRequest {
+    name: Option<String>,
+    description: Option<String>,
+    runtime: Option<String>,
+    #[schema(value_type = Option<u32>)]
+    memory_mb: Option<serde_json::Value>,
+    #[schema(value_type = Option<u64>)]
+    timeout_ms: Option<serde_json::Value>,
+    handler: Option<String>,
+    #[schema(value_type = Option<Object>)]
+    env_vars: Option<serde_json::Value>,
+}
+
+fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
+    Some(match key {
+        "name" | "functionName" => &mut draft.name,
+        "description" => &mut draft.description,
+        "runtime" => &mut draft.runtime,
+        "memoryMb" | "memory_mb" | "memory" => &mut draft.memory_mb,
+        "timeoutMs" | "timeout_ms" => &mut draft.timeout_ms,
+        "handler" => &mut draft.handler,
+        "envVars" | "env_vars" | "env" => &mut draft.env_vars,
+        _ => return None,
+    })
+}
+
+fn from_query(query: HashMap<String, String>) -> Result<SettingsDraft, ApiError> {
+    let mut draft = SettingsDraft::default();
+    let mut unknown = Vec::new();
+    for (k, v) in query {
+        match draft_slot(&mut draft, &k) {
+            Some(slot) => *slot = Some(v),
+            None => unknown.push(k),
+        }
+    }
+    if unknown.is_empty() {
+        Ok(draft)
+    } else {
+        unknown.sort();
+        Err(ApiError::bad_request(format!(
+            "unknown query parameters: {}; accepted: {ACCEPTED_FIELDS}",
+            unknown.join(", ")
+        )))
+    }
+}
+
+/// The original controller's headers.
+fn from_headers(headers: &HeaderMap) -> SettingsDraft {
+    let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
+    SettingsDraft {
+        runtime: get("x-runtime"),
+        memory_mb: get("x-memory-mb"),
+        name: get("x-function-name"),
+        timeout_ms: get("x-timeout-ms"),
+        ..SettingsDraft::default()
+    }
+}
+
+async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError> {
+    let mut buf = BytesMut::new();
+    while let Some(chunk) = field.chunk().await? {
+        if buf.len() + chunk.len() > FIELD_TEXT_LIMIT {
+            return Err(ApiError::bad_request(format!(
+                "form field {name} is longer than {FIELD_TEXT_LIMIT} bytes"
+            )));
+        }
+        buf.extend_from_slice(&chunk);
+    }
+    String::from_utf8(buf.to_vec()).map_err(|_| ApiError::bad_request(format!("form field {name} is not UTF-8 text")))
+}
+
+/// Reads the multipart form: settings fields and at most one file, bounded.
+async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpload>), ApiError> {
+    let mut draft = SettingsDraft::default();
+    let mut code = None;
+    let mut unknown = Vec::new();
+    while let Some(mut field) = form.next_field().await? {
+        let name = field.name().unwrap_or_default().to_string();
+        if name == "file" {
+            if code.is_some() {
+                return Err(ApiError::bad_request("upload exactly one file"));
+            }
+            // Keep only the base name: the client's path means nothing here.
+            let file_name = field
+                .file_name()
+                .and_then(|n| std::path::Path::new(n).file_name())
+                .map(|n| n.to_string_lossy().into_owned())
+                .filter(|n| !n.is_empty())
+                .ok_or_else(|| ApiError::bad_request("the file field needs a filename ending in .py or .zip"))?;
+            let mut data = BytesMut::new();
+            while let Some(chunk) = field.chunk().await? {
+                if data.len() + chunk.len() > MAX_UPLOAD_BYTES {
+                    return Err(ApiError::new(
+                        StatusCode::PAYLOAD_TOO_LARGE,
+                        format!("file exceeds the upload limit of {MAX_UPLOAD_BYTES} bytes (50 MiB)"),
+                    ));
+                }
+                data.extend_from_slice(&chunk);
+            }
+            code = Some(CodeUpload {
+                file_name,
+                data: data.freeze(),
+            });
+        } else if draft_slot(&mut draft, &name).is_some() {
+            let text = read_text(field, &name).await?;
+            if let Some(slot) = draft_slot(&mut draft, &name) {
+                *slot = Some(text);
+            }
+        } else {
+            unknown.push(name);
+        }
+    }
+    if !unknown.is_empty() {
+        return Err(ApiError::bad_request(format!(
+            "unknown form fields: {}; accepted: {ACCEPTED_FIELDS}",
+            unknown.join(", ")
+        )));
+    }
+    Ok((draft, code))
+}
+
+/// Registers a function from a `.py` file or a `.zip`.
+#[utoipa::path(
+    post, path = "/upload", tag = "functions",
+    request_body(content = UploadForm, content_type = "multipart/form-data"),
+    responses(
+        (status = 201, description = "Registered", body = UploadResponse),
+        (status = 400, description = "Invalid settings, file type or archive", body = super::ErrorBody),
+        (status = 401, description = "Missing or wrong API key", body = super::ErrorBody),
+        (status = 413, description = "File over 50 MiB", body = super::ErrorBody),
+        (status = 429, description = "Rate limit exceeded", body = super::ErrorBody),
+    )
+)]
+pub async fn upload(
+    State(state): State<Arc<ApiState>>,
+    headers: HeaderMap,
+    query: Result<Query<HashMap<String, String>>, QueryRejection>,
+    form: Result<Multipart, MultipartRejection>,
+) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
+    let query = from_query(query?.0)?;
+    let (form_draft, code) = read_form(form?).await?;
+    let code = code.ok_or_else(|| ApiError::bad_request("missing multipart field 'file' (a .py file or a .zip)"))?;
+    let draft = form_draft.or(query).or(from_headers(&headers));
+    let record = state.functions.create(&draft, code, None).await?;
+    tracing::info!(
+        function_id = record.function_id,
+        sha256 = record.sha256,
+        "function registered"
+    );
+    Ok((
+        StatusCode::CREATED,
+        Json(UploadResponse {
+            success: true,
+            function_id: record.function_id.clone(),
+            function: record,
+        }),
+    ))
+}
+
+/// Lists functions with their invocation counts.
+#[utoipa::path(get, path = "/functions", tag = "functions", responses((status = 200, body = FunctionList)))]
+pub async fn list_functions(State(state): State<Arc<ApiState>>) -> Result<Json<FunctionList>, ApiError> {
+    let functions = state.functions.list().await?;
+    Ok(Json(FunctionList {
+        count: functions.len(),
+        functions,
+    }))
+}
+
+/// One function.
+#[utoipa::path(
+    get, path = "/functions/{id}", tag = "functions",
+    params(("id" = String, Path, description = "Function id")),
+    responses((status = 200, body = FunctionRecord), (status = 404, body = super::ErrorBody))
+)]
+pub async fn get_function(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<FunctionRecord>, ApiError> {
+    Ok(Json(state.functions.fetch(&id).await?))
+}
+
+/// Changes a function: multipart (new `file` and/or settings fields) or JSON
+/// (settings only). A replaced artifact is removed.
+#[utoipa::path(
+    put, path = "/functions/{id}", tag = "functions",
+    params(("id" = String, Path, description = "Function id")),
+    request_body(content(
+        (UpdateRequest = "application/json"),
+        (UploadForm = "multipart/form-data"),
+    )),
+    responses(
+        (status = 200, body = FunctionRecord),
+        (status = 400, body = super::ErrorBody),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "Owned by a Function resource", body = super::ErrorBody),
+        (status = 413, body = super::ErrorBody),
+    )
+)]
+pub async fn update_function(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    req: Request,
+) -> Result<Json<FunctionRecord>, ApiError> {
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default()
+        .to_string();
+    let (draft, code) = if content_type.starts_with("multipart/form-data") {
+        let form: Multipart = req.extract().await?;
+        read_form(form).await?
+    } else {
+        let super::error::ApiJson(body): super::error::ApiJson<UpdateRequest> = req.extract().await?;
+        (json_draft(body)?, None)
+    };
+    if draft.is_empty() && code.is_none() {
+        return Err(ApiError::bad_request(format!(
+            "nothing to update: send a file and/or any of {ACCEPTED_FIELDS}"
+        )));
+    }
+    let record = state.functions.update(&id, &draft, code, None).await?;
+    tracing::info!(function_id = id, sha256 = record.sha256, "function updated");
+    Ok(Json(record))
+}
+
+fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
+    let scalar = |v: Option<serde_json::Value>| {
+        v.map(|v| match v {
+            serde_json::Value::String(s) => s,
+            other => other.to_string(),
+        })
+    };
+    let env_vars = match body.env_vars {
+        Some(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
+        Some(_) => return Err(ApiError::bad_request("envVars must be a JSON object of strings")),
+        None => None,
+    };
+    Ok(SettingsDraft {
+        name: body.name,
+        description: body.description,
+        runtime: body.runtime,
+        memory_mb: scalar(body.memory_mb),
+        timeout_ms: scalar(body.timeout_ms),
+        handler: body.handler,
+        env_vars,
+    })
+}
+
+/// Deletes a function: its record and every artifact.
+#[utoipa::path(
+    delete, path = "/functions/{id}", tag = "functions",
+    params(("id" = String, Path, description = "Function id")),
+    responses(
+        (status = 200, body = DeleteResponse),
+        (status = 404, body = super::ErrorBody),
+        (status = 409, description = "Owned by a Function resource", body = super::ErrorBody),
+    )
+)]
+pub async fn delete_function(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<DeleteResponse>, ApiError> {
+    state.functions.delete(&id, None).await?;
+    tracing::info!(function_id = id, "function deleted");
+    Ok(Json(DeleteResponse {
+        success: true,
+        function_id: id,
+    }))
+}

@@ -1,0 +1,298 @@
+//! One behavioural test suite per backend trait. Every implementation
+//! (embedded now; S3, DynamoDB, SQS and Redis later) must pass the same suite,
+//! so the API and worker can rely on the trait contract alone.
+//!
+//! The functions panic (assert) on a violation; call them from tests with a
+//! fresh, empty backend instance.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
+use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, Runtime};
+
+fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", uuid::Uuid::new_v4())
+}
+
+pub fn sample_function(id: &str) -> FunctionRecord {
+    FunctionRecord {
+        function_id: id.to_string(),
+        name: "sample".into(),
+        description: "conformance".into(),
+        s3_key: format!("functions/{id}/abc.zip"),
+        sha256: "abc".into(),
+        size_bytes: 3,
+        original_name: "main.py".into(),
+        runtime: Runtime::Python,
+        memory_mb: 128,
+        timeout_ms: 1000,
+        handler: "main.handler".into(),
+        env_vars: [("A".to_string(), "1".to_string())].into(),
+        uploaded_at: Utc::now(),
+        updated_at: None,
+        invocations: 0,
+        owner: None,
+    }
+}
+
+pub fn sample_job(function_id: &str) -> Job {
+    Job {
+        request_id: uuid::Uuid::new_v4().to_string(),
+        function_id: function_id.to_string(),
+        runtime: Runtime::Python,
+        memory_mb: 128,
+        s3_bucket: "b".into(),
+        s3_key: "k".into(),
+        timeout_ms: 1000,
+        input: serde_json::json!({"n": 1}),
+        model_id: None,
+        env_vars: Default::default(),
+        handler: "main.handler".into(),
+        sha256: String::new(),
+        trace_id: None,
+        submitted_at: Utc::now(),
+    }
+}
+
+fn sample_result(job: &Job, status: JobStatus, value: serde_json::Value) -> JobResult {
+    JobResult {
+        request_id: job.request_id.clone(),
+        function_id: job.function_id.clone(),
+        status,
+        result: value,
+        error: (status != JobStatus::Success).then(|| ErrorInfo {
+            error_type: "X".into(),
+            message: "m".into(),
+            traceback: None,
+        }),
+        exit_code: Some(0),
+        stdout: "out".into(),
+        stderr: String::new(),
+        duration_ms: 1.5,
+        peak_memory_bytes: 1024,
+        cold_start: true,
+        init_ms: None,
+        attempt: 1,
+        finished_at: Utc::now(),
+    }
+}
+
+pub async fn artifact_store(store: &dyn ArtifactStore) {
+    store.ping().await.expect("ping");
+    let base = unique("conf");
+    let a = format!("{base}/one/a.zip");
+    let b = format!("{base}/one/b.zip");
+    let c = format!("{base}/two/c.zip");
+    assert!(
+        matches!(store.get(&a).await, Err(Error::NotFound(_))),
+        "missing key must be NotFound"
+    );
+    store.put(&a, Bytes::from_static(b"first")).await.expect("put a");
+    store.put(&a, Bytes::from_static(b"second")).await.expect("overwrite a");
+    assert_eq!(store.get(&a).await.expect("get a"), Bytes::from_static(b"second"));
+    store.put(&b, Bytes::from(vec![7u8; 300_000])).await.expect("put b");
+    store.put(&c, Bytes::from_static(b"c")).await.expect("put c");
+    assert_eq!(store.get(&b).await.expect("get b").len(), 300_000);
+    assert_eq!(
+        store.list(&format!("{base}/one/")).await.expect("list"),
+        vec![a.clone(), b.clone()]
+    );
+    assert_eq!(store.list(&format!("{base}/")).await.expect("list").len(), 3);
+    store.delete(&a).await.expect("delete a");
+    store.delete(&a).await.expect("delete is idempotent");
+    assert!(matches!(store.get(&a).await, Err(Error::NotFound(_))));
+    assert_eq!(
+        store.list(&format!("{base}/")).await.expect("list"),
+        vec![b.clone(), c.clone()]
+    );
+    store.delete(&b).await.expect("delete b");
+    store.delete(&c).await.expect("delete c");
+    assert!(store.list(&format!("{base}/")).await.expect("list").is_empty());
+}
+
+pub async fn function_registry(registry: Arc<dyn FunctionRegistry>) {
+    registry.ping().await.expect("ping");
+    let id = unique("fn");
+    assert!(matches!(registry.get(&id).await, Err(Error::NotFound(_))));
+    let record = sample_function(&id);
+    registry.put(&record).await.expect("put");
+    assert_eq!(registry.get(&id).await.expect("get"), record);
+    let mut changed = record.clone();
+    changed.memory_mb = 256;
+    changed.description = "changed".into();
+    registry.put(&changed).await.expect("replace");
+    assert_eq!(registry.get(&id).await.expect("get").memory_mb, 256);
+    assert!(registry.list().await.expect("list").iter().any(|r| r.function_id == id));
+
+    // Concurrent increments must not lose updates.
+    let tasks: Vec<_> = (0..20)
+        .map(|_| {
+            let registry = registry.clone();
+            let id = id.clone();
+            tokio::spawn(async move { registry.add_invocations(&id, 2).await })
+        })
+        .collect();
+    for t in tasks {
+        t.await.expect("join").expect("add_invocations");
+    }
+    assert_eq!(registry.get(&id).await.expect("get").invocations, 40);
+    registry
+        .add_invocations(&unique("absent"), 1)
+        .await
+        .expect("missing function is ignored");
+    assert!(registry.get("absent").await.is_err());
+
+    registry.delete(&id).await.expect("delete");
+    assert!(matches!(registry.delete(&id).await, Err(Error::NotFound(_))));
+    assert!(matches!(registry.get(&id).await, Err(Error::NotFound(_))));
+}
+
+/// `visibility` is the visibility timeout the queue was created with; keep it
+/// short (1–3 s). The queue must start empty.
+pub async fn job_queue(queue: &dyn JobQueue, visibility: Duration) {
+    queue.ping().await.expect("ping");
+    let t0 = std::time::Instant::now();
+    assert!(queue
+        .receive(10, Duration::from_millis(300))
+        .await
+        .expect("receive")
+        .is_empty());
+    assert!(
+        t0.elapsed() >= Duration::from_millis(250),
+        "an empty receive waits for its wait time"
+    );
+
+    let jobs: Vec<Job> = (0..3).map(|_| sample_job("f")).collect();
+    for j in &jobs {
+        queue.send(j).await.expect("send");
+    }
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let batch = queue.receive(10, Duration::from_secs(2)).await.expect("receive");
+        assert!(!batch.is_empty(), "sent jobs must arrive");
+        got.extend(batch);
+    }
+    let mut ids: Vec<_> = got.iter().map(|d| d.job.request_id.clone()).collect();
+    ids.sort();
+    let mut want: Vec<_> = jobs.iter().map(|j| j.request_id.clone()).collect();
+    want.sort();
+    assert_eq!(ids, want, "each job delivered once");
+    assert!(got.iter().all(|d| d.attempt == 1));
+    assert_eq!(
+        got.iter()
+            .find(|d| d.job.request_id == jobs[0].request_id)
+            .map(|d| &d.job),
+        Some(&jobs[0])
+    );
+
+    // In flight: invisible to other receivers.
+    assert!(queue
+        .receive(10, Duration::from_millis(200))
+        .await
+        .expect("receive")
+        .is_empty());
+
+    // Ack two; extend the third past its visibility; let it lapse; it returns.
+    queue.ack(&got[0].receipt).await.expect("ack");
+    queue.ack(&got[0].receipt).await.expect("ack is idempotent");
+    queue.ack(&got[1].receipt).await.expect("ack");
+    let kept = &got[2];
+    queue.extend(&kept.receipt, visibility * 2).await.expect("extend");
+    tokio::time::sleep(visibility + Duration::from_millis(300)).await;
+    assert!(
+        queue
+            .receive(10, Duration::from_millis(100))
+            .await
+            .expect("receive")
+            .is_empty(),
+        "an extended job stays hidden"
+    );
+    let again = queue.receive(10, visibility * 3).await.expect("receive");
+    assert_eq!(again.len(), 1, "an unacked job is redelivered after its visibility");
+    assert_eq!(again[0].job.request_id, kept.job.request_id);
+    assert!(again[0].attempt >= 2, "redelivery counts attempts");
+    assert!(
+        queue.extend(&kept.receipt, visibility).await.is_err(),
+        "a stale receipt cannot extend"
+    );
+    queue.ack(&again[0].receipt).await.expect("ack");
+    assert!(queue
+        .receive(10, Duration::from_millis(200))
+        .await
+        .expect("receive")
+        .is_empty());
+}
+
+pub async fn result_bus(bus: &dyn ResultBus) {
+    bus.ping().await.expect("ping");
+    let job = sample_job(&unique("fn"));
+    assert!(bus.get(&job.request_id).await.expect("get").is_none());
+    bus.set_state(&JobRecord::pending(&job)).await.expect("pending");
+    assert_eq!(
+        bus.get(&job.request_id).await.expect("get").map(|r| r.status),
+        Some(JobStatus::Pending)
+    );
+
+    let sub = bus.subscribe(&job.request_id).await.expect("subscribe");
+    let other = bus.subscribe(&job.request_id).await.expect("second subscriber");
+    let first = sample_result(&job, JobStatus::Success, serde_json::json!({"v": 1}));
+    let stored = bus.publish(job.submitted_at, &first).await.expect("publish");
+    assert_eq!(stored.status, JobStatus::Success);
+    let got = tokio::time::timeout(Duration::from_secs(5), sub.recv())
+        .await
+        .expect("result arrives");
+    assert_eq!(got.as_ref().map(|r| &r.result), Some(&serde_json::json!({"v": 1})));
+    let got2 = tokio::time::timeout(Duration::from_secs(5), other.recv())
+        .await
+        .expect("fan-out");
+    assert_eq!(got2.map(|r| r.status), Some(JobStatus::Success));
+
+    // A redelivered job's second outcome loses.
+    let second = sample_result(&job, JobStatus::Error, serde_json::Value::Null);
+    let winner = bus.publish(job.submitted_at, &second).await.expect("publish again");
+    assert_eq!(winner.status, JobStatus::Success, "first terminal result wins");
+    bus.set_state(&JobRecord::pending(&job).with_status(JobStatus::Running))
+        .await
+        .expect("late running");
+    let record = bus.get(&job.request_id).await.expect("get").expect("record");
+    assert_eq!(record.status, JobStatus::Success, "a late state cannot hide the result");
+    assert_eq!(record.result.map(|r| r.stdout), Some("out".to_string()));
+
+    // Subscribers of other jobs are not woken.
+    let quiet = bus.subscribe("someone-else").await.expect("subscribe");
+    assert!(tokio::time::timeout(Duration::from_millis(200), quiet.recv())
+        .await
+        .is_err());
+}
+
+/// `limit` is the per-window limit the limiter was created with.
+pub async fn rate_limiter(limiter: &dyn RateLimiter, limit: u32) {
+    limiter.ping().await.expect("ping");
+    let key = unique("client");
+    // Stay clear of a window boundary, which would reset the count mid-test.
+    let probe = limiter.check(&unique("probe")).await.expect("check");
+    if probe.reset_secs <= 2 {
+        tokio::time::sleep(Duration::from_secs(probe.reset_secs + 1)).await;
+    }
+    let mut last = None;
+    for i in 1..=limit {
+        let d = limiter.check(&key).await.expect("check");
+        assert!(d.allowed, "request {i} of {limit} allowed");
+        assert_eq!(d.limit, limit);
+        assert_eq!(d.remaining, limit - i);
+        assert!(d.reset_secs <= 60);
+        last = Some(d);
+    }
+    assert!(last.is_some());
+    let denied = limiter.check(&key).await.expect("check");
+    assert!(!denied.allowed, "request over the limit denied");
+    assert_eq!(denied.remaining, 0);
+    assert!(
+        limiter.check(&unique("other")).await.expect("check").allowed,
+        "keys are independent"
+    );
+}

@@ -1,0 +1,162 @@
+use std::path::{Path, PathBuf};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+
+use crate::backend::{ArtifactStore, Error, Result};
+
+/// Artifacts as files under a directory, written atomically (temp file, fsync,
+/// rename) so a crash never leaves a half-written archive under its key.
+pub struct LocalArtifactStore {
+    root: PathBuf,
+}
+
+impl LocalArtifactStore {
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        std::fs::create_dir_all(&root)
+            .map_err(|e| Error::unavailable(format!("cannot create {}", root.display()), e))?;
+        Ok(LocalArtifactStore { root })
+    }
+
+    fn path(&self, key: &str) -> Result<PathBuf> {
+        validate_key(key)?;
+        Ok(self.root.join(key))
+    }
+}
+
+/// Keys are relative slash-separated paths of plain segments.
+fn validate_key(key: &str) -> Result<()> {
+    let ok = !key.is_empty()
+        && key.len() <= 1024
+        && key.split('/').all(|seg| {
+            !seg.is_empty()
+                && seg != "."
+                && seg != ".."
+                && seg
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        });
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Invalid(format!("invalid artifact key {key:?}")))
+    }
+}
+
+fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
+    move |e| Error::unavailable(what, e)
+}
+
+#[async_trait]
+impl ArtifactStore for LocalArtifactStore {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        let path = self.path(key)?;
+        tokio::task::spawn_blocking(move || -> Result<()> {
+            let dir = path.parent().unwrap_or(Path::new("."));
+            std::fs::create_dir_all(dir).map_err(io_err(format!("create {}", dir.display())))?;
+            let mut tmp = tempfile::NamedTempFile::new_in(dir).map_err(io_err("temp file".into()))?;
+            std::io::Write::write_all(&mut tmp, &data).map_err(io_err("write artifact".into()))?;
+            tmp.as_file().sync_all().map_err(io_err("sync artifact".into()))?;
+            tmp.persist(&path)
+                .map_err(|e| Error::unavailable("rename artifact", e.error))?;
+            Ok(())
+        })
+        .await
+        .map_err(|e| Error::unavailable("artifact writer task failed", e))?
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let path = self.path(key)?;
+        match tokio::fs::read(&path).await {
+            Ok(data) => Ok(Bytes::from(data)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(Error::NotFound(format!("artifact {key}"))),
+            Err(e) => Err(Error::unavailable(format!("read artifact {key}"), e)),
+        }
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        let path = self.path(key)?;
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(Error::unavailable(format!("delete artifact {key}"), e)),
+        }
+        // Tidy now-empty parent folders, never the root itself.
+        let mut dir = path.parent().map(Path::to_path_buf);
+        while let Some(d) = dir {
+            if d == self.root || tokio::fs::remove_dir(&d).await.is_err() {
+                break;
+            }
+            dir = d.parent().map(Path::to_path_buf);
+        }
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let root = self.root.clone();
+        let prefix = prefix.to_string();
+        tokio::task::spawn_blocking(move || {
+            let mut keys = Vec::new();
+            let mut stack = vec![root.clone()];
+            while let Some(dir) = stack.pop() {
+                let entries = match std::fs::read_dir(&dir) {
+                    Ok(e) => e,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(Error::unavailable("list artifacts", e)),
+                };
+                for entry in entries.flatten() {
+                    let path = entry.path();
+                    let Ok(ft) = entry.file_type() else { continue };
+                    if ft.is_dir() {
+                        stack.push(path);
+                    } else if ft.is_file() {
+                        if let Ok(rel) = path.strip_prefix(&root) {
+                            let key = rel.to_string_lossy().replace('\\', "/");
+                            // Skip in-progress temp files (they start with ".tmp").
+                            let hidden = key.rsplit('/').next().is_some_and(|n| n.starts_with('.'));
+                            if key.starts_with(&prefix) && !hidden {
+                                keys.push(key);
+                            }
+                        }
+                    }
+                }
+            }
+            keys.sort();
+            Ok(keys)
+        })
+        .await
+        .map_err(|e| Error::unavailable("artifact list task failed", e))?
+    }
+
+    fn bucket(&self) -> &str {
+        "local"
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let meta = tokio::fs::metadata(&self.root)
+            .await
+            .map_err(|e| Error::unavailable(format!("artifact dir {}", self.root.display()), e))?;
+        if meta.is_dir() {
+            Ok(())
+        } else {
+            Err(Error::Unavailable {
+                message: format!("{} is not a directory", self.root.display()),
+                source: None,
+            })
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::validate_key;
+
+    #[test]
+    fn keys_cannot_escape_the_root() {
+        assert!(validate_key("functions/abc/def.zip").is_ok());
+        for bad in ["", "/etc/passwd", "../x", "a/../b", "a//b", "a/./b", "a\\b", "a b"] {
+            assert!(validate_key(bad).is_err(), "{bad:?} accepted");
+        }
+    }
+}

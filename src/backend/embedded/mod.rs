@@ -1,0 +1,17 @@
+//! Embedded backends for `infra up`: everything durable lives under one data
+//! dir (artifacts as files, records/jobs/queue in a redb file); fan-out and
+//! rate limiting are in-process.
+
+mod artifacts;
+mod bus;
+pub mod db;
+mod queue;
+mod ratelimit;
+mod registry;
+
+pub use artifacts::LocalArtifactStore;
+pub use bus::EmbeddedResultBus;
+pub use db::Db;
+pub use queue::{EmbeddedQueue, RecoveredJobs};
+pub use ratelimit::InProcessRateLimiter;
+pub use registry::EmbeddedRegistry;

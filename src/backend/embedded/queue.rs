@@ -1,0 +1,276 @@
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use redb::ReadableTable;
+use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use super::db::{Db, QUEUE};
+use crate::backend::{Delivery, Error, JobQueue, Result};
+use crate::model::Job;
+
+/// What is persisted per queued job.
+#[derive(Serialize, Deserialize)]
+struct Stored {
+    job: Job,
+    /// How many times the platform restarted while this job was queued.
+    #[serde(default)]
+    restarts: u32,
+}
+
+struct Entry {
+    job: Job,
+    restarts: u32,
+    deliveries: u32,
+    /// Changes on every delivery, so a stale receipt cannot extend a redelivered job.
+    token: u64,
+    invisible_until: Option<Instant>,
+}
+
+#[derive(Default)]
+struct State {
+    ready: VecDeque<u64>,
+    in_flight: HashSet<u64>,
+    entries: HashMap<u64, Entry>,
+}
+
+/// Jobs found in the queue when it was opened: accepted before a shutdown or
+/// crash and not yet acknowledged. They are delivered again.
+pub struct RecoveredJobs(pub Vec<Job>);
+
+/// A durable in-process queue with SQS semantics: a job is persisted before
+/// `send` returns, hidden while a receiver works on it, redelivered when its
+/// visibility lapses, and removed only by `ack`.
+pub struct EmbeddedQueue {
+    db: Db,
+    state: Mutex<State>,
+    notify: Notify,
+    next_seq: AtomicU64,
+    next_token: AtomicU64,
+    visibility: Duration,
+}
+
+fn encode(stored: &Stored) -> Result<Vec<u8>> {
+    serde_json::to_vec(stored).map_err(|e| Error::Invalid(format!("unencodable job: {e}")))
+}
+
+fn parse_receipt(receipt: &str) -> Result<(u64, u64)> {
+    let (seq, token) = receipt
+        .split_once(':')
+        .ok_or_else(|| Error::Invalid(format!("malformed receipt {receipt:?}")))?;
+    match (seq.parse(), token.parse()) {
+        (Ok(s), Ok(t)) => Ok((s, t)),
+        _ => Err(Error::Invalid(format!("malformed receipt {receipt:?}"))),
+    }
+}
+
+impl EmbeddedQueue {
+    /// Opens the queue, re-queueing every job left from a previous run.
+    pub async fn open(db: Db, visibility: Duration) -> Result<(EmbeddedQueue, RecoveredJobs)> {
+        // Count this restart against every job still queued, in one transaction.
+        let leftovers = db
+            .write(|txn| {
+                let mut table = txn.open_table(QUEUE)?;
+                let mut items = Vec::new();
+                for item in table.iter()? {
+                    let (k, v) = item?;
+                    items.push((k.value(), v.value().to_vec()));
+                }
+                let mut out = Vec::new();
+                for (seq, bytes) in items {
+                    match serde_json::from_slice::<Stored>(&bytes) {
+                        Ok(mut stored) => {
+                            stored.restarts += 1;
+                            if let Ok(b) = serde_json::to_vec(&stored) {
+                                table.insert(seq, b.as_slice())?;
+                            }
+                            out.push((seq, stored));
+                        }
+                        Err(e) => {
+                            // Unreadable entries cannot be run; drop them loudly.
+                            tracing::error!(seq, error = %e, "dropping unreadable queue entry");
+                            table.remove(seq)?;
+                        }
+                    }
+                }
+                Ok(out)
+            })
+            .await?;
+        let mut state = State::default();
+        let mut max_seq = 0;
+        let mut recovered = Vec::new();
+        for (seq, stored) in leftovers {
+            max_seq = max_seq.max(seq);
+            recovered.push(stored.job.clone());
+            state.ready.push_back(seq);
+            state.entries.insert(
+                seq,
+                Entry {
+                    job: stored.job,
+                    restarts: stored.restarts,
+                    deliveries: 0,
+                    token: 0,
+                    invisible_until: None,
+                },
+            );
+        }
+        let queue = EmbeddedQueue {
+            db,
+            state: Mutex::new(state),
+            notify: Notify::new(),
+            next_seq: AtomicU64::new(max_seq + 1),
+            next_token: AtomicU64::new(1),
+            visibility,
+        };
+        Ok((queue, RecoveredJobs(recovered)))
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        // A poisoned lock only means a panic elsewhere; the state stays consistent
+        // because every mutation below is completed before any call that can panic.
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Number of jobs waiting or in flight.
+    pub fn depth(&self) -> usize {
+        self.lock().entries.len()
+    }
+
+    /// Moves in-flight jobs whose visibility lapsed back to the front of the
+    /// queue; returns the earliest remaining deadline.
+    fn requeue_expired(state: &mut State, now: Instant) -> Option<Instant> {
+        let mut next = None::<Instant>;
+        let mut expired = Vec::new();
+        for seq in &state.in_flight {
+            if let Some(until) = state.entries.get(seq).and_then(|e| e.invisible_until) {
+                if until <= now {
+                    expired.push(*seq);
+                } else {
+                    next = Some(next.map_or(until, |n| n.min(until)));
+                }
+            }
+        }
+        expired.sort_unstable();
+        for seq in expired.into_iter().rev() {
+            state.in_flight.remove(&seq);
+            if let Some(e) = state.entries.get_mut(&seq) {
+                e.invisible_until = None;
+                state.ready.push_front(seq);
+            }
+        }
+        next
+    }
+}
+
+#[async_trait]
+impl JobQueue for EmbeddedQueue {
+    async fn send(&self, job: &Job) -> Result<()> {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let bytes = encode(&Stored {
+            job: job.clone(),
+            restarts: 0,
+        })?;
+        self.db
+            .write(move |txn| {
+                txn.open_table(QUEUE)?.insert(seq, bytes.as_slice())?;
+                Ok(())
+            })
+            .await?;
+        {
+            let mut st = self.lock();
+            st.entries.insert(
+                seq,
+                Entry {
+                    job: job.clone(),
+                    restarts: 0,
+                    deliveries: 0,
+                    token: 0,
+                    invisible_until: None,
+                },
+            );
+            st.ready.push_back(seq);
+        }
+        self.notify.notify_one();
+        Ok(())
+    }
+
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + wait;
+        loop {
+            let notified = self.notify.notified();
+            let next_expiry;
+            {
+                let now = Instant::now();
+                let mut st = self.lock();
+                next_expiry = Self::requeue_expired(&mut st, now);
+                let mut out = Vec::new();
+                while out.len() < max {
+                    let Some(seq) = st.ready.pop_front() else { break };
+                    let token = self.next_token.fetch_add(1, Ordering::Relaxed);
+                    let Some(entry) = st.entries.get_mut(&seq) else {
+                        continue;
+                    };
+                    entry.deliveries += 1;
+                    entry.token = token;
+                    entry.invisible_until = Some(now + self.visibility);
+                    out.push(Delivery {
+                        job: entry.job.clone(),
+                        receipt: format!("{seq}:{token}"),
+                        attempt: entry.deliveries + entry.restarts,
+                    });
+                    st.in_flight.insert(seq);
+                }
+                if !out.is_empty() {
+                    // More may be waiting: let another receiver look too.
+                    if !st.ready.is_empty() {
+                        self.notify.notify_one();
+                    }
+                    return Ok(out);
+                }
+            }
+            let now = Instant::now();
+            if now >= deadline {
+                return Ok(Vec::new());
+            }
+            let wake = next_expiry.map_or(deadline, |e| e.min(deadline));
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(wake) => {}
+            }
+        }
+    }
+
+    async fn extend(&self, receipt: &str, by: Duration) -> Result<()> {
+        let (seq, token) = parse_receipt(receipt)?;
+        let mut st = self.lock();
+        match st.entries.get_mut(&seq) {
+            Some(e) if e.token == token && e.invisible_until.is_some() => {
+                e.invisible_until = Some(Instant::now() + by);
+                Ok(())
+            }
+            _ => Err(Error::NotFound(format!("no in-flight job for receipt {receipt}"))),
+        }
+    }
+
+    async fn ack(&self, receipt: &str) -> Result<()> {
+        let (seq, _) = parse_receipt(receipt)?;
+        self.db
+            .write(move |txn| {
+                txn.open_table(QUEUE)?.remove(seq)?;
+                Ok(())
+            })
+            .await?;
+        let mut st = self.lock();
+        st.entries.remove(&seq);
+        st.in_flight.remove(&seq);
+        Ok(())
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.db.ping()
+    }
+}

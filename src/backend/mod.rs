@@ -1,0 +1,151 @@
+//! Backend traits: small, object-safe, with a semantic error enum so callers
+//! never see a storage-specific error type. Each trait has an embedded
+//! implementation (`embedded`) and is exercised by the shared `conformance`
+//! suite, which every further implementation must pass too.
+
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+use crate::model::{FunctionRecord, Job, JobRecord, JobResult};
+
+pub mod conformance;
+pub mod embedded;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// What went wrong in a backend, in terms the API and worker can act on.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("not found: {0}")]
+    NotFound(String),
+    #[error("conflict: {0}")]
+    Conflict(String),
+    #[error("invalid: {0}")]
+    Invalid(String),
+    #[error("backend unavailable: {message}")]
+    Unavailable {
+        message: String,
+        #[source]
+        source: Option<BoxError>,
+    },
+}
+
+impl Error {
+    pub fn unavailable(message: impl Into<String>, source: impl Into<BoxError>) -> Self {
+        Error::Unavailable {
+            message: message.into(),
+            source: Some(source.into()),
+        }
+    }
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Stores function code archives by key.
+#[async_trait]
+pub trait ArtifactStore: Send + Sync + 'static {
+    /// Stores `data` under `key`, replacing any previous value atomically.
+    async fn put(&self, key: &str, data: Bytes) -> Result<()>;
+    /// `Error::NotFound` when absent.
+    async fn get(&self, key: &str) -> Result<Bytes>;
+    /// Idempotent: deleting a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Keys starting with `prefix`, sorted.
+    async fn list(&self, prefix: &str) -> Result<Vec<String>>;
+    /// The bucket name put into jobs (`s3Bucket`).
+    fn bucket(&self) -> &str;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Stores function records.
+#[async_trait]
+pub trait FunctionRegistry: Send + Sync + 'static {
+    /// Creates or replaces the record.
+    async fn put(&self, record: &FunctionRecord) -> Result<()>;
+    /// `Error::NotFound` when absent.
+    async fn get(&self, function_id: &str) -> Result<FunctionRecord>;
+    /// All records, sorted by function id.
+    async fn list(&self) -> Result<Vec<FunctionRecord>>;
+    /// `Error::NotFound` when absent.
+    async fn delete(&self, function_id: &str) -> Result<()>;
+    /// Atomically adds `n` to the invocation counter; a missing function is ignored.
+    async fn add_invocations(&self, function_id: &str, n: u64) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// A received job: acknowledge it with its receipt once its result is stored.
+#[derive(Debug, Clone)]
+pub struct Delivery {
+    pub job: Job,
+    pub receipt: String,
+    /// 1 on the first delivery; grows with redeliveries and restarts.
+    pub attempt: u32,
+}
+
+/// An at-least-once job queue with visibility timeouts (SQS semantics).
+#[async_trait]
+pub trait JobQueue: Send + Sync + 'static {
+    /// Durably enqueues the job before returning.
+    async fn send(&self, job: &Job) -> Result<()>;
+    /// Up to `max` jobs, waiting at most `wait` for the first one. Received jobs
+    /// are invisible to other receivers until acked or their visibility lapses.
+    async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
+    /// Keeps a received job invisible for `by` from now.
+    async fn extend(&self, receipt: &str, by: Duration) -> Result<()>;
+    /// Removes the job for good. Idempotent.
+    async fn ack(&self, receipt: &str) -> Result<()>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// A one-shot wait for a job's result, registered before the job is enqueued.
+pub struct Subscription {
+    rx: oneshot::Receiver<JobResult>,
+    // Unregisters the waiter when the subscription is dropped.
+    _guard: Box<dyn Send + Sync>,
+}
+
+impl Subscription {
+    pub fn new(rx: oneshot::Receiver<JobResult>, guard: Box<dyn Send + Sync>) -> Self {
+        Subscription { rx, _guard: guard }
+    }
+
+    /// The result, or `None` if the bus went away.
+    pub async fn recv(self) -> Option<JobResult> {
+        self.rx.await.ok()
+    }
+}
+
+/// Job states for `/status`, and result fan-out to waiting callers.
+#[async_trait]
+pub trait ResultBus: Send + Sync + 'static {
+    /// Records a non-terminal state. Ignored when the job is already terminal,
+    /// so a late "RUNNING" can never hide a result.
+    async fn set_state(&self, record: &JobRecord) -> Result<()>;
+    async fn get(&self, request_id: &str) -> Result<Option<JobRecord>>;
+    /// Stores the terminal result and wakes subscribers. The first terminal
+    /// result wins: a redelivered job cannot produce a second outcome; the
+    /// stored (winning) record is returned.
+    async fn publish(&self, submitted_at: chrono::DateTime<chrono::Utc>, result: &JobResult) -> Result<JobRecord>;
+    async fn subscribe(&self, request_id: &str) -> Result<Subscription>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The outcome of one rate-limit check.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateDecision {
+    pub allowed: bool,
+    pub limit: u32,
+    pub remaining: u32,
+    /// Seconds until the current window ends.
+    pub reset_secs: u64,
+}
+
+/// Fixed-window request limiting per key (client IP).
+#[async_trait]
+pub trait RateLimiter: Send + Sync + 'static {
+    async fn check(&self, key: &str) -> Result<RateDecision>;
+    async fn ping(&self) -> Result<()>;
+}

@@ -1,0 +1,11 @@
+//! A function's life: validate settings (pure), package code into a
+//! content-addressed artifact (pure), and the one service that stores both
+//! (used by `/upload`, `PUT /functions/{id}` and, later, the reconciler).
+
+pub mod package;
+pub mod service;
+pub mod settings;
+
+pub use package::{Artifact, PackageError};
+pub use service::{FunctionService, ServiceError};
+pub use settings::{FunctionSettings, SettingsDraft, ValidationErrors};

@@ -1,0 +1,307 @@
+//! Packaging uploaded code into a content-addressed zip artifact. Pure: bytes
+//! in, bytes or a precise error out.
+
+use std::io::{Cursor, Read, Write};
+use std::path::{Component, Path, PathBuf};
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+use zip::write::SimpleFileOptions;
+use zip::{CompressionMethod, ZipArchive, ZipWriter};
+
+use super::settings::Handler;
+
+/// Largest accepted upload (a `.py` file or a `.zip`).
+pub const MAX_UPLOAD_BYTES: usize = 50 * 1024 * 1024;
+/// Largest total uncompressed size of an archive (AWS Lambda's limit).
+pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
+pub const MAX_ENTRIES: usize = 10_000;
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+pub enum PackageError {
+    #[error("unsupported file type {0:?}: upload a .py file or a .zip archive")]
+    UnsupportedType(String),
+    #[error("the uploaded file is empty")]
+    Empty,
+    #[error("the uploaded file is {size} bytes; the limit is {max} bytes")]
+    TooLarge { size: usize, max: usize },
+    #[error("{0} is not UTF-8 text")]
+    NotUtf8(String),
+    #[error("not a valid zip archive: {0}")]
+    BadZip(String),
+    #[error("zip entry {0:?} has an unsafe path (absolute, '..', or backslashes)")]
+    UnsafePath(String),
+    #[error("zip entry {0:?} is a symbolic link; links are not allowed")]
+    Symlink(String),
+    #[error("zip archive has more than {MAX_ENTRIES} entries")]
+    TooManyEntries,
+    #[error("zip archive expands to more than {MAX_UNZIPPED_BYTES} bytes")]
+    UnzippedTooLarge,
+    #[error("zip archive does not contain the handler module for {handler}: expected {expected} at the archive root")]
+    MissingHandler { handler: String, expected: String },
+}
+
+impl PackageError {
+    pub fn is_too_large(&self) -> bool {
+        matches!(self, PackageError::TooLarge { .. })
+    }
+}
+
+/// A packaged function: the zip bytes and their sha256 (hex).
+#[derive(Debug, Clone)]
+pub struct Artifact {
+    pub bytes: Bytes,
+    pub sha256: String,
+}
+
+impl Artifact {
+    fn new(bytes: Vec<u8>) -> Artifact {
+        let sha256 = hex::encode(Sha256::digest(&bytes));
+        Artifact {
+            bytes: Bytes::from(bytes),
+            sha256,
+        }
+    }
+
+    pub fn size(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+
+    /// Content-addressed key: unchanged code maps to the same key.
+    pub fn key(&self, function_id: &str) -> String {
+        format!("functions/{function_id}/{}.zip", self.sha256)
+    }
+}
+
+/// Packages an upload: a `.py` file becomes `{module}.py` in a deterministic
+/// zip; a `.zip` is checked and stored as it is.
+pub fn package(file_name: &str, data: &[u8], handler: &Handler) -> Result<Artifact, PackageError> {
+    if data.is_empty() {
+        return Err(PackageError::Empty);
+    }
+    if data.len() > MAX_UPLOAD_BYTES {
+        return Err(PackageError::TooLarge {
+            size: data.len(),
+            max: MAX_UPLOAD_BYTES,
+        });
+    }
+    let lower = file_name.to_ascii_lowercase();
+    if lower.ends_with(".py") {
+        if std::str::from_utf8(data).is_err() {
+            return Err(PackageError::NotUtf8(file_name.to_string()));
+        }
+        let module_file = &handler.module_files()[0];
+        Ok(Artifact::new(single_file_zip(module_file, data)?))
+    } else if lower.ends_with(".zip") {
+        check_zip(data, handler)?;
+        Ok(Artifact::new(data.to_vec()))
+    } else {
+        let ext = Path::new(file_name)
+            .extension()
+            .map(|e| format!(".{}", e.to_string_lossy()))
+            .unwrap_or_else(|| file_name.to_string());
+        Err(PackageError::UnsupportedType(ext))
+    }
+}
+
+/// Builds a zip with one file and fixed metadata, so equal code gives equal bytes.
+pub fn single_file_zip(name: &str, data: &[u8]) -> Result<Vec<u8>, PackageError> {
+    let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
+    let options = SimpleFileOptions::default()
+        .compression_method(CompressionMethod::Deflated)
+        .last_modified_time(zip::DateTime::default())
+        .unix_permissions(0o644);
+    let err = |e: zip::result::ZipError| PackageError::BadZip(e.to_string());
+    writer.start_file(name, options).map_err(err)?;
+    writer
+        .write_all(data)
+        .map_err(|e| PackageError::BadZip(e.to_string()))?;
+    Ok(writer.finish().map_err(err)?.into_inner())
+}
+
+/// The relative path an entry may be extracted to, or why it may not.
+pub fn safe_entry_path(name: &str) -> Result<PathBuf, PackageError> {
+    let unsafe_path = || PackageError::UnsafePath(name.to_string());
+    if name.is_empty() || name.contains('\\') || name.contains('\0') || name.starts_with('/') {
+        return Err(unsafe_path());
+    }
+    let path = Path::new(name);
+    let mut out = PathBuf::new();
+    for component in path.components() {
+        match component {
+            Component::Normal(c) => out.push(c),
+            Component::CurDir => {}
+            Component::ParentDir | Component::RootDir | Component::Prefix(_) => return Err(unsafe_path()),
+        }
+    }
+    if out.as_os_str().is_empty() {
+        return Err(unsafe_path());
+    }
+    Ok(out)
+}
+
+fn is_symlink(mode: Option<u32>) -> bool {
+    mode.is_some_and(|m| m & 0o170000 == 0o120000)
+}
+
+/// Checks an archive without extracting it: well-formed, safe entry names, no
+/// links, bounded entries and size, and the handler module present.
+pub fn check_zip(data: &[u8], handler: &Handler) -> Result<(), PackageError> {
+    let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(PackageError::TooManyEntries);
+    }
+    let expected = handler.module_files();
+    let mut found = false;
+    let mut total: u64 = 0;
+    for i in 0..archive.len() {
+        let entry = archive
+            .by_index_raw(i)
+            .map_err(|e| PackageError::BadZip(e.to_string()))?;
+        let name = entry.name().to_string();
+        let path = safe_entry_path(&name)?;
+        if is_symlink(entry.unix_mode()) {
+            return Err(PackageError::Symlink(name));
+        }
+        total = total.saturating_add(entry.size());
+        if total > MAX_UNZIPPED_BYTES {
+            return Err(PackageError::UnzippedTooLarge);
+        }
+        let rel = path.to_string_lossy();
+        if !entry.is_dir() && expected.iter().any(|e| *e == rel) {
+            found = true;
+        }
+    }
+    if !found {
+        return Err(PackageError::MissingHandler {
+            handler: handler.to_string(),
+            expected: expected.join(" or "),
+        });
+    }
+    Ok(())
+}
+
+/// Extracts an archive into `dest` (which must exist and be empty), enforcing
+/// the same rules as `check_zip` on the actual bytes, not the declared sizes.
+pub fn extract_zip(data: &[u8], dest: &Path) -> Result<(), ExtractError> {
+    let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
+    if archive.len() > MAX_ENTRIES {
+        return Err(PackageError::TooManyEntries.into());
+    }
+    let mut budget = MAX_UNZIPPED_BYTES;
+    for i in 0..archive.len() {
+        let mut entry = archive.by_index(i).map_err(|e| PackageError::BadZip(e.to_string()))?;
+        let rel = safe_entry_path(entry.name())?;
+        if is_symlink(entry.unix_mode()) {
+            return Err(PackageError::Symlink(entry.name().to_string()).into());
+        }
+        let target = dest.join(&rel);
+        if entry.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            continue;
+        }
+        if let Some(parent) = target.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut out = std::fs::File::create(&target)?;
+        // Read one byte past the budget to detect archives that lie about sizes.
+        let copied = std::io::copy(&mut (&mut entry).take(budget + 1), &mut out)?;
+        if copied > budget {
+            return Err(PackageError::UnzippedTooLarge.into());
+        }
+        budget -= copied;
+    }
+    Ok(())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ExtractError {
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error("cannot write extracted file: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handler() -> Handler {
+        Handler::parse("main.handler").unwrap()
+    }
+
+    fn zip_of(entries: &[(&str, &[u8])]) -> Vec<u8> {
+        let mut w = ZipWriter::new(Cursor::new(Vec::new()));
+        for (name, data) in entries {
+            w.start_file(*name, SimpleFileOptions::default()).unwrap();
+            w.write_all(data).unwrap();
+        }
+        w.finish().unwrap().into_inner()
+    }
+
+    #[test]
+    fn py_files_are_packaged_deterministically() {
+        let a = package("hello.py", b"def handler(e, c): return 1\n", &handler()).unwrap();
+        let b = package("other.py", b"def handler(e, c): return 1\n", &handler()).unwrap();
+        assert_eq!(a.sha256, b.sha256, "same code, same artifact");
+        assert_eq!(a.key("f1"), format!("functions/f1/{}.zip", a.sha256));
+        let dir = tempfile::tempdir().unwrap();
+        extract_zip(&a.bytes, dir.path()).unwrap();
+        assert!(
+            dir.path().join("main.py").exists(),
+            "stored under the handler's module name"
+        );
+    }
+
+    #[test]
+    fn zips_need_the_handler_module() {
+        let ok = zip_of(&[("main.py", b"def handler(e,c): pass"), ("lib/util.py", b"")]);
+        assert!(package("f.zip", &ok, &handler()).is_ok());
+        let pkg = zip_of(&[("app/__init__.py", b"def run(e,c): pass")]);
+        assert!(package("f.zip", &pkg, &Handler::parse("app.run").unwrap()).is_ok());
+        let missing = zip_of(&[("other.py", b"")]);
+        let e = package("f.zip", &missing, &handler()).unwrap_err();
+        assert!(e.to_string().contains("main.py"), "{e}");
+        let nested = zip_of(&[("src/main.py", b"")]);
+        assert!(matches!(
+            package("f.zip", &nested, &handler()),
+            Err(PackageError::MissingHandler { .. })
+        ));
+    }
+
+    #[test]
+    fn unsafe_entries_are_rejected() {
+        for name in ["../x", "a/../../x", "/etc/passwd", "a\\..\\b"] {
+            let z = zip_of(&[("main.py", b""), (name, b"x")]);
+            assert!(
+                matches!(package("f.zip", &z, &handler()), Err(PackageError::UnsafePath(_))),
+                "{name}"
+            );
+        }
+        assert!(safe_entry_path("./a/b.py").is_ok());
+    }
+
+    #[test]
+    fn bad_inputs_have_precise_errors() {
+        assert_eq!(package("x.py", b"", &handler()).unwrap_err(), PackageError::Empty);
+        assert!(matches!(package("x.txt", b"x", &handler()), Err(PackageError::UnsupportedType(e)) if e == ".txt"));
+        assert!(matches!(
+            package("x.zip", b"not a zip", &handler()),
+            Err(PackageError::BadZip(_))
+        ));
+        assert!(matches!(
+            package("x.py", &[0xff, 0xfe], &handler()),
+            Err(PackageError::NotUtf8(_))
+        ));
+        let big = vec![b'#'; MAX_UPLOAD_BYTES + 1];
+        assert!(package("x.py", &big, &handler()).unwrap_err().is_too_large());
+    }
+
+    #[test]
+    fn extraction_enforces_real_sizes() {
+        let dir = tempfile::tempdir().unwrap();
+        let z = zip_of(&[("main.py", b"print(1)"), ("d/x.txt", b"hi")]);
+        extract_zip(&z, dir.path()).unwrap();
+        assert_eq!(std::fs::read(dir.path().join("d/x.txt")).unwrap(), b"hi");
+    }
+}

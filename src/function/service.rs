@@ -1,0 +1,271 @@
+//! The one registration path: validate → package → store artifact → write
+//! record → drop the replaced artifact. Also a short-lived record cache for
+//! job admission and aggregated invocation counters.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use chrono::Utc;
+
+use super::package::{self, Artifact, PackageError};
+use super::settings::{self, FunctionSettings, SettingsDraft, ValidationErrors};
+use crate::backend::{self, ArtifactStore, FunctionRegistry};
+use crate::model::FunctionRecord;
+
+/// How long a looked-up record may be served from memory. Local writes
+/// invalidate at once; the TTL bounds staleness across API processes.
+const CACHE_TTL: Duration = Duration::from_secs(2);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServiceError {
+    #[error("invalid function settings: {0}")]
+    Invalid(#[from] ValidationErrors),
+    #[error(transparent)]
+    Package(#[from] PackageError),
+    #[error("function {0} not found")]
+    NotFound(String),
+    #[error("function {id} is owned by the Function resource {owner}; change the resource instead")]
+    Owned { id: String, owner: String },
+    #[error("storage failed: {0}")]
+    Backend(#[source] backend::Error),
+}
+
+impl From<backend::Error> for ServiceError {
+    fn from(e: backend::Error) -> Self {
+        ServiceError::Backend(e)
+    }
+}
+
+pub type Result<T, E = ServiceError> = std::result::Result<T, E>;
+
+/// New code for a function.
+pub struct CodeUpload {
+    pub file_name: String,
+    pub data: Bytes,
+}
+
+pub struct FunctionService {
+    artifacts: Arc<dyn ArtifactStore>,
+    registry: Arc<dyn FunctionRegistry>,
+    cache: Mutex<HashMap<String, (Instant, Arc<FunctionRecord>)>>,
+    invocations: Mutex<HashMap<String, u64>>,
+}
+
+impl FunctionService {
+    pub fn new(artifacts: Arc<dyn ArtifactStore>, registry: Arc<dyn FunctionRegistry>) -> Self {
+        FunctionService {
+            artifacts,
+            registry,
+            cache: Mutex::new(HashMap::new()),
+            invocations: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
+        &self.artifacts
+    }
+
+    pub fn registry(&self) -> &Arc<dyn FunctionRegistry> {
+        &self.registry
+    }
+
+    /// Registers a new function under a fresh id.
+    pub async fn create(
+        &self,
+        draft: &SettingsDraft,
+        code: CodeUpload,
+        owner: Option<String>,
+    ) -> Result<FunctionRecord> {
+        let settings = settings::validate(draft, None, &code.file_name)?;
+        let artifact = package::package(&code.file_name, &code.data, &settings.handler)?;
+        let id = uuid::Uuid::new_v4().to_string();
+        self.store(&id, settings, artifact, &code.file_name, None, owner).await
+    }
+
+    /// Changes settings and/or code. `caller_owner` is the resource making the
+    /// change (None for HTTP): only the owner may change an owned function.
+    pub async fn update(
+        &self,
+        id: &str,
+        draft: &SettingsDraft,
+        code: Option<CodeUpload>,
+        caller_owner: Option<&str>,
+    ) -> Result<FunctionRecord> {
+        let current = self.fetch(id).await?;
+        check_owner(&current, caller_owner)?;
+        let base = FunctionSettings::of_record(&current)?;
+        let settings = settings::validate(draft, Some(&base), &current.name)?;
+        let (artifact, original_name) = match code {
+            Some(code) => (
+                package::package(&code.file_name, &code.data, &settings.handler)?,
+                code.file_name,
+            ),
+            None => {
+                // Settings only: the stored code must still hold the (maybe new) handler.
+                let bytes = self.artifacts.get(&current.s3_key).await?;
+                if settings.handler != base.handler {
+                    package::check_zip(&bytes, &settings.handler)?;
+                }
+                (
+                    Artifact {
+                        sha256: current.sha256.clone(),
+                        bytes,
+                    },
+                    current.original_name.clone(),
+                )
+            }
+        };
+        let owner = current.owner.clone();
+        self.store(id, settings, artifact, &original_name, Some(current), owner)
+            .await
+    }
+
+    async fn store(
+        &self,
+        id: &str,
+        settings: FunctionSettings,
+        artifact: Artifact,
+        original_name: &str,
+        previous: Option<FunctionRecord>,
+        owner: Option<String>,
+    ) -> Result<FunctionRecord> {
+        let key = artifact.key(id);
+        // Content-addressed: unchanged code is already stored under this key.
+        if previous.as_ref().map(|p| p.s3_key.as_str()) != Some(key.as_str()) {
+            self.artifacts.put(&key, artifact.bytes.clone()).await?;
+        }
+        let now = Utc::now();
+        let record = FunctionRecord {
+            function_id: id.to_string(),
+            name: settings.name,
+            description: settings.description,
+            s3_key: key.clone(),
+            sha256: artifact.sha256.clone(),
+            size_bytes: artifact.size(),
+            original_name: original_name.to_string(),
+            runtime: settings.runtime,
+            memory_mb: settings.memory_mb,
+            timeout_ms: settings.timeout_ms,
+            handler: settings.handler.to_string(),
+            env_vars: settings.env_vars,
+            uploaded_at: previous.as_ref().map(|p| p.uploaded_at).unwrap_or(now),
+            updated_at: previous.as_ref().map(|_| now),
+            invocations: previous.as_ref().map(|p| p.invocations).unwrap_or(0),
+            owner,
+        };
+        self.registry.put(&record).await?;
+        self.invalidate(id);
+        if let Some(prev) = previous {
+            if prev.s3_key != key {
+                if let Err(e) = self.artifacts.delete(&prev.s3_key).await {
+                    // The record already points at the new code; a leftover file is only litter.
+                    tracing::warn!(function_id = id, key = prev.s3_key, error = %e, "could not delete replaced artifact");
+                }
+            }
+        }
+        Ok(record)
+    }
+
+    /// Deletes the record, then every artifact of the function. Idempotent
+    /// over the artifacts; `NotFound` when the record is already gone.
+    pub async fn delete(&self, id: &str, caller_owner: Option<&str>) -> Result<()> {
+        let current = self.fetch(id).await?;
+        check_owner(&current, caller_owner)?;
+        self.registry.delete(id).await.map_err(not_found(id))?;
+        self.invalidate(id);
+        for key in self.artifacts.list(&format!("functions/{id}/")).await? {
+            self.artifacts.delete(&key).await?;
+        }
+        Ok(())
+    }
+
+    /// The record, from the short-lived cache when fresh.
+    pub async fn get(&self, id: &str) -> Result<Arc<FunctionRecord>> {
+        if let Some((at, rec)) = self.cache.lock().ok().and_then(|c| c.get(id).cloned()) {
+            if at.elapsed() < CACHE_TTL {
+                return Ok(rec);
+            }
+        }
+        let record = Arc::new(self.fetch(id).await?);
+        if let Ok(mut cache) = self.cache.lock() {
+            if cache.len() > 10_000 {
+                cache.clear();
+            }
+            cache.insert(id.to_string(), (Instant::now(), record.clone()));
+        }
+        Ok(record)
+    }
+
+    /// The record straight from the registry, with counts not yet flushed.
+    pub async fn fetch(&self, id: &str) -> Result<FunctionRecord> {
+        let mut record = self.registry.get(id).await.map_err(not_found(id))?;
+        record.invocations += self.pending_invocations(id);
+        Ok(record)
+    }
+
+    pub async fn list(&self) -> Result<Vec<FunctionRecord>> {
+        let mut records = self.registry.list().await?;
+        for r in &mut records {
+            r.invocations += self.pending_invocations(&r.function_id);
+        }
+        Ok(records)
+    }
+
+    fn invalidate(&self, id: &str) {
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.remove(id);
+        }
+    }
+
+    /// Counts an invocation in memory; `flush_invocations` writes the sums, so
+    /// admission does not pay a registry write per request.
+    pub fn record_invocation(&self, id: &str) {
+        if let Ok(mut m) = self.invocations.lock() {
+            *m.entry(id.to_string()).or_default() += 1;
+        }
+    }
+
+    fn pending_invocations(&self, id: &str) -> u64 {
+        self.invocations
+            .lock()
+            .ok()
+            .and_then(|m| m.get(id).copied())
+            .unwrap_or(0)
+    }
+
+    /// Writes aggregated invocation counts to the registry. Counts that fail to
+    /// write are kept for the next flush.
+    pub async fn flush_invocations(&self) {
+        let pending: Vec<(String, u64)> = match self.invocations.lock() {
+            Ok(mut m) => m.drain().collect(),
+            Err(_) => return,
+        };
+        for (id, n) in pending {
+            if let Err(e) = self.registry.add_invocations(&id, n).await {
+                tracing::warn!(function_id = id, error = %e, "could not flush invocation count; will retry");
+                if let Ok(mut m) = self.invocations.lock() {
+                    *m.entry(id).or_default() += n;
+                }
+            }
+        }
+    }
+}
+
+fn check_owner(record: &FunctionRecord, caller: Option<&str>) -> Result<()> {
+    match (&record.owner, caller) {
+        (Some(owner), c) if c != Some(owner.as_str()) => Err(ServiceError::Owned {
+            id: record.function_id.clone(),
+            owner: owner.clone(),
+        }),
+        _ => Ok(()),
+    }
+}
+
+fn not_found(id: &str) -> impl FnOnce(backend::Error) -> ServiceError + '_ {
+    move |e| match e {
+        backend::Error::NotFound(_) => ServiceError::NotFound(id.to_string()),
+        other => ServiceError::Backend(other),
+    }
+}

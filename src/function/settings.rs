@@ -1,0 +1,380 @@
+//! Validation of function settings. Pure: every problem is collected, so a
+//! client sees all of them in one 400.
+
+use std::collections::BTreeMap;
+
+use crate::model::{FunctionRecord, Runtime};
+
+pub const MEMORY_MB_MIN: u32 = 128;
+pub const MEMORY_MB_MAX: u32 = 10240;
+pub const TIMEOUT_MS_MIN: u64 = 100;
+pub const TIMEOUT_MS_MAX: u64 = 900_000;
+pub const DEFAULT_MEMORY_MB: u32 = 128;
+pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+/// AWS Lambda's limit on the total size of environment variables.
+pub const ENV_VARS_MAX_BYTES: usize = 4096;
+const NAME_MAX: usize = 128;
+const DESCRIPTION_MAX: usize = 1024;
+
+/// Raw settings as they arrive (form fields, query, headers, JSON), all optional.
+#[derive(Debug, Clone, Default)]
+pub struct SettingsDraft {
+    pub name: Option<String>,
+    pub description: Option<String>,
+    pub runtime: Option<String>,
+    pub memory_mb: Option<String>,
+    pub timeout_ms: Option<String>,
+    pub handler: Option<String>,
+    /// A JSON object of string values.
+    pub env_vars: Option<String>,
+}
+
+impl SettingsDraft {
+    /// Fills fields missing here from `other` (lower precedence).
+    pub fn or(self, other: SettingsDraft) -> SettingsDraft {
+        SettingsDraft {
+            name: self.name.or(other.name),
+            description: self.description.or(other.description),
+            runtime: self.runtime.or(other.runtime),
+            memory_mb: self.memory_mb.or(other.memory_mb),
+            timeout_ms: self.timeout_ms.or(other.timeout_ms),
+            handler: self.handler.or(other.handler),
+            env_vars: self.env_vars.or(other.env_vars),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.name.is_none()
+            && self.description.is_none()
+            && self.runtime.is_none()
+            && self.memory_mb.is_none()
+            && self.timeout_ms.is_none()
+            && self.handler.is_none()
+            && self.env_vars.is_none()
+    }
+}
+
+/// Validated settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FunctionSettings {
+    pub name: String,
+    pub description: String,
+    pub runtime: Runtime,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    pub handler: Handler,
+    pub env_vars: BTreeMap<String, String>,
+}
+
+impl FunctionSettings {
+    /// The settings a stored record currently has (the base for an update).
+    pub fn of_record(r: &FunctionRecord) -> Result<FunctionSettings, ValidationErrors> {
+        Ok(FunctionSettings {
+            name: r.name.clone(),
+            description: r.description.clone(),
+            runtime: r.runtime,
+            memory_mb: r.memory_mb,
+            timeout_ms: r.timeout_ms,
+            handler: Handler::parse(&r.handler).map_err(|e| ValidationErrors(vec![e]))?,
+            env_vars: r.env_vars.clone(),
+        })
+    }
+}
+
+/// `module.function`: the module to import and the callable in it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Handler {
+    pub module: String,
+    pub function: String,
+}
+
+impl Handler {
+    pub fn parse(s: &str) -> Result<Handler, String> {
+        let s = s.trim();
+        let Some((module, function)) = s.rsplit_once('.') else {
+            return Err(format!(
+                "handler {s:?} must look like module.function (e.g. main.handler)"
+            ));
+        };
+        let ident = |p: &str| {
+            let mut chars = p.chars();
+            chars.next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+        };
+        if module.split('.').all(ident) && ident(function) && s.len() <= 256 {
+            Ok(Handler {
+                module: module.to_string(),
+                function: function.to_string(),
+            })
+        } else {
+            Err(format!(
+                "handler {s:?} must be dotted Python identifiers, like main.handler"
+            ))
+        }
+    }
+
+    /// The file that must exist in the archive for the module to import.
+    pub fn module_files(&self) -> [String; 2] {
+        let path = self.module.replace('.', "/");
+        [format!("{path}.py"), format!("{path}/__init__.py")]
+    }
+}
+
+impl std::fmt::Display for Handler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}.{}", self.module, self.function)
+    }
+}
+
+/// Every problem found, in field order.
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+#[error("{}", .0.join("; "))]
+pub struct ValidationErrors(pub Vec<String>);
+
+/// Validates `draft` on top of `base` (the current settings on update, or the
+/// defaults on create).
+pub fn validate(
+    draft: &SettingsDraft,
+    base: Option<&FunctionSettings>,
+    default_name: &str,
+) -> Result<FunctionSettings, ValidationErrors> {
+    let mut errors = Vec::new();
+    let supported = Runtime::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
+
+    let name = match draft.name.as_deref().map(str::trim) {
+        Some(n) if n.is_empty() => {
+            errors.push("name must not be empty".to_string());
+            String::new()
+        }
+        Some(n) if n.chars().count() > NAME_MAX || n.chars().any(char::is_control) => {
+            errors.push(format!("name must be at most {NAME_MAX} printable characters"));
+            String::new()
+        }
+        Some(n) => n.to_string(),
+        None => base.map(|b| b.name.clone()).unwrap_or_else(|| default_name.to_string()),
+    };
+    let description = match draft.description.as_deref() {
+        Some(d) if d.chars().count() > DESCRIPTION_MAX => {
+            errors.push(format!("description must be at most {DESCRIPTION_MAX} characters"));
+            String::new()
+        }
+        Some(d) => d.trim().to_string(),
+        None => base.map(|b| b.description.clone()).unwrap_or_default(),
+    };
+    let runtime = match draft.runtime.as_deref() {
+        Some(r) => Runtime::parse(r).unwrap_or_else(|| {
+            errors.push(format!("runtime {r:?} is not supported (supported: {supported})"));
+            Runtime::Python
+        }),
+        None => base.map(|b| b.runtime).unwrap_or(Runtime::Python),
+    };
+    let memory_mb = match draft.memory_mb.as_deref().map(str::trim) {
+        Some(m) => match m.parse::<u32>() {
+            Ok(v) if (MEMORY_MB_MIN..=MEMORY_MB_MAX).contains(&v) => v,
+            _ => {
+                errors.push(format!(
+                    "memoryMb must be an integer from {MEMORY_MB_MIN} to {MEMORY_MB_MAX}, got {m:?}"
+                ));
+                DEFAULT_MEMORY_MB
+            }
+        },
+        None => base.map(|b| b.memory_mb).unwrap_or(DEFAULT_MEMORY_MB),
+    };
+    let timeout_ms = match draft.timeout_ms.as_deref().map(str::trim) {
+        Some(t) => match t.parse::<u64>() {
+            Ok(v) if (TIMEOUT_MS_MIN..=TIMEOUT_MS_MAX).contains(&v) => v,
+            _ => {
+                errors.push(format!(
+                    "timeoutMs must be an integer from {TIMEOUT_MS_MIN} to {TIMEOUT_MS_MAX}, got {t:?}"
+                ));
+                DEFAULT_TIMEOUT_MS
+            }
+        },
+        None => base.map(|b| b.timeout_ms).unwrap_or(DEFAULT_TIMEOUT_MS),
+    };
+    let handler = match draft.handler.as_deref() {
+        Some(h) => Handler::parse(h).unwrap_or_else(|e| {
+            errors.push(e);
+            default_handler()
+        }),
+        None => base.map(|b| b.handler.clone()).unwrap_or_else(default_handler),
+    };
+    let env_vars = match draft.env_vars.as_deref() {
+        Some(raw) => parse_env_vars(raw).unwrap_or_else(|e| {
+            errors.extend(e);
+            BTreeMap::new()
+        }),
+        None => base.map(|b| b.env_vars.clone()).unwrap_or_default(),
+    };
+
+    if errors.is_empty() {
+        Ok(FunctionSettings {
+            name,
+            description,
+            runtime,
+            memory_mb,
+            timeout_ms,
+            handler,
+            env_vars,
+        })
+    } else {
+        Err(ValidationErrors(errors))
+    }
+}
+
+fn default_handler() -> Handler {
+    Handler {
+        module: "main".into(),
+        function: "handler".into(),
+    }
+}
+
+/// Parses a JSON object of string values into validated environment variables.
+pub fn parse_env_vars(raw: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
+    if raw.trim().is_empty() {
+        return Ok(BTreeMap::new());
+    }
+    let value: serde_json::Value =
+        serde_json::from_str(raw).map_err(|e| vec![format!("envVars must be a JSON object: {e}")])?;
+    let serde_json::Value::Object(map) = value else {
+        return Err(vec!["envVars must be a JSON object of strings".to_string()]);
+    };
+    let mut errors = Vec::new();
+    let mut out = BTreeMap::new();
+    let mut total = 0;
+    for (k, v) in map {
+        let valid_key = k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+            && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
+        if !valid_key {
+            errors.push(format!("envVars key {k:?} must match [A-Za-z_][A-Za-z0-9_]*"));
+            continue;
+        }
+        let serde_json::Value::String(v) = v else {
+            errors.push(format!("envVars value of {k} must be a string"));
+            continue;
+        };
+        if v.contains('\0') {
+            errors.push(format!("envVars value of {k} must not contain NUL"));
+            continue;
+        }
+        total += k.len() + v.len();
+        out.insert(k, v);
+    }
+    if total > ENV_VARS_MAX_BYTES {
+        errors.push(format!(
+            "envVars must total at most {ENV_VARS_MAX_BYTES} bytes, got {total}"
+        ));
+    }
+    if errors.is_empty() {
+        Ok(out)
+    } else {
+        Err(errors)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn draft() -> SettingsDraft {
+        SettingsDraft::default()
+    }
+
+    #[test]
+    fn defaults_apply_on_create() {
+        let s = validate(&draft(), None, "main.py").unwrap();
+        assert_eq!(s.name, "main.py");
+        assert_eq!(s.runtime, Runtime::Python);
+        assert_eq!(s.memory_mb, DEFAULT_MEMORY_MB);
+        assert_eq!(s.timeout_ms, DEFAULT_TIMEOUT_MS);
+        assert_eq!(s.handler.to_string(), "main.handler");
+    }
+
+    #[test]
+    fn memory_bounds_are_inclusive() {
+        for (m, ok) in [
+            ("128", true),
+            ("10240", true),
+            ("127", false),
+            ("10241", false),
+            ("abc", false),
+            ("12.5", false),
+            ("-1", false),
+        ] {
+            let d = SettingsDraft {
+                memory_mb: Some(m.into()),
+                ..draft()
+            };
+            assert_eq!(validate(&d, None, "f").is_ok(), ok, "memoryMb {m}");
+        }
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let d = SettingsDraft {
+            runtime: Some("ruby".into()),
+            memory_mb: Some("64".into()),
+            timeout_ms: Some("0".into()),
+            handler: Some("nodot".into()),
+            env_vars: Some(r#"{"1BAD": "x", "GOOD": 3}"#.into()),
+            name: Some("  ".into()),
+            ..draft()
+        };
+        let e = validate(&d, None, "f").unwrap_err();
+        assert_eq!(e.0.len(), 7, "{e:?}");
+        assert!(e
+            .to_string()
+            .contains("runtime \"ruby\" is not supported (supported: python)"));
+        assert!(e.to_string().contains("memoryMb must be an integer from 128 to 10240"));
+    }
+
+    #[test]
+    fn update_keeps_unspecified_fields() {
+        let base = validate(
+            &SettingsDraft {
+                memory_mb: Some("512".into()),
+                ..draft()
+            },
+            None,
+            "f",
+        )
+        .unwrap();
+        let s = validate(
+            &SettingsDraft {
+                description: Some("new".into()),
+                ..draft()
+            },
+            Some(&base),
+            "ignored",
+        )
+        .unwrap();
+        assert_eq!(s.memory_mb, 512);
+        assert_eq!(s.description, "new");
+        assert_eq!(s.name, "f");
+    }
+
+    #[test]
+    fn handlers() {
+        assert_eq!(Handler::parse("pkg.mod.run").unwrap().module_files()[0], "pkg/mod.py");
+        for bad in [
+            "",
+            "main",
+            "main.",
+            ".handler",
+            "ma-in.handler",
+            "main.1x",
+            "../x.handler",
+        ] {
+            assert!(Handler::parse(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn env_vars_limits() {
+        assert!(parse_env_vars("[1]").is_err());
+        assert!(parse_env_vars("not json").is_err());
+        assert_eq!(parse_env_vars(r#"{"A_1":"x"}"#).unwrap()["A_1"], "x");
+        let big = format!(r#"{{"A":"{}"}}"#, "x".repeat(5000));
+        assert!(parse_env_vars(&big).is_err());
+    }
+}

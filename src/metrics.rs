@@ -1,0 +1,80 @@
+//! Prometheus metrics: HTTP RED by route template, invocations by function
+//! and status, cold vs warm starts, warm instances.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+};
+
+pub struct Metrics {
+    registry: Registry,
+    pub http_duration: HistogramVec,
+    pub invocations: IntCounterVec,
+    pub starts: IntCounterVec,
+    pub warm_instances: IntGauge,
+    pub busy_instances: IntGauge,
+    pub init_duration: Histogram,
+    pub jobs_admitted: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Result<Metrics, prometheus::Error> {
+        let registry = Registry::new();
+        let http_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "http_request_duration_seconds",
+                "HTTP request latency by method, route template and status",
+            )
+            .buckets(vec![
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+            ]),
+            &["method", "route", "status"],
+        )?;
+        let invocations = IntCounterVec::new(
+            Opts::new("infra_invocations_total", "Finished invocations by function and status"),
+            &["function", "status"],
+        )?;
+        let starts = IntCounterVec::new(
+            Opts::new(
+                "infra_instance_starts_total",
+                "Invocations by start kind: warm (reused instance) or cold",
+            ),
+            &["kind"],
+        )?;
+        let warm_instances = IntGauge::new("infra_warm_instances", "Idle warm instances ready to serve")?;
+        let busy_instances = IntGauge::new("infra_busy_instances", "Instances running an invocation")?;
+        let init_duration = Histogram::with_opts(
+            HistogramOpts::new(
+                "infra_instance_init_seconds",
+                "Cold start: process start plus handler import",
+            )
+            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+        )?;
+        let jobs_admitted = IntCounter::new("infra_jobs_admitted_total", "Jobs accepted onto the queue")?;
+        registry.register(Box::new(http_duration.clone()))?;
+        registry.register(Box::new(invocations.clone()))?;
+        registry.register(Box::new(starts.clone()))?;
+        registry.register(Box::new(warm_instances.clone()))?;
+        registry.register(Box::new(busy_instances.clone()))?;
+        registry.register(Box::new(init_duration.clone()))?;
+        registry.register(Box::new(jobs_admitted.clone()))?;
+        Ok(Metrics {
+            registry,
+            http_duration,
+            invocations,
+            starts,
+            warm_instances,
+            busy_instances,
+            init_duration,
+            jobs_admitted,
+        })
+    }
+
+    /// The Prometheus text exposition.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        if let Err(e) = TextEncoder::new().encode(&self.registry.gather(), &mut buf) {
+            tracing::error!(error = %e, "cannot encode metrics");
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}

@@ -1,0 +1,318 @@
+//! Plain serde types shared by every part of the platform: function records,
+//! the job (task) wire format and job results.
+//!
+//! Field names follow the original Node controller/worker so mixed fleets can
+//! migrate: task JSON `requestId, functionId, runtime, memoryMb, s3Bucket,
+//! s3Key, timeoutMs, input, modelId, envVars`; result JSON `functionId,
+//! status, exitCode, stdout, stderr, durationMs, peakMemoryBytes`.
+
+use std::collections::BTreeMap;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use utoipa::ToSchema;
+
+/// Language runtimes a function can use.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Runtime {
+    Python,
+}
+
+impl Runtime {
+    pub const ALL: &'static [Runtime] = &[Runtime::Python];
+
+    pub fn parse(s: &str) -> Option<Runtime> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "python" | "python3" => Some(Runtime::Python),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Runtime::Python => "python",
+        }
+    }
+}
+
+impl std::fmt::Display for Runtime {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A registered function, as stored in the `FunctionRegistry`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionRecord {
+    pub function_id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    /// Artifact key in the `ArtifactStore`: `functions/{id}/{sha256}.zip`.
+    pub s3_key: String,
+    pub sha256: String,
+    pub size_bytes: u64,
+    pub original_name: String,
+    pub runtime: Runtime,
+    pub memory_mb: u32,
+    pub timeout_ms: u64,
+    /// `module.function`, e.g. `main.handler`.
+    pub handler: String,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    pub uploaded_at: DateTime<Utc>,
+    #[serde(default)]
+    pub updated_at: Option<DateTime<Utc>>,
+    #[serde(default)]
+    pub invocations: u64,
+    /// Set when a Kubernetes `Function` resource owns this function
+    /// (`namespace/name`); such functions are read-only over HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// One unit of work on the queue (the original "task" JSON, plus a few fields
+/// the original ignores).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Job {
+    pub request_id: String,
+    pub function_id: String,
+    pub runtime: Runtime,
+    pub memory_mb: u32,
+    pub s3_bucket: String,
+    pub s3_key: String,
+    pub timeout_ms: u64,
+    #[serde(default)]
+    pub input: serde_json::Value,
+    #[serde(default)]
+    pub model_id: Option<String>,
+    #[serde(default)]
+    pub env_vars: BTreeMap<String, String>,
+    #[serde(default = "default_handler")]
+    pub handler: String,
+    #[serde(default)]
+    pub sha256: String,
+    /// The HTTP `x-request-id` of the call that created the job, for tracing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub trace_id: Option<String>,
+    pub submitted_at: DateTime<Utc>,
+}
+
+pub fn default_handler() -> String {
+    "main.handler".to_string()
+}
+
+/// Lifecycle of a job. Everything from `Success` on is terminal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum JobStatus {
+    Pending,
+    Running,
+    Success,
+    Error,
+    Timeout,
+    Oom,
+    Crashed,
+    Lost,
+}
+
+impl JobStatus {
+    pub fn is_terminal(self) -> bool {
+        !matches!(self, JobStatus::Pending | JobStatus::Running)
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobStatus::Pending => "PENDING",
+            JobStatus::Running => "RUNNING",
+            JobStatus::Success => "SUCCESS",
+            JobStatus::Error => "ERROR",
+            JobStatus::Timeout => "TIMEOUT",
+            JobStatus::Oom => "OOM",
+            JobStatus::Crashed => "CRASHED",
+            JobStatus::Lost => "LOST",
+        }
+    }
+}
+
+/// Why a job did not succeed: the handler's exception, or the platform's reason.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ErrorInfo {
+    #[serde(rename = "type")]
+    pub error_type: String,
+    pub message: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub traceback: Option<String>,
+}
+
+/// The terminal outcome of a job, as published on `result:{requestId}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobResult {
+    pub request_id: String,
+    pub function_id: String,
+    pub status: JobStatus,
+    /// The handler's return value (JSON).
+    #[serde(default)]
+    pub result: serde_json::Value,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    #[serde(default)]
+    pub exit_code: Option<i32>,
+    #[serde(default)]
+    pub stdout: String,
+    #[serde(default)]
+    pub stderr: String,
+    /// Time spent in the handler itself, measured inside the instance.
+    #[serde(default)]
+    pub duration_ms: f64,
+    #[serde(default)]
+    pub peak_memory_bytes: u64,
+    #[serde(default)]
+    pub cold_start: bool,
+    /// Time the instance spent starting and importing the handler (cold starts only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_ms: Option<f64>,
+    #[serde(default)]
+    pub attempt: u32,
+    pub finished_at: DateTime<Utc>,
+}
+
+impl JobResult {
+    /// A result produced by the platform rather than by the handler.
+    pub fn platform(job: &Job, status: JobStatus, error_type: &str, message: impl Into<String>) -> Self {
+        JobResult {
+            request_id: job.request_id.clone(),
+            function_id: job.function_id.clone(),
+            status,
+            result: serde_json::Value::Null,
+            error: Some(ErrorInfo {
+                error_type: error_type.to_string(),
+                message: message.into(),
+                traceback: None,
+            }),
+            exit_code: None,
+            stdout: String::new(),
+            stderr: String::new(),
+            duration_ms: 0.0,
+            peak_memory_bytes: 0,
+            cold_start: false,
+            init_ms: None,
+            attempt: 0,
+            finished_at: Utc::now(),
+        }
+    }
+}
+
+/// What `/status/{jobId}` knows about a job: its state, and the result once terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRecord {
+    pub request_id: String,
+    pub function_id: String,
+    pub status: JobStatus,
+    pub submitted_at: DateTime<Utc>,
+    pub updated_at: DateTime<Utc>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<JobResult>,
+}
+
+impl JobRecord {
+    pub fn pending(job: &Job) -> Self {
+        JobRecord {
+            request_id: job.request_id.clone(),
+            function_id: job.function_id.clone(),
+            status: JobStatus::Pending,
+            submitted_at: job.submitted_at,
+            updated_at: Utc::now(),
+            result: None,
+        }
+    }
+
+    pub fn with_status(&self, status: JobStatus) -> Self {
+        JobRecord {
+            status,
+            updated_at: Utc::now(),
+            ..self.clone()
+        }
+    }
+
+    pub fn finished(submitted_at: DateTime<Utc>, result: JobResult) -> Self {
+        JobRecord {
+            request_id: result.request_id.clone(),
+            function_id: result.function_id.clone(),
+            status: result.status,
+            submitted_at,
+            updated_at: result.finished_at,
+            result: Some(result),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_wire_format_matches_the_original_names() {
+        let job = Job {
+            request_id: "r".into(),
+            function_id: "f".into(),
+            runtime: Runtime::Python,
+            memory_mb: 128,
+            s3_bucket: "b".into(),
+            s3_key: "k".into(),
+            timeout_ms: 1000,
+            input: serde_json::json!({"a": 1}),
+            model_id: None,
+            env_vars: BTreeMap::new(),
+            handler: default_handler(),
+            sha256: String::new(),
+            trace_id: None,
+            submitted_at: Utc::now(),
+        };
+        let v = serde_json::to_value(&job).unwrap();
+        for key in [
+            "requestId",
+            "functionId",
+            "runtime",
+            "memoryMb",
+            "s3Bucket",
+            "s3Key",
+            "timeoutMs",
+            "input",
+            "modelId",
+            "envVars",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(v["runtime"], "python");
+    }
+
+    #[test]
+    fn terminal_statuses() {
+        assert!(!JobStatus::Pending.is_terminal());
+        assert!(!JobStatus::Running.is_terminal());
+        for s in [
+            JobStatus::Success,
+            JobStatus::Error,
+            JobStatus::Timeout,
+            JobStatus::Oom,
+            JobStatus::Crashed,
+            JobStatus::Lost,
+        ] {
+            assert!(s.is_terminal());
+            assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        }
+    }
+
+    #[test]
+    fn runtime_parse_is_lenient_on_case_only() {
+        assert_eq!(Runtime::parse("Python"), Some(Runtime::Python));
+        assert_eq!(Runtime::parse("ruby"), None);
+    }
+}

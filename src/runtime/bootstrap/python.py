@@ -1,0 +1,205 @@
+# Infra Controller Python bootstrap.
+#
+# Runs inside every Python instance. It talks to the worker over fd 3 (a
+# private socket) with length-prefixed JSON frames, so nothing a handler prints
+# can corrupt the protocol. The instance starts generic (a stem cell) and
+# becomes a function's warm instance when it receives "load".
+import importlib
+import io
+import json
+import os
+import socket
+import struct
+import sys
+import time
+import traceback
+
+_CHANNEL = socket.socket(fileno=3)
+_OUTPUT_LIMIT = 256 * 1024
+
+
+def _recv_exact(n):
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = _CHANNEL.recv(n - len(buf))
+        if not chunk:
+            os._exit(0)  # the worker went away
+        buf += chunk
+    return bytes(buf)
+
+
+def _read():
+    (n,) = struct.unpack(">I", _recv_exact(4))
+    return json.loads(_recv_exact(n))
+
+
+def _write(msg):
+    data = json.dumps(msg).encode()
+    _CHANNEL.sendall(struct.pack(">I", len(data)) + data)
+
+
+class _Capture(io.TextIOBase):
+    """A bounded in-memory stdout/stderr for one invocation."""
+
+    def __init__(self, limit):
+        self._parts = []
+        self._size = 0
+        self._dropped = 0
+        self._limit = limit
+
+    @property
+    def encoding(self):
+        return "utf-8"
+
+    def writable(self):
+        return True
+
+    def isatty(self):
+        return False
+
+    def write(self, s):
+        if not isinstance(s, str):
+            raise TypeError("write() argument must be str, not %s" % type(s).__name__)
+        room = self._limit - self._size
+        if room > 0:
+            piece = s[:room]
+            self._parts.append(piece)
+            self._size += len(piece)
+        self._dropped += max(0, len(s) - max(room, 0))
+        return len(s)
+
+    def flush(self):
+        pass
+
+    def getvalue(self):
+        value = "".join(self._parts)
+        if self._dropped:
+            value += "\n[truncated %d characters]" % self._dropped
+        return value
+
+
+class Context:
+    """What a handler learns about its invocation (AWS Lambda's names where they exist)."""
+
+    def __init__(self, msg):
+        self.request_id = msg["requestId"]
+        self.aws_request_id = self.request_id
+        self.function_id = msg["functionId"]
+        self.function_name = msg.get("functionName") or self.function_id
+        self.memory_limit_in_mb = msg["memoryMb"]
+        self.model_id = msg.get("modelId")
+        self._deadline = time.monotonic() + msg["timeoutMs"] / 1000.0
+
+    def get_remaining_time_in_millis(self):
+        return max(0, int((self._deadline - time.monotonic()) * 1000))
+
+
+def _error(exc):
+    return {
+        "type": type(exc).__name__,
+        "message": str(exc),
+        "traceback": "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)),
+    }
+
+
+def _reset_peak():
+    # Resets VmHWM so the peak is this invocation's, not the instance's lifetime.
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def _peak_bytes():
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
+def _capture():
+    out, err = _Capture(_OUTPUT_LIMIT), _Capture(_OUTPUT_LIMIT)
+    sys.stdout, sys.stderr = out, err
+    return out, err
+
+
+def _release():
+    sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
+
+
+def _load(msg):
+    out, err = _capture()
+    start = time.perf_counter()
+    try:
+        sys.path.insert(0, msg["codeDir"])
+        module = importlib.import_module(msg["module"])
+        fn = getattr(module, msg["function"], None)
+        if not callable(fn):
+            raise AttributeError("module %r has no callable %r" % (msg["module"], msg["function"]))
+    except MemoryError as e:
+        _release()
+        _write({"op": "loadError", "status": "OOM", "error": _error(e), "stdout": out.getvalue(), "stderr": err.getvalue()})
+        return None
+    except BaseException as e:  # noqa: B036 - a broken module must not kill the instance silently
+        _release()
+        _write({"op": "loadError", "status": "ERROR", "error": _error(e), "stdout": out.getvalue(), "stderr": err.getvalue()})
+        return None
+    _release()
+    _write({"op": "loaded", "initMs": (time.perf_counter() - start) * 1000.0})
+    return fn
+
+
+def _invoke(fn, msg):
+    out, err = _capture()
+    _reset_peak()
+    status, value_json, error = "SUCCESS", "null", None
+    start = time.perf_counter()
+    try:
+        value = fn(msg.get("event"), Context(msg))
+        duration = (time.perf_counter() - start) * 1000.0
+        try:
+            value_json = json.dumps(value, allow_nan=False)
+        except (TypeError, ValueError) as e:
+            status, error = "ERROR", {
+                "type": "ResultNotSerializable",
+                "message": "the handler returned a value that is not JSON-serializable: %s" % e,
+            }
+    except MemoryError as e:
+        duration = (time.perf_counter() - start) * 1000.0
+        status, error = "OOM", _error(e)
+    except BaseException as e:  # noqa: B036 - SystemExit and friends are the handler's errors too
+        duration = (time.perf_counter() - start) * 1000.0
+        status, error = "ERROR", _error(e)
+    _release()
+    _write({
+        "op": "result",
+        "status": status,
+        "valueJson": value_json,
+        "error": error,
+        "stdout": out.getvalue(),
+        "stderr": err.getvalue(),
+        "durationMs": duration,
+        "peakMemoryBytes": _peak_bytes(),
+    })
+
+
+def main():
+    fn = None
+    _write({"op": "ready", "pid": os.getpid()})
+    while True:
+        msg = _read()
+        op = msg.get("op")
+        if op == "load":
+            fn = _load(msg)
+        elif op == "invoke" and fn is not None:
+            _invoke(fn, msg)
+        else:
+            _write({"op": "protocolError", "message": "unexpected op %r" % op})
+
+
+main()

@@ -1,0 +1,345 @@
+//! One runtime process. It starts generic (interpreter + bootstrap), is given
+//! one function's code with `load`, then serves `invoke`s one at a time.
+
+use std::collections::BTreeMap;
+use std::os::fd::AsRawFd;
+use std::os::unix::process::ExitStatusExt;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+use tokio::process::{Child, Command};
+
+use super::protocol::{read_frame, write_frame, FromInstance, InvokeRequest, Outcome, ToInstance};
+use super::{RuntimeError, PYTHON_BOOTSTRAP};
+use crate::function::settings::Handler;
+use crate::model::{JobStatus, Runtime};
+
+/// How instances are started on this host.
+#[derive(Debug, Clone)]
+pub struct RuntimeConfig {
+    /// The Python interpreter (resolved to a real path, not a shim).
+    pub python: PathBuf,
+    /// Parent of every instance's private working directory.
+    pub instances_dir: PathBuf,
+    pub start_timeout: Duration,
+}
+
+/// Everything that makes an instance specific to one function version.
+#[derive(Debug, Clone)]
+pub struct InstanceSpec {
+    pub function_id: String,
+    pub function_name: String,
+    pub runtime: Runtime,
+    pub code_dir: PathBuf,
+    pub handler: Handler,
+    pub memory_mb: u32,
+    pub env_vars: BTreeMap<String, String>,
+    /// Code version (sha256); instances of other versions are never reused.
+    pub version: String,
+}
+
+impl InstanceSpec {
+    /// Instances are interchangeable only when all of this matches.
+    pub fn pool_key(&self) -> String {
+        let env = serde_json::to_string(&self.env_vars).unwrap_or_default();
+        format!(
+            "{}|{}|{}|{}|{}",
+            self.function_id, self.version, self.memory_mb, self.handler, env
+        )
+    }
+}
+
+pub struct Instance {
+    child: Child,
+    pid: i32,
+    chan: UnixStream,
+    // Removed when the instance is dropped.
+    _workdir: tempfile::TempDir,
+}
+
+impl Instance {
+    /// Starts a generic instance (a stem cell) with the memory limit and the
+    /// function's environment, and waits for its bootstrap to report ready.
+    pub async fn spawn(cfg: &RuntimeConfig, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        std::fs::create_dir_all(&cfg.instances_dir).map_err(RuntimeError::Workdir)?;
+        let workdir = tempfile::Builder::new()
+            .prefix("inst-")
+            .tempdir_in(&cfg.instances_dir)
+            .map_err(RuntimeError::Workdir)?;
+        let (parent, child_end) = std::os::unix::net::UnixStream::pair().map_err(RuntimeError::Spawn)?;
+        let child_fd = child_end.as_raw_fd();
+        let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+
+        let mut cmd = Command::new(&cfg.python);
+        cmd.arg("-I")
+            .arg("-u")
+            .arg("-c")
+            .arg(PYTHON_BOOTSTRAP)
+            // A clean environment: the platform's few basics, then the function's own.
+            .env_clear()
+            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
+            .env("HOME", workdir.path())
+            .env("TMPDIR", workdir.path())
+            .env("LANG", "C.UTF-8")
+            .env("PYTHONDONTWRITEBYTECODE", "1")
+            .envs(&spec.env_vars)
+            .current_dir(workdir.path())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe system calls (dup2, fcntl, setsid, setrlimit, prctl).
+        unsafe {
+            cmd.pre_exec(move || {
+                if child_fd == 3 {
+                    // dup2 onto itself would keep close-on-exec set.
+                    let flags = libc::fcntl(3, libc::F_GETFD);
+                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                } else if libc::dup2(child_fd, 3) < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Own process group, so a timeout kills the handler's children too.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let limit = |resource, value: u64| {
+                    let rl = libc::rlimit {
+                        rlim_cur: value as libc::rlim_t,
+                        rlim_max: value as libc::rlim_t,
+                    };
+                    libc::setrlimit(resource, &rl)
+                };
+                // Address-space limit: the memory limit where no cgroup is available.
+                if limit(libc::RLIMIT_AS, memory_bytes) != 0 || limit(libc::RLIMIT_CORE, 0) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                // Die with the worker rather than linger as an orphan.
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+        let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
+        drop(child_end);
+        let pid = child.id().map(|p| p as i32).unwrap_or(0);
+        drain_output(child.stdout.take(), pid, "stdout");
+        drain_output(child.stderr.take(), pid, "stderr");
+        parent.set_nonblocking(true).map_err(RuntimeError::Spawn)?;
+        let chan = UnixStream::from_std(parent).map_err(RuntimeError::Spawn)?;
+        let mut instance = Instance {
+            child,
+            pid,
+            chan,
+            _workdir: workdir,
+        };
+
+        match tokio::time::timeout(cfg.start_timeout, read_frame(&mut instance.chan)).await {
+            Ok(Ok(Some(FromInstance::Ready { .. }))) => Ok(instance),
+            Ok(Ok(Some(other))) => {
+                instance.kill();
+                Err(RuntimeError::Protocol(format!("expected ready, got {other:?}")))
+            }
+            Ok(Ok(None)) => {
+                let (_, how) = instance.exit_status().await;
+                Err(RuntimeError::Exited(how))
+            }
+            Ok(Err(e)) => {
+                instance.kill();
+                Err(e)
+            }
+            Err(_) => {
+                instance.kill();
+                Err(RuntimeError::StartTimeout(cfg.start_timeout))
+            }
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.pid
+    }
+
+    /// Imports the function's handler. On failure the outcome to report (the
+    /// instance is then unusable).
+    pub async fn load(&mut self, code_dir: &Path, handler: &Handler, timeout: Duration) -> Result<f64, Outcome> {
+        let code_dir = code_dir.to_string_lossy();
+        let msg = ToInstance::Load {
+            code_dir: &code_dir,
+            module: &handler.module,
+            function: &handler.function,
+        };
+        if let Err(e) = write_frame(&mut self.chan, &msg).await {
+            return Err(self.died_or(e).await);
+        }
+        match tokio::time::timeout(timeout, read_frame(&mut self.chan)).await {
+            Ok(Ok(Some(FromInstance::Loaded { init_ms }))) => Ok(init_ms),
+            Ok(Ok(Some(FromInstance::LoadError {
+                status,
+                error,
+                stdout,
+                stderr,
+            }))) => Err(Outcome {
+                status,
+                error: Some(error),
+                stdout,
+                stderr,
+                ..Outcome::failed(status, "", "")
+            }),
+            Ok(Ok(Some(other))) => Err(Outcome::failed(
+                JobStatus::Crashed,
+                "ProtocolError",
+                format!("unexpected {other:?}"),
+            )),
+            Ok(Ok(None)) => Err(self.crashed().await),
+            Ok(Err(e)) => Err(self.died_or(e).await),
+            Err(_) => {
+                self.kill();
+                Err(Outcome::failed(
+                    JobStatus::Timeout,
+                    "InitTimeout",
+                    format!("importing the handler took longer than {} ms", timeout.as_millis()),
+                ))
+            }
+        }
+    }
+
+    /// Runs one invocation. Returns the outcome and whether the instance may be
+    /// reused (it may not after a timeout, crash, protocol error or OOM).
+    pub async fn invoke(&mut self, req: &InvokeRequest) -> (Outcome, bool) {
+        let msg = ToInstance::Invoke {
+            request_id: &req.request_id,
+            function_id: &req.function_id,
+            function_name: &req.function_name,
+            memory_mb: req.memory_mb,
+            model_id: req.model_id.as_deref(),
+            timeout_ms: req.timeout_ms,
+            event: &req.event,
+        };
+        if let Err(e) = write_frame(&mut self.chan, &msg).await {
+            return (self.died_or(e).await, false);
+        }
+        let timeout = Duration::from_millis(req.timeout_ms);
+        let started = Instant::now();
+        match tokio::time::timeout(timeout, read_frame(&mut self.chan)).await {
+            Ok(Ok(Some(FromInstance::Result {
+                status,
+                value_json,
+                error,
+                stdout,
+                stderr,
+                duration_ms,
+                peak_memory_bytes,
+            }))) => {
+                let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
+                let outcome = Outcome {
+                    status,
+                    value,
+                    error,
+                    stdout,
+                    stderr,
+                    duration_ms,
+                    peak_memory_bytes,
+                    exit_code: (status == JobStatus::Success).then_some(0),
+                };
+                // An instance that hit its memory limit may be left in a bad state.
+                (outcome, status != JobStatus::Oom)
+            }
+            Ok(Ok(Some(other))) => {
+                self.kill();
+                (
+                    Outcome::failed(JobStatus::Crashed, "ProtocolError", format!("unexpected {other:?}")),
+                    false,
+                )
+            }
+            Ok(Ok(None)) => (self.crashed().await, false),
+            Ok(Err(e)) => (self.died_or(e).await, false),
+            Err(_) => {
+                self.kill();
+                let mut o = Outcome::failed(
+                    JobStatus::Timeout,
+                    "Timeout",
+                    format!(
+                        "the handler did not finish within {} ms and was stopped",
+                        req.timeout_ms
+                    ),
+                );
+                o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                (o, false)
+            }
+        }
+    }
+
+    /// Kills the instance and all its descendants.
+    pub fn kill(&mut self) {
+        if self.pid > 0 {
+            // SAFETY: plain syscall; a negative pid addresses the instance's process group.
+            unsafe {
+                libc::kill(-self.pid, libc::SIGKILL);
+            }
+        }
+        let _ = self.child.start_kill();
+    }
+
+    async fn died_or(&mut self, e: RuntimeError) -> Outcome {
+        match tokio::time::timeout(Duration::from_millis(200), self.child.wait()).await {
+            Ok(_) => self.crashed().await,
+            Err(_) => {
+                self.kill();
+                Outcome::failed(JobStatus::Crashed, "ProtocolError", e.to_string())
+            }
+        }
+    }
+
+    async fn crashed(&mut self) -> Outcome {
+        let (code, how) = self.exit_status().await;
+        let mut o = Outcome::failed(
+            JobStatus::Crashed,
+            "InstanceExited",
+            format!("the function process {how}"),
+        );
+        o.exit_code = code;
+        o
+    }
+
+    /// Exit code (128+signal for signals) and a description.
+    async fn exit_status(&mut self) -> (Option<i32>, String) {
+        match tokio::time::timeout(Duration::from_secs(2), self.child.wait()).await {
+            Ok(Ok(status)) => match (status.code(), status.signal()) {
+                (Some(c), _) => (Some(c), format!("exited with code {c}")),
+                (None, Some(s)) => (Some(128 + s), format!("was killed by signal {s}")),
+                _ => (None, "ended".to_string()),
+            },
+            _ => {
+                self.kill();
+                (None, "stopped responding".to_string())
+            }
+        }
+    }
+}
+
+impl Drop for Instance {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Logs what the process writes outside a handler's captured output (e.g.
+/// C-level writes), so the pipe never fills up and blocks the instance.
+fn drain_output<R: AsyncReadExt + Unpin + Send + 'static>(pipe: Option<R>, pid: i32, stream: &'static str) {
+    let Some(mut pipe) = pipe else { return };
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 8192];
+        loop {
+            match pipe.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    tracing::debug!(pid, stream, output = %String::from_utf8_lossy(&buf[..n]), "instance output");
+                }
+            }
+        }
+    });
+}

@@ -1,0 +1,27 @@
+//! Running functions: instance processes speaking the bootstrap protocol, and
+//! the warm pool that keeps them for reuse.
+
+mod instance;
+mod pool;
+pub mod protocol;
+
+pub use instance::{Instance, InstanceSpec, RuntimeConfig};
+pub use pool::{Invocation, Pool};
+pub use protocol::{InvokeRequest, Outcome};
+
+/// The Python bootstrap, embedded in the binary (passed to `python3 -c`).
+pub const PYTHON_BOOTSTRAP: &str = include_str!("bootstrap/python.py");
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error("cannot start the runtime process: {0}")]
+    Spawn(#[source] std::io::Error),
+    #[error("cannot prepare the instance directory: {0}")]
+    Workdir(#[source] std::io::Error),
+    #[error("instance protocol error: {0}")]
+    Protocol(String),
+    #[error("instance exited during start-up ({0})")]
+    Exited(String),
+    #[error("instance did not become ready within {0:?}")]
+    StartTimeout(std::time::Duration),
+}

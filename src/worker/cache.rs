@@ -1,0 +1,87 @@
+//! Function code on local disk, extracted once per code version (sha256) and
+//! shared by every instance of that version.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+
+use crate::backend::{self, ArtifactStore};
+use crate::function::package::{self, ExtractError};
+use crate::model::Job;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("cannot fetch the function's code: {0}")]
+    Fetch(#[source] backend::Error),
+    #[error("the function's code does not match its checksum (expected {expected}, got {actual})")]
+    Checksum { expected: String, actual: String },
+    #[error("the job names an invalid code version {0:?}")]
+    BadVersion(String),
+    #[error("cannot unpack the function's code: {0}")]
+    Extract(#[from] ExtractError),
+    #[error("code cache I/O failed: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+pub struct ArtifactCache {
+    dir: PathBuf,
+    store: Arc<dyn ArtifactStore>,
+}
+
+fn is_sha256_hex(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+}
+
+impl ArtifactCache {
+    pub fn new(dir: PathBuf, store: Arc<dyn ArtifactStore>) -> Self {
+        ArtifactCache { dir, store }
+    }
+
+    /// The directory holding the job's code, fetching and extracting it on a miss.
+    /// Returns the directory and the code version (sha256).
+    pub async fn code_dir(&self, job: &Job) -> Result<(PathBuf, String), CacheError> {
+        if !job.sha256.is_empty() {
+            // The version becomes a path: accept only a real sha256.
+            if !is_sha256_hex(&job.sha256) {
+                return Err(CacheError::BadVersion(job.sha256.clone()));
+            }
+            let dir = self.dir.join(&job.sha256);
+            if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+                return Ok((dir, job.sha256.clone()));
+            }
+        }
+        let bytes = self.store.get(&job.s3_key).await.map_err(CacheError::Fetch)?;
+        let actual = hex::encode(Sha256::digest(&bytes));
+        if !job.sha256.is_empty() && actual != job.sha256 {
+            return Err(CacheError::Checksum {
+                expected: job.sha256.clone(),
+                actual,
+            });
+        }
+        let target = self.dir.join(&actual);
+        if tokio::fs::metadata(&target).await.is_ok_and(|m| m.is_dir()) {
+            return Ok((target, actual));
+        }
+        let cache_dir = self.dir.clone();
+        let dest = target.clone();
+        tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
+            std::fs::create_dir_all(&cache_dir)?;
+            // Extract beside the target, then rename: readers never see half a tree.
+            let tmp = tempfile::Builder::new().prefix(".extract-").tempdir_in(&cache_dir)?;
+            package::extract_zip(&bytes, tmp.path())?;
+            let tmp_path = tmp.keep();
+            if let Err(e) = std::fs::rename(&tmp_path, &dest) {
+                let _ = std::fs::remove_dir_all(&tmp_path);
+                // Another job extracted the same version first: fine.
+                if !dest.is_dir() {
+                    return Err(e.into());
+                }
+            }
+            Ok(())
+        })
+        .await
+        .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        Ok((target, actual))
+    }
+}

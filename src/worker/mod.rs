@@ -1,0 +1,265 @@
+//! The queue consumer: bounded concurrency, visibility extension while a job
+//! runs, ack only after the result is stored, drain on shutdown.
+
+pub mod cache;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::Utc;
+use tokio::sync::Semaphore;
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
+
+use crate::backend::{Delivery, JobQueue, ResultBus};
+use crate::function::settings::Handler;
+use crate::metrics::Metrics;
+use crate::model::{JobRecord, JobResult, JobStatus};
+use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
+use cache::ArtifactCache;
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub concurrency: usize,
+    /// Longest a receive waits for work (SQS long polling: 20 s).
+    pub receive_wait: Duration,
+    /// The queue's visibility timeout; running jobs are extended before it lapses.
+    pub visibility: Duration,
+    /// Deliveries after which a job is given up as LOST.
+    pub max_attempts: u32,
+}
+
+pub struct Worker {
+    cfg: WorkerConfig,
+    queue: Arc<dyn JobQueue>,
+    bus: Arc<dyn ResultBus>,
+    cache: ArtifactCache,
+    pool: Arc<Pool>,
+    metrics: Arc<Metrics>,
+}
+
+impl Worker {
+    pub fn new(
+        cfg: WorkerConfig,
+        queue: Arc<dyn JobQueue>,
+        bus: Arc<dyn ResultBus>,
+        cache: ArtifactCache,
+        pool: Arc<Pool>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Worker {
+            cfg,
+            queue,
+            bus,
+            cache,
+            pool,
+            metrics,
+        }
+    }
+
+    /// Consumes jobs until `shutdown`, then waits up to `drain` for running
+    /// jobs. Jobs still running after that are abandoned unacknowledged, so the
+    /// queue delivers them again (after a restart, for the embedded queue).
+    pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
+        let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let mut tasks = JoinSet::new();
+        loop {
+            let first = tokio::select! {
+                p = slots.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+                _ = shutdown.cancelled() => break,
+            };
+            let free = slots.available_permits() + 1;
+            let received = tokio::select! {
+                r = self.queue.receive(free, self.cfg.receive_wait) => r,
+                _ = shutdown.cancelled() => break,
+            };
+            match received {
+                Ok(deliveries) => {
+                    let mut first = Some(first);
+                    for delivery in deliveries {
+                        let permit = match first.take() {
+                            Some(p) => p,
+                            None => match slots.clone().try_acquire_owned() {
+                                Ok(p) => p,
+                                // Cannot happen: we asked for at most `free` jobs.
+                                Err(_) => break,
+                            },
+                        };
+                        let worker = self.clone();
+                        tasks.spawn(async move {
+                            worker.handle(delivery).await;
+                            drop(permit);
+                        });
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "queue receive failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(Duration::from_secs(1)) => {}
+                        _ = shutdown.cancelled() => break,
+                    }
+                }
+            }
+            while tasks.try_join_next().is_some() {}
+        }
+        tracing::info!(in_flight = tasks.len(), "worker stopping; draining in-flight jobs");
+        let drained = tokio::time::timeout(drain, async { while tasks.join_next().await.is_some() {} }).await;
+        if drained.is_err() {
+            tracing::warn!(
+                abandoned = tasks.len(),
+                "drain time exceeded; abandoned jobs will be delivered again"
+            );
+            tasks.abort_all();
+            while tasks.join_next().await.is_some() {}
+        }
+        self.pool.clear();
+    }
+
+    async fn handle(&self, delivery: Delivery) {
+        let job = &delivery.job;
+        let span = tracing::info_span!(
+            "job",
+            request_id = %job.request_id,
+            function_id = %job.function_id,
+            trace_id = job.trace_id.as_deref().unwrap_or(""),
+            attempt = delivery.attempt,
+        );
+        async {
+            // Redelivered after its result was stored (e.g. the ack was lost): just ack.
+            if let Ok(Some(record)) = self.bus.get(&job.request_id).await {
+                if record.status.is_terminal() {
+                    self.ack(&delivery).await;
+                    return;
+                }
+            }
+            let result = if delivery.attempt > self.cfg.max_attempts {
+                let mut r = JobResult::platform(
+                    job,
+                    JobStatus::Lost,
+                    "Lost",
+                    format!(
+                        "the job was delivered {} times without finishing (workers crashed or restarted while running it)",
+                        delivery.attempt - 1
+                    ),
+                );
+                r.attempt = delivery.attempt;
+                r
+            } else {
+                let running = JobRecord::pending(job).with_status(JobStatus::Running);
+                if let Err(e) = self.bus.set_state(&running).await {
+                    tracing::warn!(error = %e, "could not record RUNNING state");
+                }
+                let extender = self.keep_invisible(&delivery);
+                let result = self.execute(&delivery).await;
+                extender.abort();
+                result
+            };
+            if self.publish(&delivery, &result).await {
+                self.ack(&delivery).await;
+            }
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Extends the job's visibility while it runs, so no other worker takes it.
+    fn keep_invisible(&self, delivery: &Delivery) -> tokio::task::JoinHandle<()> {
+        let queue = self.queue.clone();
+        let receipt = delivery.receipt.clone();
+        let visibility = self.cfg.visibility;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(visibility / 3).await;
+                if let Err(e) = queue.extend(&receipt, visibility).await {
+                    tracing::warn!(error = %e, "could not extend job visibility");
+                }
+            }
+        })
+    }
+
+    async fn execute(&self, delivery: &Delivery) -> JobResult {
+        let job = &delivery.job;
+        let (code_dir, version) = match self.cache.code_dir(job).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::error!(error = %e, "cannot prepare function code");
+                return JobResult::platform(job, JobStatus::Error, "CodeUnavailable", e.to_string());
+            }
+        };
+        let handler = match Handler::parse(&job.handler) {
+            Ok(h) => h,
+            Err(e) => return JobResult::platform(job, JobStatus::Error, "InvalidHandler", e),
+        };
+        let spec = InstanceSpec {
+            function_id: job.function_id.clone(),
+            function_name: job.function_id.clone(),
+            runtime: job.runtime,
+            code_dir,
+            handler,
+            memory_mb: job.memory_mb,
+            env_vars: job.env_vars.clone(),
+            version,
+        };
+        let req = InvokeRequest {
+            request_id: job.request_id.clone(),
+            function_id: job.function_id.clone(),
+            function_name: job.function_id.clone(),
+            memory_mb: job.memory_mb,
+            model_id: job.model_id.clone(),
+            timeout_ms: job.timeout_ms,
+            event: job.input.clone(),
+        };
+        let inv = self.pool.invoke(&spec, &req).await;
+        let o = inv.outcome;
+        JobResult {
+            request_id: job.request_id.clone(),
+            function_id: job.function_id.clone(),
+            status: o.status,
+            result: o.value,
+            error: o.error,
+            exit_code: o.exit_code,
+            stdout: o.stdout,
+            stderr: o.stderr,
+            duration_ms: o.duration_ms,
+            peak_memory_bytes: o.peak_memory_bytes,
+            cold_start: inv.cold_start,
+            init_ms: inv.init_ms,
+            attempt: delivery.attempt,
+            finished_at: Utc::now(),
+        }
+    }
+
+    /// Stores the result, retrying briefly. False if it could not be stored:
+    /// the job is then left unacknowledged and will be delivered again.
+    async fn publish(&self, delivery: &Delivery, result: &JobResult) -> bool {
+        for attempt in 0..3u32 {
+            match self.bus.publish(delivery.job.submitted_at, result).await {
+                Ok(stored) => {
+                    self.metrics
+                        .invocations
+                        .with_label_values(&[&delivery.job.function_id, stored.status.as_str()])
+                        .inc();
+                    tracing::info!(
+                        status = stored.status.as_str(),
+                        duration_ms = result.duration_ms,
+                        cold_start = result.cold_start,
+                        "job finished"
+                    );
+                    return true;
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, attempt, "could not publish result");
+                    tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
+                }
+            }
+        }
+        false
+    }
+
+    async fn ack(&self, delivery: &Delivery) {
+        if let Err(e) = self.queue.ack(&delivery.receipt).await {
+            tracing::warn!(error = %e, "could not ack job; it may be delivered again (its result is kept)");
+        }
+    }
+}
