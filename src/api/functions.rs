@@ -162,6 +162,9 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpl
             let mut data = BytesMut::new();
             while let Some(chunk) = field.chunk().await? {
                 if data.len() + chunk.len() > MAX_UPLOAD_BYTES {
+                    // Read the (bounded) rest, so the client gets this answer
+                    // instead of a reset connection while still sending.
+                    while let Ok(Some(_)) = field.chunk().await {}
                     return Err(ApiError::new(
                         StatusCode::PAYLOAD_TOO_LARGE,
                         format!("file exceeds the upload limit of {MAX_UPLOAD_BYTES} bytes (50 MiB)"),

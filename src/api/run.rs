@@ -64,17 +64,17 @@ pub struct JobProgress {
 #[derive(Serialize, ToSchema)]
 #[serde(untagged)]
 pub enum JobView {
-    Finished(FinishedJob),
+    Finished(Box<FinishedJob>),
     InProgress(JobProgress),
 }
 
 impl JobView {
     fn of(record: JobRecord) -> JobView {
         match record.result {
-            Some(result) if record.status.is_terminal() => JobView::Finished(FinishedJob {
+            Some(result) if record.status.is_terminal() => JobView::Finished(Box::new(FinishedJob {
                 job_id: record.request_id,
                 result,
-            }),
+            })),
             _ => JobView::InProgress(JobProgress {
                 job_id: record.request_id,
                 function_id: record.function_id,

@@ -142,7 +142,7 @@ pub fn validate(
     let supported = Runtime::ALL.iter().map(|r| r.as_str()).collect::<Vec<_>>().join(", ");
 
     let name = match draft.name.as_deref().map(str::trim) {
-        Some(n) if n.is_empty() => {
+        Some("") => {
             errors.push("name must not be empty".to_string());
             String::new()
         }

@@ -17,14 +17,14 @@ use crate::model::Job;
 #[derive(Serialize, Deserialize)]
 struct Stored {
     job: Job,
-    /// How many times the platform restarted while this job was queued.
+    /// Times the job was handed to a worker, persisted so that a job that
+    /// keeps killing its worker (or the platform) is eventually given up.
     #[serde(default)]
-    restarts: u32,
+    deliveries: u32,
 }
 
 struct Entry {
     job: Job,
-    restarts: u32,
     deliveries: u32,
     /// Changes on every delivery, so a stale receipt cannot extend a redelivered job.
     token: u64,
@@ -71,48 +71,35 @@ fn parse_receipt(receipt: &str) -> Result<(u64, u64)> {
 impl EmbeddedQueue {
     /// Opens the queue, re-queueing every job left from a previous run.
     pub async fn open(db: Db, visibility: Duration) -> Result<(EmbeddedQueue, RecoveredJobs)> {
-        // Count this restart against every job still queued, in one transaction.
-        let leftovers = db
-            .write(|txn| {
-                let mut table = txn.open_table(QUEUE)?;
-                let mut items = Vec::new();
-                for item in table.iter()? {
-                    let (k, v) = item?;
-                    items.push((k.value(), v.value().to_vec()));
-                }
-                let mut out = Vec::new();
-                for (seq, bytes) in items {
-                    match serde_json::from_slice::<Stored>(&bytes) {
-                        Ok(mut stored) => {
-                            stored.restarts += 1;
-                            if let Ok(b) = serde_json::to_vec(&stored) {
-                                table.insert(seq, b.as_slice())?;
-                            }
-                            out.push((seq, stored));
-                        }
-                        Err(e) => {
-                            // Unreadable entries cannot be run; drop them loudly.
-                            tracing::error!(seq, error = %e, "dropping unreadable queue entry");
-                            table.remove(seq)?;
-                        }
-                    }
-                }
-                Ok(out)
-            })
-            .await?;
+        let leftovers = db.read(|txn| {
+            let table = txn.open_table(QUEUE)?;
+            let mut out = Vec::new();
+            for item in table.iter()? {
+                let (k, v) = item?;
+                out.push((k.value(), v.value().to_vec()));
+            }
+            Ok(out)
+        })?;
         let mut state = State::default();
         let mut max_seq = 0;
         let mut recovered = Vec::new();
-        for (seq, stored) in leftovers {
+        for (seq, bytes) in leftovers {
             max_seq = max_seq.max(seq);
+            let stored = match serde_json::from_slice::<Stored>(&bytes) {
+                Ok(s) => s,
+                Err(e) => {
+                    // Unreadable entries cannot be run or reported; say so loudly.
+                    tracing::error!(seq, error = %e, "skipping unreadable queue entry");
+                    continue;
+                }
+            };
             recovered.push(stored.job.clone());
             state.ready.push_back(seq);
             state.entries.insert(
                 seq,
                 Entry {
                     job: stored.job,
-                    restarts: stored.restarts,
-                    deliveries: 0,
+                    deliveries: stored.deliveries,
                     token: 0,
                     invisible_until: None,
                 },
@@ -138,6 +125,33 @@ impl EmbeddedQueue {
     /// Number of jobs waiting or in flight.
     pub fn depth(&self) -> usize {
         self.lock().entries.len()
+    }
+
+    /// Records the delivery counts of just-received jobs (one transaction).
+    async fn persist_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
+        let mut rows = Vec::with_capacity(deliveries.len());
+        for d in deliveries {
+            let (seq, _) = parse_receipt(&d.receipt)?;
+            rows.push((
+                seq,
+                encode(&Stored {
+                    job: d.job.clone(),
+                    deliveries: d.attempt,
+                })?,
+            ));
+        }
+        self.db
+            .write(move |txn| {
+                let mut table = txn.open_table(QUEUE)?;
+                for (seq, bytes) in rows {
+                    // An entry acked meanwhile stays deleted.
+                    if table.get(seq)?.is_some() {
+                        table.insert(seq, bytes.as_slice())?;
+                    }
+                }
+                Ok(())
+            })
+            .await
     }
 
     /// Moves in-flight jobs whose visibility lapsed back to the front of the
@@ -172,7 +186,7 @@ impl JobQueue for EmbeddedQueue {
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
         let bytes = encode(&Stored {
             job: job.clone(),
-            restarts: 0,
+            deliveries: 0,
         })?;
         self.db
             .write(move |txn| {
@@ -186,7 +200,6 @@ impl JobQueue for EmbeddedQueue {
                 seq,
                 Entry {
                     job: job.clone(),
-                    restarts: 0,
                     deliveries: 0,
                     token: 0,
                     invisible_until: None,
@@ -202,11 +215,10 @@ impl JobQueue for EmbeddedQueue {
         let deadline = Instant::now() + wait;
         loop {
             let notified = self.notify.notified();
-            let next_expiry;
-            {
+            let (out, next_expiry) = {
                 let now = Instant::now();
                 let mut st = self.lock();
-                next_expiry = Self::requeue_expired(&mut st, now);
+                let next_expiry = Self::requeue_expired(&mut st, now);
                 let mut out = Vec::new();
                 while out.len() < max {
                     let Some(seq) = st.ready.pop_front() else { break };
@@ -220,17 +232,19 @@ impl JobQueue for EmbeddedQueue {
                     out.push(Delivery {
                         job: entry.job.clone(),
                         receipt: format!("{seq}:{token}"),
-                        attempt: entry.deliveries + entry.restarts,
+                        attempt: entry.deliveries,
                     });
                     st.in_flight.insert(seq);
                 }
-                if !out.is_empty() {
-                    // More may be waiting: let another receiver look too.
-                    if !st.ready.is_empty() {
-                        self.notify.notify_one();
-                    }
-                    return Ok(out);
+                // More may be waiting: let another receiver look too.
+                if !out.is_empty() && !st.ready.is_empty() {
+                    self.notify.notify_one();
                 }
+                (out, next_expiry)
+            };
+            if !out.is_empty() {
+                self.persist_deliveries(&out).await?;
+                return Ok(out);
             }
             let now = Instant::now();
             if now >= deadline {

@@ -1,0 +1,605 @@
+//! The HTTP API over a real socket: uploads, validation, auth, rate limits,
+//! jobs, errors, metrics, models and the OpenAPI document.
+
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn upload_py_and_run_sync() {
+    let app = TestApp::start().await;
+    let id = app.upload_py(ECHO, &[("name", "echo"), ("memoryMb", "256")]).await;
+    let body = app.run_ok(&id, json!({"hello": "world"})).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"]["echo"], json!({"hello": "world"}));
+    assert_eq!(body["result"]["requestId"], body["jobId"], "context carries the job id");
+    for field in [
+        "requestId",
+        "stdout",
+        "stderr",
+        "exitCode",
+        "durationMs",
+        "peakMemoryBytes",
+        "coldStart",
+    ] {
+        assert!(body.get(field).is_some(), "result lacks {field}: {body}");
+    }
+    assert!(
+        body["peakMemoryBytes"].as_u64().unwrap() > 1_000_000,
+        "peak memory measured: {body}"
+    );
+
+    let f: Value = app
+        .get(&format!("/functions/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(f["name"], "echo");
+    assert_eq!(f["memoryMb"], 256);
+    assert_eq!(f["runtime"], "python");
+}
+
+#[tokio::test]
+async fn upload_zip_with_helper_module_and_custom_handler() {
+    let app = TestApp::start().await;
+    let zip = zip_of(&[
+        (
+            "app.py",
+            "from lib.maths import double\ndef run(event, context):\n    return double(event['n'])\n",
+        ),
+        ("lib/__init__.py", ""),
+        ("lib/maths.py", "def double(n):\n    return n * 2\n"),
+    ]);
+    let resp = app.upload_raw("bundle.zip", zip, &[("handler", "app.run")]).await;
+    assert_eq!(resp.status(), 201);
+    let id = resp.json::<Value>().await.unwrap()["functionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = app.run_ok(&id, json!({"n": 21})).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"], 42);
+}
+
+#[tokio::test]
+async fn settings_from_headers_and_query_like_the_original_controller() {
+    let app = TestApp::start().await;
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(ECHO.as_bytes().to_vec()).file_name("fn.py"),
+    );
+    let resp = app
+        .post("/api/upload?description=from%20query")
+        .header("x-runtime", "python")
+        .header("x-memory-mb", "512")
+        .header("x-function-name", "headers")
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["function"]["memoryMb"], 512);
+    assert_eq!(body["function"]["name"], "headers");
+    assert_eq!(body["function"]["description"], "from query");
+    assert_eq!(body["function"]["originalName"], "fn.py");
+}
+
+#[tokio::test]
+async fn async_run_goes_through_pending_to_success() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import time\ndef handler(event, context):\n    time.sleep(0.4)\n    return event['x'] + 1\n",
+            &[],
+        )
+        .await;
+    let job = app.run_async(&id, json!({"x": 1})).await;
+    let (first_status, first) = app.status(&job).await;
+    assert_eq!(first_status, 200);
+    assert!(
+        matches!(first["status"].as_str(), Some("PENDING" | "RUNNING")),
+        "{first}"
+    );
+    assert_eq!(first["jobId"], job.as_str());
+    let (seen, done) = app.wait_job(&job, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert_eq!(done["result"], 2);
+    assert!(seen.contains(&"RUNNING".to_string()), "saw {seen:?}");
+    assert_eq!(seen.last().map(String::as_str), Some("SUCCESS"));
+}
+
+#[tokio::test]
+async fn auth_is_required_except_for_health_and_metrics() {
+    let app = TestApp::start().await;
+    let anon = reqwest::Client::new();
+    for path in ["/functions", "/api/functions", "/models", "/status/x"] {
+        let r = anon.get(app.url(path)).send().await.unwrap();
+        assert_eq!(r.status(), 401, "{path}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains("x-api-key"), "{body}");
+        assert!(body["requestId"].is_string());
+    }
+    let wrong = anon
+        .get(app.url("/functions"))
+        .header("x-api-key", "test-api-key-012345678X")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(wrong.status(), 401);
+    let r = anon
+        .post(app.url("/run"))
+        .json(&json!({"functionId": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    for path in ["/health", "/metrics", "/api/health", "/openapi.json"] {
+        assert_eq!(anon.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
+    }
+}
+
+#[tokio::test]
+async fn rate_limit_allows_100_per_minute_then_429() {
+    let app = TestApp::start_with(|a| a.rate_limit_per_minute = "100".into()).await;
+    // Stay clear of a window boundary, which would reset the count mid-test.
+    let probe = app.get("/functions").send().await.unwrap();
+    let reset: u64 = probe.headers()["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
+    let mut used = 1;
+    if reset <= 3 {
+        tokio::time::sleep(Duration::from_secs(reset + 1)).await;
+        used = 0;
+    }
+    let mut last_remaining = None;
+    for _ in used..100 {
+        let r = app.get("/functions").send().await.unwrap();
+        assert_eq!(r.status(), 200);
+        assert_eq!(r.headers()["x-ratelimit-limit"], "100");
+        last_remaining = Some(r.headers()["x-ratelimit-remaining"].to_str().unwrap().to_string());
+    }
+    assert_eq!(last_remaining.as_deref(), Some("0"));
+    let r = app.get("/functions").send().await.unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
+    assert!(r.headers().contains_key("retry-after"));
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("rate limit"), "{body}");
+    // Probes are not counted and not limited.
+    assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
+}
+
+#[tokio::test]
+async fn invalid_settings_get_400_listing_every_problem() {
+    let app = TestApp::start().await;
+    for (fields, needle) in [
+        (
+            vec![("memoryMb", "64")],
+            "memoryMb must be an integer from 128 to 10240",
+        ),
+        (vec![("memoryMb", "10241")], "memoryMb"),
+        (vec![("memoryMb", "lots")], "memoryMb"),
+        (vec![("runtime", "ruby")], "runtime \"ruby\" is not supported"),
+        (vec![("envVars", "[1,2]")], "envVars"),
+        (vec![("handler", "nohandler")], "handler"),
+        (vec![("colour", "blue")], "unknown form fields: colour"),
+    ] {
+        let r = app.upload_raw("main.py", ECHO.as_bytes().to_vec(), &fields).await;
+        assert_eq!(r.status(), 400, "{fields:?}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(needle), "{fields:?}: {body}");
+    }
+    let r = app
+        .upload_raw(
+            "main.py",
+            ECHO.as_bytes().to_vec(),
+            &[("memoryMb", "1"), ("runtime", "go")],
+        )
+        .await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["details"].as_array().map(Vec::len),
+        Some(2),
+        "both problems listed: {body}"
+    );
+}
+
+#[tokio::test]
+async fn bad_files_and_zips_get_400() {
+    let app = TestApp::start().await;
+    let cases: Vec<(&str, Vec<u8>, &str)> = vec![
+        (
+            "evil.zip",
+            zip_of(&[("main.py", ECHO), ("../x", "owned")]),
+            "unsafe path",
+        ),
+        (
+            "abs.zip",
+            zip_of(&[("main.py", ECHO), ("/etc/cron.d/x", "owned")]),
+            "unsafe path",
+        ),
+        ("nohandler.zip", zip_of(&[("other.py", ECHO)]), "main.py"),
+        (
+            "broken.zip",
+            b"PK\x03\x04 this is not really a zip".to_vec(),
+            "not a valid zip archive",
+        ),
+        ("notes.txt", b"hello".to_vec(), "unsupported file type"),
+        ("empty.py", Vec::new(), "empty"),
+        ("latin1.py", vec![0xe9, 0xff], "not UTF-8"),
+    ];
+    for (name, data, needle) in cases {
+        let r = app.upload_raw(name, data, &[]).await;
+        assert_eq!(r.status(), 400, "{name}");
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().unwrap().contains(needle), "{name}: {body}");
+    }
+    // No file at all, and a body that is not multipart.
+    let r = app
+        .post("/upload")
+        .multipart(reqwest::multipart::Form::new().text("name", "x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app.post("/upload").json(&json!({"file": "x"})).send().await.unwrap();
+    assert!(r.status().is_client_error(), "{}", r.status());
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    // Nothing was stored by any of these.
+    let list: Value = app.get("/functions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["count"], 0);
+}
+
+#[tokio::test]
+async fn uploads_over_50_mb_get_413() {
+    let app = TestApp::start().await;
+    let mut big = b"def handler(e, c):\n    return 1\n".to_vec();
+    big.resize(50 * 1024 * 1024 + 1, b'#');
+    let r = app.upload_raw("main.py", big, &[]).await;
+    assert_eq!(r.status(), 413);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("50 MiB"), "{body}");
+    // Exactly at the limit is fine.
+    let mut edge = b"def handler(e, c):\n    return 1\n".to_vec();
+    edge.resize(50 * 1024 * 1024, b'#');
+    assert_eq!(app.upload_raw("main.py", edge, &[]).await.status(), 201);
+}
+
+#[tokio::test]
+async fn unknown_function_and_job_get_404() {
+    let app = TestApp::start().await;
+    let (status, body) = app.run("no-such-function", json!({})).await;
+    assert_eq!(status, 404);
+    assert!(body["error"].as_str().unwrap().contains("no-such-function"), "{body}");
+    assert_eq!(app.get("/functions/nope").send().await.unwrap().status(), 404);
+    assert_eq!(app.delete("/functions/nope").send().await.unwrap().status(), 404);
+    let (status, _) = app.status("no-such-job").await;
+    assert_eq!(status, 404);
+    let r = app.get("/no/such/route").send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    assert!(r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("no route"));
+}
+
+#[tokio::test]
+async fn malformed_json_gets_a_json_4xx() {
+    let app = TestApp::start().await;
+    let r = app
+        .post("/run")
+        .header("content-type", "application/json")
+        .body("{not json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.json::<Value>().await.unwrap()["error"].is_string());
+    let r = app
+        .post("/run")
+        .json(&json!({"functionId": "x", "surprise": 1}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+    assert!(r.json::<Value>().await.unwrap()["error"]
+        .as_str()
+        .unwrap()
+        .contains("surprise"));
+    let r = app.post("/run").json(&json!({"functionId": ""})).send().await.unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app.post("/run").body("{}").send().await.unwrap();
+    assert_eq!(r.status(), 415, "missing content type");
+}
+
+#[tokio::test]
+async fn request_id_is_echoed_and_reaches_errors() {
+    let app = TestApp::start().await;
+    let r = app
+        .get("/functions/nope")
+        .header("x-request-id", "trace-abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-request-id"], "trace-abc-123");
+    assert_eq!(r.json::<Value>().await.unwrap()["requestId"], "trace-abc-123");
+    let r = app.get("/functions").send().await.unwrap();
+    let generated = r.headers()["x-request-id"].to_str().unwrap().to_string();
+    assert!(
+        uuid::Uuid::parse_str(&generated).is_ok(),
+        "a UUID is made when none is sent"
+    );
+}
+
+#[tokio::test]
+async fn sync_wait_past_its_limit_gives_504_with_the_job_id() {
+    let app = TestApp::start_with(|a| a.sync_timeout_ms = "500".into()).await;
+    let id = app
+        .upload_py(
+            "import time\ndef handler(e, c):\n    time.sleep(1.5)\n    return 'late'\n",
+            &[],
+        )
+        .await;
+    let (status, body) = app.run(&id, json!({})).await;
+    assert_eq!(status, 504, "{body}");
+    let job = body["jobId"].as_str().expect("jobId in the 504").to_string();
+    let (_, done) = app.wait_job(&job, Duration::from_secs(20)).await;
+    assert_eq!(done["status"], "SUCCESS");
+    assert_eq!(done["result"], "late");
+}
+
+#[tokio::test]
+async fn put_replaces_code_and_settings_and_delete_removes_everything() {
+    let app = TestApp::start().await;
+    let id = app.upload_py("def handler(e, c):\n    return 'v1'\n", &[]).await;
+    assert_eq!(app.run_ok(&id, json!({})).await["result"], "v1");
+    let artifacts = app.dir.path().join("artifacts");
+    let before = files_under(&artifacts);
+    assert_eq!(before.len(), 1);
+
+    let form = reqwest::multipart::Form::new()
+        .part(
+            "file",
+            reqwest::multipart::Part::bytes(b"def handler(e, c):\n    return 'v2'\n".to_vec()).file_name("main.py"),
+        )
+        .text("description", "second");
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(updated["description"], "second");
+    assert!(updated["updatedAt"].is_string());
+    assert_eq!(app.run_ok(&id, json!({})).await["result"], "v2", "new code runs");
+    let after = files_under(&artifacts);
+    assert_eq!(after.len(), 1, "the replaced artifact is removed: {after:?}");
+    assert_ne!(before, after);
+
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .json(&json!({"memoryMb": 1024, "envVars": {"A": "b"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let updated: Value = r.json().await.unwrap();
+    assert_eq!(updated["memoryMb"], 1024);
+    assert_eq!(updated["envVars"]["A"], "b");
+    assert_eq!(
+        files_under(&artifacts),
+        after,
+        "settings-only update keeps the artifact"
+    );
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .json(&json!({"memoryMb": 99999}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .json(&json!({}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400, "empty update");
+
+    let r = app.delete(&format!("/functions/{id}")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(files_under(&artifacts).is_empty(), "artifacts deleted");
+    assert_eq!(app.get(&format!("/functions/{id}")).send().await.unwrap().status(), 404);
+    assert_eq!(app.run(&id, json!({})).await.0, 404);
+}
+
+#[tokio::test]
+async fn functions_list_counts_invocations() {
+    let app = TestApp::start().await;
+    let a = app.upload_py(ECHO, &[("name", "a")]).await;
+    let b = app.upload_py(ECHO, &[("name", "b")]).await;
+    for _ in 0..3 {
+        app.run_ok(&a, json!({})).await;
+    }
+    app.run_ok(&b, json!({})).await;
+    let list: Value = app.get("/api/functions").send().await.unwrap().json().await.unwrap();
+    assert_eq!(list["count"], 2);
+    let count = |id: &str| {
+        list["functions"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|f| f["functionId"] == id)
+            .unwrap()["invocations"]
+            .clone()
+    };
+    assert_eq!(count(&a), 3);
+    assert_eq!(count(&b), 1);
+}
+
+#[tokio::test]
+async fn metrics_expose_http_invocations_and_starts() {
+    let app = TestApp::start().await;
+    let id = app.upload_py(ECHO, &[]).await;
+    app.run_ok(&id, json!({})).await;
+    app.run_ok(&id, json!({})).await;
+    let _ = app.get("/functions/missing").send().await.unwrap();
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        text.contains(r#"http_request_duration_seconds_count{method="POST",route="/run",status="200"} 2"#),
+        "{text}"
+    );
+    assert!(
+        text.contains(r#"route="/functions/{id}",status="404""#),
+        "route templates, not raw paths"
+    );
+    assert!(text.contains(&format!(
+        r#"infra_invocations_total{{function="{id}",status="SUCCESS"}} 2"#
+    )));
+    assert!(text.contains(r#"infra_instance_starts_total{kind="cold"} 1"#));
+    assert!(text.contains(r#"infra_instance_starts_total{kind="warm"} 1"#));
+    assert!(text.contains("infra_warm_instances 1"));
+}
+
+#[tokio::test]
+async fn health_reports_each_backend() {
+    let app = TestApp::start().await;
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["status"], "ok");
+    for check in ["artifacts", "registry", "queue", "resultBus", "rateLimiter"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
+    }
+    // Break the artifact store: health must say so.
+    std::fs::remove_dir_all(app.dir.path().join("artifacts")).unwrap();
+    let r = app.client.get(app.url("/health")).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["checks"]["artifacts"]["ok"], false);
+    assert_eq!(body["checks"]["registry"]["ok"], true);
+}
+
+/// A small server speaking Ollama's `/api/tags`.
+async fn fake_ai_node() -> String {
+    use axum::routing::get;
+    let app = axum::Router::new().route(
+        "/api/tags",
+        get(|| async {
+            axum::Json(json!({"models": [
+                {"name": "llama3:8b", "model": "llama3:8b", "modified_at": "2026-01-01T00:00:00Z", "size": 4661224676u64,
+                 "digest": "abc", "details": {"family": "llama", "parameter_size": "8.0B"}},
+                {"name": "qwen2:0.5b", "model": "qwen2:0.5b", "size": 352151968u64, "digest": "def", "details": {}}
+            ]}))
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    format!("http://{addr}")
+}
+
+#[tokio::test]
+async fn models_come_from_the_ai_node_or_a_marked_fallback() {
+    let node = fake_ai_node().await;
+    let app = TestApp::start_with(|a| a.ai_node_url = Some(node)).await;
+    let body: Value = app.get("/models").send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["available"], true, "{body}");
+    assert_eq!(body["source"], "ai-node");
+    let names: Vec<_> = body["models"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["llama3:8b", "qwen2:0.5b"]);
+
+    let unset = TestApp::start().await;
+    let r = unset.get("/models").send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["available"], false);
+    assert_eq!(body["source"], "fallback");
+    assert!(body["reason"].as_str().unwrap().contains("AI_NODE_URL"));
+
+    // A port nobody listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let down = TestApp::start_with(|a| a.ai_node_url = Some(format!("http://{closed}"))).await;
+    let body: Value = down.get("/models").send().await.unwrap().json().await.unwrap();
+    assert_eq!(body["source"], "fallback");
+    assert!(body["reason"].as_str().unwrap().contains("unreachable"), "{body}");
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_served_routes() {
+    let app = TestApp::start().await;
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
+    let paths = doc["paths"].as_object().unwrap();
+    let mut listed: Vec<_> = paths.keys().cloned().collect();
+    listed.sort();
+    assert_eq!(
+        listed,
+        [
+            "/functions",
+            "/functions/{id}",
+            "/health",
+            "/metrics",
+            "/models",
+            "/run",
+            "/status/{jobId}",
+            "/upload"
+        ]
+    );
+    // Every documented operation is served, at both prefixes.
+    for (path, ops) in paths {
+        for method in ops.as_object().unwrap().keys() {
+            for prefix in ["", "/api"] {
+                let url = app.url(&format!(
+                    "{prefix}{}",
+                    path.replace("{id}", "x").replace("{jobId}", "x")
+                ));
+                let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
+                let r = app
+                    .client
+                    .request(m, url)
+                    .header("x-api-key", KEY)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status().as_u16();
+                let body = r.text().await.unwrap();
+                assert!(
+                    !body.contains("no route for") && status != 405,
+                    "{method} {prefix}{path}: {status} {body}"
+                );
+            }
+        }
+    }
+    assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}

@@ -1,0 +1,240 @@
+//! The real `infra` binary: fail-fast configuration, SIGTERM drain, and a
+//! restart that keeps functions and finishes pending jobs.
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+struct Proc {
+    child: Child,
+    base: String,
+}
+
+/// Starts `infra up` on a free port; extra env vars on top.
+fn spawn_up(data_dir: &Path, env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infra"));
+    cmd.args(["up", "--port", "0", "--data-dir"])
+        .arg(data_dir)
+        .env("INFRA_API_KEY", KEY)
+        .env("RATE_LIMIT_PER_MINUTE", "0")
+        .env_remove("PORT")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn infra");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("infra up did not start listening");
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+fn sigterm(child: &Child) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, libc::SIGTERM);
+    }
+}
+
+fn wait_exit(child: &mut Child, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
+    );
+    let resp = client
+        .post(format!("{base}/upload"))
+        .header("x-api-key", KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 201);
+    resp.json::<Value>().await.unwrap()["functionId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn run_async(client: &reqwest::Client, base: &str, id: &str, input: Value) -> String {
+    let resp = client
+        .post(format!("{base}/run"))
+        .header("x-api-key", KEY)
+        .header("x-async", "true")
+        .json(&json!({"functionId": id, "inputData": input}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 202);
+    resp.json::<Value>().await.unwrap()["jobId"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+#[test]
+fn invalid_configuration_lists_every_problem_and_exits_1() {
+    let out = Command::new(env!("CARGO_BIN_EXE_infra"))
+        .arg("up")
+        .env("PORT", "eighty")
+        .env("WORKER_CONCURRENCY", "0")
+        .env("INFRA_API_KEY", "short")
+        .env("AI_NODE_URL", "not a url")
+        .output()
+        .expect("run infra");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    for needle in ["PORT", "WORKER_CONCURRENCY", "INFRA_API_KEY", "AI_NODE_URL"] {
+        assert!(stderr.contains(needle), "{needle} not listed in: {stderr}");
+    }
+    assert!(!stderr.contains("short"), "the key's value is not echoed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_finishes_in_flight_requests_and_exits_0() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut proc = spawn_up(dir.path(), &[("SHUTDOWN_TIMEOUT_SECONDS", "20")]);
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &proc.base,
+        "import time\ndef handler(e, c):\n    time.sleep(1.0)\n    return 'finished'\n",
+    )
+    .await;
+    let base = proc.base.clone();
+    let c2 = client.clone();
+    let inflight = tokio::spawn(async move {
+        let r = c2
+            .post(format!("{base}/run"))
+            .header("x-api-key", KEY)
+            .json(&json!({"functionId": id}))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json::<Value>().await.unwrap())
+    });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    sigterm(&proc.child);
+    let (status, body) = inflight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["status"], "SUCCESS");
+    assert_eq!(body["result"], "finished");
+    let code = tokio::task::block_in_place(|| wait_exit(&mut proc.child, Duration::from_secs(15)));
+    assert_eq!(code, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restart_keeps_functions_and_finishes_pending_jobs() {
+    let dir = tempfile::tempdir().unwrap();
+    // One slot and no drain time: the running job is abandoned, the rest wait in the queue.
+    let env = [("WORKER_CONCURRENCY", "1"), ("SHUTDOWN_TIMEOUT_SECONDS", "0")];
+    let mut first = spawn_up(dir.path(), &env);
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &first.base,
+        "import time\ndef handler(e, c):\n    time.sleep(0.5)\n    return e['n']\n",
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for n in 0..4 {
+        jobs.push((n, run_async(&client, &first.base, &id, json!({"n": n})).await));
+    }
+    // Wait until the first job runs, then stop.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = client
+            .get(format!("{}/status/{}", first.base, jobs[0].1))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if body["status"] == "RUNNING" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "first job never ran: {body}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // Concurrency 1 and 0.5 s per job: the others cannot have started yet.
+    for (_, job) in &jobs[1..] {
+        let body: Value = client
+            .get(format!("{}/status/{job}", first.base))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(body["status"], "PENDING");
+    }
+    sigterm(&first.child);
+    assert_eq!(
+        tokio::task::block_in_place(|| wait_exit(&mut first.child, Duration::from_secs(10))),
+        0
+    );
+
+    let mut second = spawn_up(dir.path(), &env);
+    let list: Value = client
+        .get(format!("{}/functions", second.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["functions"][0]["functionId"],
+        id.as_str(),
+        "the function survived the restart"
+    );
+    for (n, job) in &jobs {
+        let (_, body) = wait_job_at(&client, &second.base, job, Duration::from_secs(30)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], *n);
+    }
+    // The job cut off by the stop was delivered again.
+    let (_, first_job) = wait_job_at(&client, &second.base, &jobs[0].1, Duration::from_secs(1)).await;
+    assert_eq!(first_job["attempt"], 2, "{first_job}");
+    sigterm(&second.child);
+    assert_eq!(
+        tokio::task::block_in_place(|| wait_exit(&mut second.child, Duration::from_secs(10))),
+        0
+    );
+}

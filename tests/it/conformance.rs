@@ -1,0 +1,79 @@
+//! The shared backend conformance suites, run against the embedded backends.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use infra_controller::backend::conformance;
+use infra_controller::backend::embedded::{
+    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessRateLimiter, LocalArtifactStore,
+};
+use infra_controller::backend::JobQueue;
+
+#[tokio::test]
+async fn local_artifact_store() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = LocalArtifactStore::open(dir.path().join("artifacts")).unwrap();
+    conformance::artifact_store(&store).await;
+}
+
+#[tokio::test]
+async fn embedded_registry() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    conformance::function_registry(Arc::new(EmbeddedRegistry::new(db))).await;
+}
+
+#[tokio::test]
+async fn embedded_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let visibility = Duration::from_secs(1);
+    let (queue, recovered) = EmbeddedQueue::open(db, visibility).await.unwrap();
+    assert!(recovered.0.is_empty());
+    conformance::job_queue(&queue, visibility).await;
+}
+
+#[tokio::test]
+async fn embedded_result_bus() {
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    conformance::result_bus(&EmbeddedResultBus::new(db)).await;
+}
+
+#[tokio::test]
+async fn in_process_rate_limiter() {
+    conformance::rate_limiter(&InProcessRateLimiter::new(100), 100).await;
+}
+
+/// Specific to the embedded queue: jobs survive a reopen with their delivery count.
+#[tokio::test]
+async fn embedded_queue_keeps_jobs_across_a_restart() {
+    let dir = tempfile::tempdir().unwrap();
+    let job = conformance::sample_job("f");
+    {
+        let db = Db::open(dir.path()).unwrap();
+        let (queue, _) = EmbeddedQueue::open(db, Duration::from_secs(30)).await.unwrap();
+        queue.send(&job).await.unwrap();
+        let got = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+        assert_eq!(got.len(), 1, "received but never acked");
+    }
+    // The database closes when its writer thread sees the last handle go.
+    let db = reopen(dir.path()).await;
+    let (queue, recovered) = EmbeddedQueue::open(db, Duration::from_secs(30)).await.unwrap();
+    assert_eq!(recovered.0, vec![job.clone()]);
+    let again = queue.receive(1, Duration::from_secs(1)).await.unwrap();
+    assert_eq!(again.len(), 1);
+    assert_eq!(again[0].job, job);
+    assert_eq!(again[0].attempt, 2, "the delivery before the restart counts");
+    queue.ack(&again[0].receipt).await.unwrap();
+}
+
+async fn reopen(dir: &std::path::Path) -> Db {
+    for _ in 0..50 {
+        match Db::open(dir) {
+            Ok(db) => return db,
+            Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+        }
+    }
+    panic!("database did not close");
+}

@@ -1,0 +1,194 @@
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use infra_controller::app::{self, Running};
+use infra_controller::config::UpArgs;
+use reqwest::multipart::{Form, Part};
+use serde_json::{json, Value};
+
+pub const KEY: &str = "test-api-key-0123456789";
+
+pub struct TestApp {
+    pub base: String,
+    pub client: reqwest::Client,
+    pub dir: tempfile::TempDir,
+    running: Option<Running>,
+}
+
+impl TestApp {
+    pub async fn start() -> TestApp {
+        Self::start_with(|_| {}).await
+    }
+
+    /// Starts `infra up` in-process on a free port with its own data dir.
+    /// Tests get a high rate limit unless they set one.
+    pub async fn start_with(configure: impl FnOnce(&mut UpArgs)) -> TestApp {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut args = UpArgs::local(dir.path().to_path_buf());
+        args.api_key = Some(KEY.to_string());
+        args.rate_limit_per_minute = "100000".into();
+        args.shutdown_timeout_seconds = "5".into();
+        configure(&mut args);
+        let cfg = args.validate().expect("valid config");
+        let running = app::start_up(cfg).await.expect("start");
+        TestApp {
+            base: format!("http://{}", running.addr),
+            client: reqwest::Client::new(),
+            dir,
+            running: Some(running),
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.base, path)
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.get(self.url(path)).header("x-api-key", KEY)
+    }
+
+    pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.post(self.url(path)).header("x-api-key", KEY)
+    }
+
+    pub fn put(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.put(self.url(path)).header("x-api-key", KEY)
+    }
+
+    pub fn delete(&self, path: &str) -> reqwest::RequestBuilder {
+        self.client.delete(self.url(path)).header("x-api-key", KEY)
+    }
+
+    /// Uploads `file_name` with `data` and extra form fields; returns the raw response.
+    pub async fn upload_raw(&self, file_name: &str, data: Vec<u8>, fields: &[(&str, &str)]) -> reqwest::Response {
+        let mut form = Form::new().part("file", Part::bytes(data).file_name(file_name.to_string()));
+        for (k, v) in fields {
+            form = form.text(k.to_string(), v.to_string());
+        }
+        self.post("/upload")
+            .multipart(form)
+            .send()
+            .await
+            .expect("upload request")
+    }
+
+    /// Uploads Python source as `main.py`; returns the function id.
+    pub async fn upload_py(&self, source: &str, fields: &[(&str, &str)]) -> String {
+        let resp = self.upload_raw("main.py", source.as_bytes().to_vec(), fields).await;
+        let status = resp.status();
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(status, 201, "upload failed: {body}");
+        body["functionId"].as_str().expect("functionId").to_string()
+    }
+
+    pub async fn run(&self, function_id: &str, input: Value) -> (u16, Value) {
+        let resp = self
+            .post("/run")
+            .json(&json!({"functionId": function_id, "inputData": input}))
+            .send()
+            .await
+            .expect("run request");
+        let status = resp.status().as_u16();
+        (status, resp.json().await.expect("json"))
+    }
+
+    /// A sync run that must answer 200; returns the result body.
+    pub async fn run_ok(&self, function_id: &str, input: Value) -> Value {
+        let (status, body) = self.run(function_id, input).await;
+        assert_eq!(status, 200, "{body}");
+        body
+    }
+
+    pub async fn run_async(&self, function_id: &str, input: Value) -> String {
+        let resp = self
+            .post("/run")
+            .header("x-async", "true")
+            .json(&json!({"functionId": function_id, "inputData": input}))
+            .send()
+            .await
+            .expect("run request");
+        assert_eq!(resp.status(), 202);
+        let body: Value = resp.json().await.expect("json");
+        assert_eq!(body["status"], "ACCEPTED");
+        body["jobId"].as_str().expect("jobId").to_string()
+    }
+
+    pub async fn status(&self, job_id: &str) -> (u16, Value) {
+        let resp = self.get(&format!("/status/{job_id}")).send().await.expect("status");
+        (resp.status().as_u16(), resp.json().await.expect("json"))
+    }
+
+    /// Polls `/status` until the job is terminal; returns every status seen and the final body.
+    pub async fn wait_job(&self, job_id: &str, within: Duration) -> (Vec<String>, Value) {
+        wait_job_at(&self.client, &self.base, job_id, within).await
+    }
+}
+
+impl Drop for TestApp {
+    fn drop(&mut self) {
+        if let Some(running) = &self.running {
+            running.shutdown();
+        }
+    }
+}
+
+pub async fn wait_job_at(client: &reqwest::Client, base: &str, job_id: &str, within: Duration) -> (Vec<String>, Value) {
+    let deadline = Instant::now() + within;
+    let mut seen: Vec<String> = Vec::new();
+    loop {
+        let resp = client
+            .get(format!("{base}/status/{job_id}"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .expect("status");
+        assert_eq!(resp.status(), 200, "status of {job_id}");
+        let body: Value = resp.json().await.expect("json");
+        let status = body["status"].as_str().unwrap_or_default().to_string();
+        if seen.last() != Some(&status) {
+            seen.push(status.clone());
+        }
+        if !matches!(status.as_str(), "PENDING" | "RUNNING") {
+            return (seen, body);
+        }
+        assert!(
+            Instant::now() < deadline,
+            "job {job_id} not finished in {within:?}; seen {seen:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A zip of the given entries.
+pub fn zip_of(entries: &[(&str, &str)]) -> Vec<u8> {
+    let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    for (name, data) in entries {
+        w.start_file(*name, zip::write::SimpleFileOptions::default())
+            .expect("zip entry");
+        w.write_all(data.as_bytes()).expect("zip write");
+    }
+    w.finish().expect("zip").into_inner()
+}
+
+/// Files below `dir`, relative, sorted.
+pub fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut out = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&d) {
+            for e in entries.flatten() {
+                let p = e.path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if let Ok(rel) = p.strip_prefix(dir) {
+                    out.push(rel.to_path_buf());
+                }
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+pub const ECHO: &str = "def handler(event, context):\n    return {'echo': event, 'requestId': context.request_id}\n";

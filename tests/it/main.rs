@@ -1,0 +1,8 @@
+//! Integration tests: real sockets, real Python processes, one data dir and
+//! one port per test, so tests run in parallel.
+
+mod api;
+mod binary;
+mod conformance;
+mod helpers;
+mod runtime;

@@ -1,0 +1,202 @@
+//! Function execution in real Python processes: errors, limits, warm reuse,
+//! isolation of environment and working directory.
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn handler_exception_gives_error_with_traceback() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py("def helper(x):\n    raise ValueError('bad input: %s' % x)\n\ndef handler(event, context):\n    print('before the error')\n    return helper(event['x'])\n", &[])
+        .await;
+    let body = app.run_ok(&id, json!({"x": 7})).await;
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["error"]["type"], "ValueError");
+    assert_eq!(body["error"]["message"], "bad input: 7");
+    let tb = body["error"]["traceback"].as_str().unwrap();
+    assert!(
+        tb.contains("in helper") && tb.contains("ValueError: bad input: 7"),
+        "{tb}"
+    );
+    assert_eq!(body["stdout"], "before the error\n", "output before the error is kept");
+    // An exception does not spoil the instance.
+    let again = app.run_ok(&id, json!({"x": 8})).await;
+    assert_eq!(again["coldStart"], false);
+}
+
+#[tokio::test]
+async fn import_errors_are_reported() {
+    let app = TestApp::start().await;
+    let id = app.upload_py("def handler(event, context)\n    return 1\n", &[]).await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["error"]["type"], "SyntaxError", "{body}");
+    let missing = app.upload_py("def other(event, context):\n    return 1\n", &[]).await;
+    let body = app.run_ok(&missing, json!({})).await;
+    assert_eq!(body["status"], "ERROR");
+    assert!(body["error"]["message"].as_str().unwrap().contains("handler"), "{body}");
+}
+
+#[tokio::test]
+async fn endless_loop_times_out_within_timeout_plus_one_second() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "def handler(event, context):\n    while True:\n        pass\n",
+            &[("timeoutMs", "1000")],
+        )
+        .await;
+    let t0 = Instant::now();
+    let body = app.run_ok(&id, json!({})).await;
+    let elapsed = t0.elapsed();
+    assert_eq!(body["status"], "TIMEOUT", "{body}");
+    assert!(elapsed < Duration::from_millis(2000), "answered after {elapsed:?}");
+    assert!(
+        elapsed >= Duration::from_millis(1000),
+        "not before the timeout: {elapsed:?}"
+    );
+    // The looping instance is gone; the next call starts a fresh one.
+    let again = app.run_ok(&id, json!({})).await;
+    assert_eq!(again["status"], "TIMEOUT");
+    assert_eq!(again["coldStart"], true, "a timed-out instance is never reused");
+}
+
+#[tokio::test]
+async fn timeout_kills_the_handlers_children_too() {
+    let app = TestApp::start().await;
+    let marker = app.dir.path().join("child-still-alive");
+    let source = format!(
+        "import subprocess, sys\ndef handler(event, context):\n    subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(1.5); open({:?}, \"w\").write(\"x\")'])\n    while True:\n        pass\n",
+        marker.display().to_string()
+    );
+    let id = app
+        .upload_py(&source, &[("timeoutMs", "500"), ("memoryMb", "512")])
+        .await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["status"], "TIMEOUT", "{body}");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    assert!(!marker.exists(), "the handler's child process outlived the timeout");
+}
+
+#[tokio::test]
+async fn allocating_twice_the_limit_gives_oom_and_the_next_invoke_succeeds() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "def handler(event, context):\n    if event.get('big'):\n        data = bytearray(2 * context.memory_limit_in_mb * 1024 * 1024)\n        return len(data)\n    return 'fine'\n",
+            &[("memoryMb", "128")],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({"big": true})).await;
+    assert_eq!(body["status"], "OOM", "{body}");
+    assert_eq!(body["error"]["type"], "MemoryError");
+    let next = app.run_ok(&id, json!({})).await;
+    assert_eq!(next["status"], "SUCCESS", "{next}");
+    assert_eq!(next["result"], "fine");
+    assert_eq!(next["coldStart"], true, "the instance that hit the limit was discarded");
+}
+
+#[tokio::test]
+async fn second_invoke_is_warm_and_faster() {
+    let app = TestApp::start().await;
+    // A handler module with a noticeable import cost.
+    let id = app
+        .upload_py(
+            "import json, decimal, email.parser, http.client\ndef handler(event, context):\n    return 1\n",
+            &[],
+        )
+        .await;
+    let t0 = Instant::now();
+    let first = app.run_ok(&id, json!({})).await;
+    let cold = t0.elapsed();
+    let t1 = Instant::now();
+    let second = app.run_ok(&id, json!({})).await;
+    let warm = t1.elapsed();
+    assert_eq!(first["coldStart"], true);
+    assert!(first["initMs"].as_f64().unwrap() > 0.0);
+    assert_eq!(second["coldStart"], false, "{second}");
+    assert!(second.get("initMs").is_none());
+    assert!(warm < cold, "warm {warm:?} should beat cold {cold:?}");
+}
+
+#[tokio::test]
+async fn functions_get_a_clean_environment_and_their_own_directory() {
+    let app = TestApp::start().await;
+    let probe = "import os\ndef handler(event, context):\n    return {'env': sorted(os.environ), 'cwd': os.getcwd(), 'mine': os.environ.get('MINE'), 'files': os.listdir('.')}\n";
+    let a = app.upload_py(probe, &[("envVars", r#"{"MINE":"a-value"}"#)]).await;
+    let b = app.upload_py(probe, &[]).await;
+    let ra = app.run_ok(&a, json!({})).await;
+    let rb = app.run_ok(&b, json!({})).await;
+    let env: Vec<String> = serde_json::from_value(ra["result"]["env"].clone()).unwrap();
+    assert_eq!(
+        env,
+        ["HOME", "LANG", "MINE", "PATH", "PYTHONDONTWRITEBYTECODE", "TMPDIR"],
+        "only platform basics and its own vars"
+    );
+    assert_eq!(ra["result"]["mine"], "a-value");
+    assert_eq!(rb["result"]["mine"], Value::Null);
+    assert_ne!(
+        ra["result"]["cwd"], rb["result"]["cwd"],
+        "each instance has its own working dir"
+    );
+    assert_eq!(ra["result"]["files"], json!([]), "the working dir starts empty");
+}
+
+#[tokio::test]
+async fn a_crashing_process_gives_crashed_and_is_replaced() {
+    let app = TestApp::start().await;
+    let id = app.upload_py("import os\ndef handler(event, context):\n    if event.get('die'):\n        os._exit(3)\n    return 'alive'\n", &[]).await;
+    let body = app.run_ok(&id, json!({"die": true})).await;
+    assert_eq!(body["status"], "CRASHED", "{body}");
+    assert_eq!(body["exitCode"], 3);
+    assert_eq!(app.run_ok(&id, json!({})).await["result"], "alive");
+}
+
+#[tokio::test]
+async fn output_is_captured_bounded_and_results_must_be_json() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import sys\ndef handler(event, context):\n    if event.get('flood'):\n        print('x' * 1_000_000)\n        return 'ok'\n    if event.get('weird'):\n        return {1, 2}\n    print('to stderr', file=sys.stderr)\n    return None\n",
+            &[],
+        )
+        .await;
+    let flood = app.run_ok(&id, json!({"flood": true})).await;
+    let stdout = flood["stdout"].as_str().unwrap();
+    assert!(
+        stdout.len() < 300_000 && stdout.contains("[truncated"),
+        "len {}",
+        stdout.len()
+    );
+    let weird = app.run_ok(&id, json!({"weird": true})).await;
+    assert_eq!(weird["status"], "ERROR");
+    assert_eq!(weird["error"]["type"], "ResultNotSerializable");
+    let plain = app.run_ok(&id, json!({})).await;
+    assert_eq!(plain["status"], "SUCCESS");
+    assert_eq!(plain["stderr"], "to stderr\n");
+}
+
+#[tokio::test]
+async fn concurrent_jobs_all_finish_with_one_result_each() {
+    let app = TestApp::start_with(|a| a.worker_concurrency = "3".into()).await;
+    let id = app
+        .upload_py(
+            "import time\ndef handler(event, context):\n    time.sleep(0.05)\n    return event['i'] * 10\n",
+            &[],
+        )
+        .await;
+    let mut jobs = Vec::new();
+    for i in 0..30 {
+        jobs.push((i, app.run_async(&id, json!({"i": i})).await));
+    }
+    for (i, job) in jobs {
+        let (_, body) = app.wait_job(&job, Duration::from_secs(60)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], i * 10);
+        assert_eq!(body["attempt"], 1);
+    }
+}
