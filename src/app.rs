@@ -7,6 +7,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -183,6 +184,12 @@ async fn serve(
 ) -> Result<(), AppError> {
     let worker_task = tokio::spawn(worker.run(shutdown.clone(), drain));
     let housekeeping = tokio::spawn(housekeeping(functions.clone(), pool, bus, shutdown.clone()));
+    // Small request/response exchanges: do not let Nagle hold back a response.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+    });
     let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
         .with_graceful_shutdown(shutdown.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());

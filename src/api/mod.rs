@@ -117,8 +117,15 @@ pub fn router(state: Arc<ApiState>) -> Router {
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::guard))
+        // A bug must cost one request an opaque 500, never the server.
+        .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
         .with_state(state)
+}
+
+fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &"a request handler panicked").into_response()
 }
 
 async fn no_route(method: Method, uri: Uri) -> ApiError {

@@ -1,8 +1,9 @@
 //! Function code on local disk, extracted once per code version (sha256) and
 //! shared by every instance of that version.
 
+use std::collections::HashSet;
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 
@@ -27,6 +28,8 @@ pub enum CacheError {
 pub struct ArtifactCache {
     dir: PathBuf,
     store: Arc<dyn ArtifactStore>,
+    /// Versions known to be extracted, so a warm invoke does not touch the disk.
+    ready: Mutex<HashSet<String>>,
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -35,7 +38,11 @@ fn is_sha256_hex(s: &str) -> bool {
 
 impl ArtifactCache {
     pub fn new(dir: PathBuf, store: Arc<dyn ArtifactStore>) -> Self {
-        ArtifactCache { dir, store }
+        ArtifactCache {
+            dir,
+            store,
+            ready: Mutex::new(HashSet::new()),
+        }
     }
 
     /// The directory holding the job's code, fetching and extracting it on a miss.
@@ -47,7 +54,11 @@ impl ArtifactCache {
                 return Err(CacheError::BadVersion(job.sha256.clone()));
             }
             let dir = self.dir.join(&job.sha256);
+            if self.ready.lock().is_ok_and(|r| r.contains(&job.sha256)) {
+                return Ok((dir, job.sha256.clone()));
+            }
             if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
+                self.mark_ready(&job.sha256);
                 return Ok((dir, job.sha256.clone()));
             }
         }
@@ -82,6 +93,13 @@ impl ArtifactCache {
         })
         .await
         .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        self.mark_ready(&actual);
         Ok((target, actual))
+    }
+
+    fn mark_ready(&self, version: &str) {
+        if let Ok(mut r) = self.ready.lock() {
+            r.insert(version.to_string());
+        }
     }
 }

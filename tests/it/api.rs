@@ -603,3 +603,64 @@ async fn openapi_document_matches_the_served_routes() {
     }
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
 }
+
+#[tokio::test]
+async fn garbage_input_never_gets_a_5xx() {
+    let app = TestApp::start().await;
+    let id = app.upload_py(ECHO, &[]).await;
+    let deep = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+    let bodies: Vec<(&str, Vec<u8>)> = vec![
+        ("application/json", b"".to_vec()),
+        ("application/json", b"\xff\xfe\x00garbage".to_vec()),
+        ("application/json", b"[]".to_vec()),
+        ("application/json", b"null".to_vec()),
+        ("application/json", br#"{"functionId": 5}"#.to_vec()),
+        ("application/json", br#"{"functionId": "x", "inputData": "#.to_vec()),
+        ("application/json", deep.into_bytes()),
+        (
+            "application/json",
+            format!(r#"{{"functionId":"{id}","modelId":""}}"#).into_bytes(),
+        ),
+        (
+            "multipart/form-data; boundary=zzz",
+            b"--zzz\r\nContent-Disposition: form-data; name=\"file\"; filename=\"a.py\"\r\n\r\nx".to_vec(),
+        ),
+        ("multipart/form-data", b"no boundary".to_vec()),
+        ("text/plain", b"hello".to_vec()),
+    ];
+    let paths = [
+        "/upload".to_string(),
+        "/run".to_string(),
+        format!("/functions/{id}"),
+        "/functions/..%2F..%2Fetc".to_string(),
+    ];
+    for path in &paths {
+        for method in [reqwest::Method::POST, reqwest::Method::PUT] {
+            for (ct, body) in &bodies {
+                let r = app
+                    .client
+                    .request(method.clone(), app.url(path))
+                    .header("x-api-key", KEY)
+                    .header("content-type", *ct)
+                    .body(body.clone())
+                    .send()
+                    .await
+                    .unwrap();
+                let status = r.status();
+                assert!(status.as_u16() < 500, "{method} {path} {ct}: {status}");
+                if status.is_client_error() {
+                    let body: Value = r
+                        .json()
+                        .await
+                        .unwrap_or_else(|e| panic!("{method} {path} {ct}: non-JSON error body: {e}"));
+                    assert!(body["error"].is_string());
+                }
+            }
+        }
+    }
+    // The function is untouched and the server still serves.
+    assert_eq!(
+        app.run_ok(&id, json!({"still": "ok"})).await["result"]["echo"]["still"],
+        "ok"
+    );
+}

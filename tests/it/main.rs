@@ -4,5 +4,6 @@
 mod api;
 mod binary;
 mod conformance;
+mod examples;
 mod helpers;
 mod runtime;

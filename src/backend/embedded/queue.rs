@@ -127,31 +127,41 @@ impl EmbeddedQueue {
         self.lock().entries.len()
     }
 
-    /// Records the delivery counts of just-received jobs (one transaction).
-    async fn persist_deliveries(&self, deliveries: &[Delivery]) -> Result<()> {
+    /// Records the delivery counts of just-received jobs, in the background:
+    /// the count only decides when a job that keeps failing is given up, so a
+    /// crash before it lands costs at most one extra delivery, and the job
+    /// need not wait for another fsync.
+    fn persist_deliveries(&self, deliveries: &[Delivery]) {
         let mut rows = Vec::with_capacity(deliveries.len());
         for d in deliveries {
-            let (seq, _) = parse_receipt(&d.receipt)?;
-            rows.push((
-                seq,
+            if let (Ok((seq, _)), Ok(bytes)) = (
+                parse_receipt(&d.receipt),
                 encode(&Stored {
                     job: d.job.clone(),
                     deliveries: d.attempt,
-                })?,
-            ));
+                }),
+            ) {
+                rows.push((seq, bytes));
+            }
         }
-        self.db
-            .write(move |txn| {
-                let mut table = txn.open_table(QUEUE)?;
-                for (seq, bytes) in rows {
-                    // An entry acked meanwhile stays deleted.
-                    if table.get(seq)?.is_some() {
-                        table.insert(seq, bytes.as_slice())?;
+        let db = self.db.clone();
+        tokio::spawn(async move {
+            let written = db
+                .write(move |txn| {
+                    let mut table = txn.open_table(QUEUE)?;
+                    for (seq, bytes) in rows {
+                        // An entry acked meanwhile stays deleted.
+                        if table.get(seq)?.is_some() {
+                            table.insert(seq, bytes.as_slice())?;
+                        }
                     }
-                }
-                Ok(())
-            })
-            .await
+                    Ok(())
+                })
+                .await;
+            if let Err(e) = written {
+                tracing::warn!(error = %e, "could not record delivery counts");
+            }
+        });
     }
 
     /// Moves in-flight jobs whose visibility lapsed back to the front of the
@@ -243,7 +253,7 @@ impl JobQueue for EmbeddedQueue {
                 (out, next_expiry)
             };
             if !out.is_empty() {
-                self.persist_deliveries(&out).await?;
+                self.persist_deliveries(&out);
                 return Ok(out);
             }
             let now = Instant::now();

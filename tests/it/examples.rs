@@ -1,0 +1,61 @@
+//! The functions in `examples/` run as the README says.
+
+use std::path::Path;
+
+use serde_json::json;
+
+use crate::helpers::*;
+
+fn example(path: &str) -> String {
+    std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("examples").join(path)).expect("example file")
+}
+
+#[tokio::test]
+async fn hello() {
+    let app = TestApp::start().await;
+    let id = app.upload_py(&example("hello/main.py"), &[]).await;
+    let body = app.run_ok(&id, json!({"name": "Ada"})).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"]["message"], "Hello, Ada!");
+    assert!(body["result"]["remainingMs"].as_u64().unwrap() > 0);
+    assert!(body["stdout"].as_str().unwrap().starts_with("greeting Ada in request "));
+}
+
+#[tokio::test]
+async fn wordcount_zip_package() {
+    let app = TestApp::start().await;
+    let zip = zip_of(&[
+        ("app.py", &example("wordcount/app.py")),
+        ("textstats/__init__.py", &example("wordcount/textstats/__init__.py")),
+    ]);
+    let r = app.upload_raw("wordcount.zip", zip, &[("handler", "app.count")]).await;
+    assert_eq!(r.status(), 201);
+    let id = r.json::<serde_json::Value>().await.unwrap()["functionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let body = app
+        .run_ok(&id, json!({"text": "the cat and the hat and the bat", "n": 2}))
+        .await;
+    assert_eq!(body["result"]["words"], 8, "{body}");
+    assert_eq!(body["result"]["top"], json!([["the", 3], ["and", 2]]));
+}
+
+#[tokio::test]
+async fn greeting_env_vars() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            &example("greeting/main.py"),
+            &[("envVars", r#"{"GREETING":"Bonjour"}"#), ("memoryMb", "256")],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["result"]["greeting"], "Bonjour");
+    assert_eq!(body["result"]["memoryLimitMb"], 256);
+    assert!(!body["result"]["visibleEnv"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|k| k == "INFRA_API_KEY"));
+}
