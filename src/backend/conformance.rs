@@ -215,10 +215,8 @@ pub async fn job_queue(queue: &dyn JobQueue, visibility: Duration) {
     assert_eq!(again.len(), 1, "an unacked job is redelivered after its visibility");
     assert_eq!(again[0].job.request_id, kept.job.request_id);
     assert!(again[0].attempt >= 2, "redelivery counts attempts");
-    assert!(
-        queue.extend(&kept.receipt, visibility).await.is_err(),
-        "a stale receipt cannot extend"
-    );
+    // Not part of the contract: whether a stale receipt can still extend.
+    // SQS does not promise to reject it, and results are idempotent anyway.
     queue.ack(&again[0].receipt).await.expect("ack");
     assert!(queue
         .receive(10, Duration::from_millis(200))

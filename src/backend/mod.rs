@@ -11,8 +11,10 @@ use tokio::sync::oneshot;
 
 use crate::model::{FunctionRecord, Job, JobRecord, JobResult};
 
+pub mod aws;
 pub mod conformance;
 pub mod embedded;
+pub mod redis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -81,8 +83,11 @@ pub trait FunctionRegistry: Send + Sync + 'static {
 pub struct Delivery {
     pub job: Job,
     pub receipt: String,
-    /// 1 on the first delivery; grows with redeliveries and restarts.
+    /// 1 on the first delivery; grows with every redelivery.
     pub attempt: u32,
+    /// Set when the message was not a valid job: `job` then holds only the
+    /// identity that could be recovered, and the job must end as ERROR.
+    pub defect: Option<String>,
 }
 
 /// An at-least-once job queue with visibility timeouts (SQS semantics).

@@ -126,6 +126,16 @@ impl Worker {
             attempt = delivery.attempt,
         );
         async {
+            if let Some(defect) = &delivery.defect {
+                // Never loop on a message that cannot run: end it (if it names a job) and drop it.
+                tracing::error!(defect, "dropping a malformed queue message");
+                if !job.request_id.is_empty() {
+                    let result = JobResult::platform(job, JobStatus::Error, "MalformedJob", defect.clone());
+                    self.publish(&delivery, &result).await;
+                }
+                self.ack(&delivery).await;
+                return;
+            }
             // Redelivered after its result was stored (e.g. the ack was lost): just ack.
             if let Ok(Some(record)) = self.bus.get(&job.request_id).await {
                 if record.status.is_terminal() {

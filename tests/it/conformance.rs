@@ -65,6 +65,10 @@ async fn embedded_queue_keeps_jobs_across_a_restart() {
     assert_eq!(again.len(), 1);
     assert_eq!(again[0].job, job);
     assert_eq!(again[0].attempt, 2, "the delivery before the restart counts");
+    assert!(
+        queue.extend("1:999999", Duration::from_secs(5)).await.is_err(),
+        "a stale receipt cannot extend"
+    );
     queue.ack(&again[0].receipt).await.unwrap();
 }
 
@@ -76,4 +80,80 @@ async fn reopen(dir: &std::path::Path) -> Db {
         }
     }
     panic!("database did not close");
+}
+
+mod aws {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use infra_controller::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
+    use infra_controller::backend::conformance;
+
+    use crate::services::{aws, unique};
+
+    #[tokio::test]
+    async fn s3_artifact_store() {
+        let store = S3ArtifactStore::new(&aws(), &unique("bucket")).await;
+        store.ensure_bucket().await.unwrap();
+        conformance::artifact_store(&store).await;
+    }
+
+    #[tokio::test]
+    async fn dynamodb_registry() {
+        let registry = DynamoRegistry::new(&aws(), &unique("functions")).await;
+        registry.ensure_table().await.unwrap();
+        conformance::function_registry(Arc::new(registry)).await;
+    }
+
+    #[tokio::test]
+    async fn sqs_standard_queue() {
+        let url = SqsQueue::create_queue(&aws(), &unique("jobs")).await.unwrap();
+        let visibility = Duration::from_secs(2);
+        conformance::job_queue(&SqsQueue::new(&aws(), &url, visibility).await, visibility).await;
+    }
+
+    #[tokio::test]
+    async fn sqs_fifo_queue() {
+        let url = SqsQueue::create_queue(&aws(), &format!("{}.fifo", unique("jobs")))
+            .await
+            .unwrap();
+        let visibility = Duration::from_secs(2);
+        conformance::job_queue(&SqsQueue::new(&aws(), &url, visibility).await, visibility).await;
+    }
+}
+
+mod redis {
+    use std::time::Duration;
+
+    use infra_controller::backend::conformance;
+    use infra_controller::backend::redis::{connect, RedisRateLimiter, RedisResultBus};
+
+    use crate::services::RedisServer;
+
+    #[tokio::test]
+    async fn redis_result_bus() {
+        let server = RedisServer::start();
+        let (client, conn) = connect(&server.url()).await.unwrap();
+        let bus = RedisResultBus::new(client, conn, Duration::from_secs(3600), "");
+        wait_listening(&bus).await;
+        conformance::result_bus(&bus).await;
+    }
+
+    #[tokio::test]
+    async fn redis_rate_limiter() {
+        let server = RedisServer::start();
+        let (_, conn) = connect(&server.url()).await.unwrap();
+        conformance::rate_limiter(&RedisRateLimiter::new(conn, 100, ""), 100).await;
+    }
+
+    pub async fn wait_listening(bus: &RedisResultBus) {
+        use infra_controller::backend::ResultBus;
+        for _ in 0..100 {
+            if bus.ping().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("result bus never connected its subscriber");
+    }
 }

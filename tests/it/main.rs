@@ -7,3 +7,4 @@ mod conformance;
 mod examples;
 mod helpers;
 mod runtime;
+mod services;

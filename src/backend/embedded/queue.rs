@@ -243,6 +243,7 @@ impl JobQueue for EmbeddedQueue {
                         job: entry.job.clone(),
                         receipt: format!("{seq}:{token}"),
                         attempt: entry.deliveries,
+                        defect: None,
                     });
                     st.in_flight.insert(seq);
                 }

@@ -1,0 +1,48 @@
+//! AWS implementations: S3 artifacts, DynamoDB registry, SQS queue. Endpoints
+//! can be overridden (`AWS_ENDPOINT_URL`) for local emulators such as moto.
+
+mod dynamodb;
+mod s3;
+mod sqs;
+
+pub use dynamodb::DynamoRegistry;
+pub use s3::S3ArtifactStore;
+pub use sqs::SqsQueue;
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+use super::{BoxError, Error};
+
+/// Where the AWS services are.
+#[derive(Debug, Clone)]
+pub struct AwsSettings {
+    pub region: String,
+    /// Overrides every service endpoint (local emulators).
+    pub endpoint_url: Option<String>,
+    /// Fixed credentials (tests against emulators); otherwise the default chain.
+    pub static_credentials: Option<(String, String)>,
+}
+
+pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest()).region(Region::new(settings.region.clone()));
+    if let Some(url) = &settings.endpoint_url {
+        loader = loader.endpoint_url(url);
+    }
+    if let Some((id, secret)) = &settings.static_credentials {
+        loader = loader.credentials_provider(aws_sdk_s3::config::Credentials::new(id, secret, None, None, "static"));
+    }
+    loader.load().await
+}
+
+/// Any SDK failure the caller does not match itself means "unavailable".
+/// (`SdkError` is one type shared by every AWS SDK crate.)
+fn unavailable<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> Error
+where
+    E: std::error::Error + Send + Sync + 'static,
+    R: std::fmt::Debug + Send + Sync + 'static,
+{
+    Error::Unavailable {
+        message: format!("{what}: {}", aws_sdk_s3::error::DisplayErrorContext(&e)),
+        source: Some(Box::new(e) as BoxError),
+    }
+}

@@ -1,0 +1,118 @@
+use async_trait::async_trait;
+use aws_sdk_s3::primitives::ByteStream;
+use aws_sdk_s3::Client;
+use bytes::Bytes;
+
+use super::{sdk_config, unavailable, AwsSettings};
+use crate::backend::{ArtifactStore, Error, Result};
+
+/// Artifacts as S3 objects in one bucket.
+pub struct S3ArtifactStore {
+    client: Client,
+    bucket: String,
+}
+
+impl S3ArtifactStore {
+    pub async fn new(settings: &AwsSettings, bucket: &str) -> Self {
+        let sdk = sdk_config(settings).await;
+        // Path-style addressing works with every emulator and with real S3.
+        let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build();
+        S3ArtifactStore {
+            client: Client::from_conf(conf),
+            bucket: bucket.to_string(),
+        }
+    }
+
+    /// Creates the bucket if it does not exist (tests and local setups).
+    pub async fn ensure_bucket(&self) -> Result<()> {
+        if self.client.head_bucket().bucket(&self.bucket).send().await.is_ok() {
+            return Ok(());
+        }
+        match self.client.create_bucket().bucket(&self.bucket).send().await {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_bucket_already_owned_by_you()) => Ok(()),
+            Err(e) => Err(unavailable("create bucket", e)),
+        }
+    }
+}
+
+#[async_trait]
+impl ArtifactStore for S3ArtifactStore {
+    async fn put(&self, key: &str, data: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .content_type("application/zip")
+            .body(ByteStream::from(data))
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 put_object", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Bytes> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
+                return Err(Error::NotFound(format!("artifact {key}")))
+            }
+            Err(e) => return Err(unavailable("s3 get_object", e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::unavailable("s3 object body", e))?;
+        Ok(body.into_bytes())
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        // S3 deletes are idempotent: a missing key is not an error.
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(key)
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 delete_object", e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        loop {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(prefix)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| unavailable("s3 list_objects_v2", e))?;
+            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        Ok(keys)
+    }
+
+    fn bucket(&self) -> &str {
+        &self.bucket
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 head_bucket", e))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,305 @@
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use futures::StreamExt;
+use redis::aio::ConnectionManager;
+use redis::Script;
+use tokio::sync::oneshot;
+use tokio_util::sync::CancellationToken;
+
+use super::unavailable;
+use crate::backend::{Error, Result, ResultBus, Subscription};
+use crate::model::{JobRecord, JobResult};
+
+/// Writes a non-terminal state unless the job is already terminal.
+const SET_STATE: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and rec['status'] ~= 'PENDING' and rec['status'] ~= 'RUNNING' then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"#;
+
+/// Stores the terminal record and publishes the result, unless a terminal
+/// record exists: then returns it (the first result wins), publishing nothing.
+const PUBLISH: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local ok, rec = pcall(cjson.decode, cur)
+  if ok and rec['status'] ~= 'PENDING' and rec['status'] ~= 'RUNNING' then return cur end
+end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[4])
+return false
+"#;
+
+type Waiters = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<JobResult>)>>>>;
+
+/// Job records as `job:{id}` (with a TTL) and results published on
+/// `result:{id}` — the original worker's channel. One shared subscriber
+/// connection (pattern `result:*`) fans results out to waiting requests.
+pub struct RedisResultBus {
+    conn: ConnectionManager,
+    set_state: Script,
+    publish: Script,
+    ttl_secs: u64,
+    prefix: String,
+    waiters: Waiters,
+    next_waiter: AtomicU64,
+    listening: Arc<AtomicBool>,
+    stop: CancellationToken,
+}
+
+struct WaiterGuard {
+    waiters: Waiters,
+    id: String,
+    key: u64,
+}
+
+impl Drop for WaiterGuard {
+    fn drop(&mut self) {
+        if let Ok(mut map) = self.waiters.lock() {
+            if let Some(list) = map.get_mut(&self.id) {
+                list.retain(|(k, _)| *k != self.key);
+                if list.is_empty() {
+                    map.remove(&self.id);
+                }
+            }
+        }
+    }
+}
+
+impl Drop for RedisResultBus {
+    fn drop(&mut self) {
+        self.stop.cancel();
+    }
+}
+
+impl RedisResultBus {
+    /// `prefix` namespaces keys and channels; the original platform uses none.
+    pub fn new(client: redis::Client, conn: ConnectionManager, ttl: Duration, prefix: &str) -> Self {
+        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let listening = Arc::new(AtomicBool::new(false));
+        let stop = CancellationToken::new();
+        tokio::spawn(listen(
+            client,
+            conn.clone(),
+            waiters.clone(),
+            listening.clone(),
+            stop.clone(),
+            prefix.to_string(),
+        ));
+        RedisResultBus {
+            conn,
+            set_state: Script::new(SET_STATE),
+            publish: Script::new(PUBLISH),
+            ttl_secs: ttl.as_secs().max(1),
+            prefix: prefix.to_string(),
+            waiters,
+            next_waiter: AtomicU64::new(1),
+            listening,
+            stop,
+        }
+    }
+
+    fn job_key(&self, id: &str) -> String {
+        format!("{}job:{id}", self.prefix)
+    }
+}
+
+fn decode(raw: &str) -> Result<JobRecord> {
+    serde_json::from_str(raw).map_err(|e| Error::Invalid(format!("unreadable job record: {e}")))
+}
+
+fn deliver(waiters: &Waiters, result: &JobResult) {
+    let senders = waiters.lock().ok().and_then(|mut w| w.remove(&result.request_id));
+    for (_, tx) in senders.into_iter().flatten() {
+        let _ = tx.send(result.clone());
+    }
+}
+
+/// The shared subscriber: (re)connects, subscribes to `result:*`, and after
+/// every (re)subscription delivers results stored while it was away.
+async fn listen(
+    client: redis::Client,
+    conn: ConnectionManager,
+    waiters: Waiters,
+    listening: Arc<AtomicBool>,
+    stop: CancellationToken,
+    prefix: String,
+) {
+    let pattern = format!("{prefix}result:*");
+    let channel_prefix = format!("{prefix}result:");
+    let mut backoff = Duration::from_millis(100);
+    while !stop.is_cancelled() {
+        let subscribed = async {
+            let mut pubsub = client.get_async_pubsub().await?;
+            pubsub.psubscribe(&pattern).await?;
+            Ok::<_, redis::RedisError>(pubsub)
+        };
+        let pubsub = tokio::select! {
+            r = tokio::time::timeout(Duration::from_secs(2), subscribed) => r,
+            _ = stop.cancelled() => return,
+        };
+        match pubsub {
+            Ok(Ok(mut pubsub)) => {
+                listening.store(true, Ordering::Relaxed);
+                backoff = Duration::from_millis(100);
+                catch_up(&conn, &waiters, &prefix).await;
+                let mut messages = pubsub.on_message();
+                loop {
+                    let msg = tokio::select! {
+                        m = messages.next() => m,
+                        _ = stop.cancelled() => return,
+                    };
+                    let Some(msg) = msg else { break };
+                    let channel = msg.get_channel_name().to_string();
+                    if !channel.starts_with(&channel_prefix) {
+                        continue;
+                    }
+                    match msg
+                        .get_payload::<String>()
+                        .map(|p| serde_json::from_str::<JobResult>(&p))
+                    {
+                        Ok(Ok(result)) => deliver(&waiters, &result),
+                        _ => tracing::warn!(channel, "unreadable result message"),
+                    }
+                }
+                listening.store(false, Ordering::Relaxed);
+                tracing::warn!("result subscription lost; reconnecting");
+            }
+            _ => listening.store(false, Ordering::Relaxed),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(backoff) => {}
+            _ = stop.cancelled() => return,
+        }
+        backoff = (backoff * 2).min(Duration::from_secs(2));
+    }
+}
+
+async fn catch_up(conn: &ConnectionManager, waiters: &Waiters, prefix: &str) {
+    let ids: Vec<String> = waiters.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default();
+    let mut conn = conn.clone();
+    for id in ids {
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(format!("{prefix}job:{id}"))
+            .query_async(&mut conn)
+            .await
+            .unwrap_or(None);
+        if let Some(result) = raw.and_then(|r| decode(&r).ok()).and_then(|r| r.result) {
+            deliver(waiters, &result);
+        }
+    }
+}
+
+#[async_trait]
+impl ResultBus for RedisResultBus {
+    async fn set_state(&self, record: &JobRecord) -> Result<()> {
+        if record.status.is_terminal() {
+            return Err(Error::Invalid("terminal states are set by publish".into()));
+        }
+        let json = serde_json::to_string(record).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let _: i64 = self
+            .set_state
+            .key(self.job_key(&record.request_id))
+            .arg(json)
+            .arg(self.ttl_secs)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("set job state", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, request_id: &str) -> Result<Option<JobRecord>> {
+        let mut conn = self.conn.clone();
+        let raw: Option<String> = redis::cmd("GET")
+            .arg(self.job_key(request_id))
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("get job", e))?;
+        raw.map(|r| decode(&r)).transpose()
+    }
+
+    async fn publish(&self, submitted_at: DateTime<Utc>, result: &JobResult) -> Result<JobRecord> {
+        if !result.status.is_terminal() {
+            return Err(Error::Invalid(format!(
+                "{} is not a terminal status",
+                result.status.as_str()
+            )));
+        }
+        let record = JobRecord::finished(submitted_at, result.clone());
+        let record_json = serde_json::to_string(&record).map_err(|e| Error::Invalid(e.to_string()))?;
+        let result_json = serde_json::to_string(result).map_err(|e| Error::Invalid(e.to_string()))?;
+        let mut conn = self.conn.clone();
+        let existing: Option<String> = self
+            .publish
+            .key(self.job_key(&result.request_id))
+            .arg(record_json)
+            .arg(self.ttl_secs)
+            .arg(format!("{}result:{}", self.prefix, result.request_id))
+            .arg(result_json)
+            .invoke_async(&mut conn)
+            .await
+            .map_err(|e| unavailable("publish result", e))?;
+        match existing {
+            Some(raw) => {
+                let winner = decode(&raw)?;
+                // A waiter in this process may have missed the first publication.
+                if let Some(r) = &winner.result {
+                    deliver(&self.waiters, r);
+                }
+                Ok(winner)
+            }
+            None => Ok(record),
+        }
+    }
+
+    async fn subscribe(&self, request_id: &str) -> Result<Subscription> {
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable {
+                message: "redis result subscription is not connected".into(),
+                source: None,
+            });
+        }
+        let (tx, rx) = oneshot::channel();
+        let key = self.next_waiter.fetch_add(1, Ordering::Relaxed);
+        self.waiters
+            .lock()
+            .map_err(|_| Error::Unavailable {
+                message: "result bus lock poisoned".into(),
+                source: None,
+            })?
+            .entry(request_id.to_string())
+            .or_default()
+            .push((key, tx));
+        let guard = WaiterGuard {
+            waiters: self.waiters.clone(),
+            id: request_id.to_string(),
+            key,
+        };
+        Ok(Subscription::new(rx, Box::new(guard)))
+    }
+
+    async fn ping(&self) -> Result<()> {
+        let mut conn = self.conn.clone();
+        redis::cmd("PING")
+            .query_async::<String>(&mut conn)
+            .await
+            .map_err(|e| unavailable("ping", e))?;
+        if !self.listening.load(Ordering::Relaxed) {
+            return Err(Error::Unavailable {
+                message: "redis result subscription is not connected".into(),
+                source: None,
+            });
+        }
+        Ok(())
+    }
+}
