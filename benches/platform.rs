@@ -84,10 +84,10 @@ fn main() {
 async fn bench() {
     let dir = tempfile::tempdir().unwrap();
     let mut args = UpArgs::local(dir.path().to_path_buf());
-    args.api_key = Some(KEY.into());
-    args.rate_limit_per_minute = "0".into();
+    args.http.api_key = Some(KEY.into());
+    args.http.rate_limit_per_minute = "0".into();
     args.shutdown_timeout_seconds = "0".into();
-    args.worker_concurrency = "2".into();
+    args.pool.worker_concurrency = "2".into();
     let running = app::start_up(args.validate().unwrap()).await.unwrap();
     let base = format!("http://{}", running.addr);
     let client = reqwest::Client::new();

@@ -1,5 +1,5 @@
-//! The composition root: backends are chosen here, in one place, and the
-//! roles (API, worker, housekeeping) are started and stopped together.
+//! The composition root: each role picks its backends here, in one place,
+//! and its parts (API, worker, housekeeping) start and stop together.
 
 use std::future::IntoFuture;
 use std::net::SocketAddr;
@@ -13,21 +13,26 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ai::AiClient;
+use crate::api::system::{probe_router, Backend, Probe};
 use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
+use crate::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
 use crate::backend::embedded::{
     Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessRateLimiter, LocalArtifactStore,
 };
-use crate::backend::{self, JobQueue, RateLimiter, ResultBus};
-use crate::config::UpConfig;
+use crate::backend::redis::{connect, RedisRateLimiter, RedisResultBus};
+use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
+use crate::config::{ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
 use crate::runtime::{Pool, RuntimeConfig};
 use crate::worker::cache::ArtifactCache;
-use crate::worker::{Worker, WorkerConfig};
+use crate::worker::{Worker, WorkerSettings};
 
-/// How long terminal job records are kept for `/status`.
+/// How long terminal job records are kept for `/status` by `infra up`.
 const JOB_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// Deliveries after which a job is given up as LOST.
+const MAX_ATTEMPTS: u32 = 5;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -51,13 +56,14 @@ pub enum AppError {
     Serve(#[source] std::io::Error),
 }
 
-/// A running `infra up`.
+/// A running role.
 pub struct Running {
+    /// Where the HTTP server listens (the API; for a worker, its probes).
     pub addr: SocketAddr,
-    pub api_key: String,
+    /// The API key in force (API roles).
+    pub api_key: Option<String>,
     /// True when the key was generated (and should be shown to the user once).
     pub api_key_generated: bool,
-    pub recovered_jobs: usize,
     shutdown: CancellationToken,
     task: JoinHandle<Result<(), AppError>>,
 }
@@ -77,46 +83,189 @@ impl Running {
     }
 }
 
-/// Starts the whole platform in this process with embedded backends.
+/// What a role runs.
+#[derive(Default)]
+struct Parts {
+    router: Option<axum::Router>,
+    worker: Option<Arc<Worker>>,
+    pool: Option<Arc<Pool>>,
+    functions: Option<Arc<FunctionService>>,
+    embedded_bus: Option<Arc<EmbeddedResultBus>>,
+}
+
+/// `infra up`: everything in this process, embedded backends.
 pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     let db = Db::open(&cfg.data_dir)?;
-    let artifacts = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
-    let registry = Arc::new(EmbeddedRegistry::new(db.clone()));
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
+    let registry: Arc<dyn FunctionRegistry> = Arc::new(EmbeddedRegistry::new(db.clone()));
     let (queue, recovered) = EmbeddedQueue::open(db.clone(), cfg.visibility_timeout).await?;
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
-    let bus = Arc::new(EmbeddedResultBus::new(db.clone()));
+    let embedded_bus = Arc::new(EmbeddedResultBus::new(db.clone()));
     // Jobs accepted before the last stop run again; show them as pending meanwhile.
     for job in &recovered.0 {
-        bus.set_state(&JobRecord::pending(job)).await?;
+        embedded_bus.set_state(&JobRecord::pending(job)).await?;
     }
-    let recovered_jobs = recovered.0.len();
-    if recovered_jobs > 0 {
-        tracing::info!(jobs = recovered_jobs, "re-queued jobs left from the previous run");
+    if !recovered.0.is_empty() {
+        tracing::info!(jobs = recovered.0.len(), "re-queued jobs left from the previous run");
     }
-    let limiter = (cfg.rate_limit_per_minute > 0)
-        .then(|| Arc::new(InProcessRateLimiter::new(cfg.rate_limit_per_minute)) as Arc<dyn RateLimiter>);
+    let bus: Arc<dyn ResultBus> = embedded_bus.clone();
+    let limiter = (cfg.http.rate_limit_per_minute > 0)
+        .then(|| Arc::new(InProcessRateLimiter::new(cfg.http.rate_limit_per_minute)) as Arc<dyn RateLimiter>);
+    let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts.clone(), registry));
-    let (api_key, api_key_generated) = resolve_api_key(&cfg)?;
+    let router = api::router(api_state(
+        &cfg.http,
+        &api_key,
+        functions.clone(),
+        queue.clone(),
+        bus.clone(),
+        limiter,
+        &metrics,
+    ));
+    let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
+    let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(1));
+    let worker = Arc::new(Worker::new(
+        settings,
+        queue,
+        bus,
+        cache(&cfg.data_dir, artifacts),
+        pool.clone(),
+        metrics,
+    ));
+    let parts = Parts {
+        router: Some(router),
+        worker: Some(worker),
+        pool: Some(pool),
+        functions: Some(functions),
+        embedded_bus: Some(embedded_bus),
+    };
+    let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
+    running.api_key = Some(api_key);
+    running.api_key_generated = generated;
+    Ok(running)
+}
 
-    let state = Arc::new(ApiState {
-        functions: functions.clone(),
-        queue: queue.clone(),
-        bus: bus.clone(),
+/// `infra api`: the HTTP API over S3, DynamoDB, SQS and Redis.
+pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
+    let aws = &cfg.cloud.aws;
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
+    let registry: Arc<dyn FunctionRegistry> = Arc::new(DynamoRegistry::new(aws, &cfg.table).await);
+    // The API only sends; the visibility timeout matters to receivers.
+    let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, Duration::from_secs(30)).await);
+    let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let limiter = (cfg.http.rate_limit_per_minute > 0).then(|| {
+        Arc::new(RedisRateLimiter::new(
+            conn,
+            cfg.http.rate_limit_per_minute,
+            &cfg.cloud.redis_key_prefix,
+        )) as Arc<dyn RateLimiter>
+    });
+    let api_key = cfg.http.api_key.clone().unwrap_or_default();
+    let metrics = Arc::new(Metrics::new()?);
+    let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let router = api::router(api_state(
+        &cfg.http,
+        &api_key,
+        functions.clone(),
+        queue,
+        bus,
+        limiter,
+        &metrics,
+    ));
+    let parts = Parts {
+        router: Some(router),
+        functions: Some(functions),
+        ..Parts::default()
+    };
+    let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
+    running.api_key = Some(api_key);
+    Ok(running)
+}
+
+/// `infra worker`: consume SQS, run functions, publish results to Redis.
+pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
+    let aws = &cfg.cloud.aws;
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
+    let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
+    let (bus, _) = redis_bus(&cfg.cloud).await?;
+    let metrics = Arc::new(Metrics::new()?);
+    let probe = Arc::new(Probe {
+        checks: vec![
+            Backend::Artifacts(artifacts.clone()),
+            Backend::Queue(queue.clone()),
+            Backend::ResultBus(bus.clone()),
+        ],
+        metrics: metrics.clone(),
+    });
+    let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
+    // SQS long polling: one request waits up to 20 s for work.
+    let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(20));
+    let worker = Arc::new(Worker::new(
+        settings,
+        queue,
+        bus,
+        cache(&cfg.data_dir, artifacts),
+        pool.clone(),
+        metrics,
+    ));
+    let parts = Parts {
+        router: Some(probe_router(probe)),
+        worker: Some(worker),
+        pool: Some(pool),
+        ..Parts::default()
+    };
+    launch(cfg.listen, parts, cfg.shutdown_timeout).await
+}
+
+async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::aio::ConnectionManager), AppError> {
+    let (client, conn) = connect(&cloud.redis_url).await?;
+    let bus = RedisResultBus::new(client, conn.clone(), cloud.job_ttl, &cloud.redis_key_prefix);
+    Ok((Arc::new(bus), conn))
+}
+
+fn api_state(
+    http: &HttpConfig,
+    api_key: &str,
+    functions: Arc<FunctionService>,
+    queue: Arc<dyn JobQueue>,
+    bus: Arc<dyn ResultBus>,
+    limiter: Option<Arc<dyn RateLimiter>>,
+    metrics: &Arc<Metrics>,
+) -> Arc<ApiState> {
+    let mut checks = vec![
+        Backend::Artifacts(functions.artifacts().clone()),
+        Backend::Registry(functions.registry().clone()),
+        Backend::Queue(queue.clone()),
+        Backend::ResultBus(bus.clone()),
+    ];
+    if let Some(l) = &limiter {
+        checks.push(Backend::RateLimiter(l.clone()));
+    }
+    Arc::new(ApiState {
+        functions,
+        queue,
+        bus,
         limiter,
         metrics: metrics.clone(),
-        ai: AiClient::new(cfg.ai_node_url.clone(), cfg.default_model.clone()),
-        api_key_hash: hash_key(&api_key),
+        probe: Arc::new(Probe {
+            checks,
+            metrics: metrics.clone(),
+        }),
+        ai: AiClient::new(http.ai_node_url.clone(), http.default_model.clone()),
+        api_key_hash: hash_key(api_key),
         settings: ApiSettings {
-            trust_forwarded_for: cfg.trust_forwarded_for,
-            sync_timeout: cfg.sync_timeout,
+            trust_forwarded_for: http.trust_forwarded_for,
+            sync_timeout: http.sync_timeout,
         },
-    });
+    })
+}
 
-    let instances_dir = cfg.data_dir.join("instances");
+fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> {
+    let instances_dir = data_dir.join("instances");
     // Working dirs of instances from a previous run are garbage now.
     let _ = std::fs::remove_dir_all(&instances_dir);
-    let pool = Arc::new(Pool::new(
+    Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
             instances_dir,
@@ -125,99 +274,100 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         cfg.keep_alive,
         cfg.max_warm_instances,
         metrics.clone(),
-    ));
-    let worker = Arc::new(Worker::new(
-        WorkerConfig {
-            concurrency: cfg.worker_concurrency,
-            receive_wait: Duration::from_secs(1),
-            visibility: cfg.visibility_timeout,
-            max_attempts: 5,
-        },
-        queue,
-        bus.clone(),
-        ArtifactCache::new(cfg.data_dir.join("cache"), artifacts),
-        pool.clone(),
-        metrics,
-    ));
+    ))
+}
 
-    let listener = TcpListener::bind(cfg.listen).await.map_err(|source| AppError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
-    let addr = listener.local_addr().map_err(|source| AppError::Listen {
-        addr: cfg.listen,
-        source,
-    })?;
+fn worker_settings(cfg: &PoolConfig, visibility: Duration, receive_wait: Duration) -> WorkerSettings {
+    WorkerSettings {
+        concurrency: cfg.worker_concurrency,
+        receive_wait,
+        visibility,
+        max_attempts: MAX_ATTEMPTS,
+    }
+}
+
+fn cache(data_dir: &Path, artifacts: Arc<dyn ArtifactStore>) -> ArtifactCache {
+    ArtifactCache::new(data_dir.join("cache"), artifacts)
+}
+
+async fn launch(listen: SocketAddr, parts: Parts, drain: Duration) -> Result<Running, AppError> {
+    let listener = TcpListener::bind(listen)
+        .await
+        .map_err(|source| AppError::Listen { addr: listen, source })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|source| AppError::Listen { addr: listen, source })?;
     let shutdown = CancellationToken::new();
-    let router = api::router(state);
-    let task = tokio::spawn(serve(
-        listener,
-        router,
-        worker,
-        functions,
-        pool,
-        bus,
-        shutdown.clone(),
-        cfg.shutdown_timeout,
-    ));
-    tracing::info!(addr = %addr, data_dir = %cfg.data_dir.display(), "listening");
+    let task = tokio::spawn(serve(listener, parts, shutdown.clone(), drain));
+    tracing::info!(addr = %addr, "listening");
     Ok(Running {
         addr,
-        api_key,
-        api_key_generated,
-        recovered_jobs,
+        api_key: None,
+        api_key_generated: false,
         shutdown,
         task,
     })
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve(
     listener: TcpListener,
-    router: axum::Router,
-    worker: Arc<Worker>,
-    functions: Arc<FunctionService>,
-    pool: Arc<Pool>,
-    bus: Arc<EmbeddedResultBus>,
+    parts: Parts,
     shutdown: CancellationToken,
     drain: Duration,
 ) -> Result<(), AppError> {
-    let worker_task = tokio::spawn(worker.run(shutdown.clone(), drain));
-    let housekeeping = tokio::spawn(housekeeping(functions.clone(), pool, bus, shutdown.clone()));
-    // Small request/response exchanges: do not let Nagle hold back a response.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(e) = tcp.set_nodelay(true) {
-            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-        }
-    });
-    let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
-    let served = tokio::select! {
-        r = &mut server => r,
-        _ = shutdown.cancelled() => {
-            // In-flight requests get the drain time, then are cut.
-            match tokio::time::timeout(drain, &mut server).await {
-                Ok(r) => r,
-                Err(_) => {
-                    tracing::warn!("requests still open after the drain time; closing them");
-                    Ok(())
+    let worker_task = parts.worker.map(|w| tokio::spawn(w.run(shutdown.clone(), drain)));
+    let housekeeping = tokio::spawn(housekeeping(
+        parts.functions.clone(),
+        parts.pool,
+        parts.embedded_bus,
+        shutdown.clone(),
+    ));
+    let served = match parts.router {
+        Some(router) => {
+            // Small request/response exchanges: do not let Nagle hold back a response.
+            let listener = listener.tap_io(|tcp| {
+                if let Err(e) = tcp.set_nodelay(true) {
+                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+                }
+            });
+            let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
+            let mut server = std::pin::pin!(server.into_future());
+            tokio::select! {
+                r = &mut server => r,
+                _ = shutdown.cancelled() => {
+                    // In-flight requests get the drain time, then are cut.
+                    match tokio::time::timeout(drain, &mut server).await {
+                        Ok(r) => r,
+                        Err(_) => {
+                            tracing::warn!("requests still open after the drain time; closing them");
+                            Ok(())
+                        }
+                    }
                 }
             }
         }
+        None => {
+            shutdown.cancelled().await;
+            Ok(())
+        }
     };
     shutdown.cancel();
-    let _ = worker_task.await;
+    if let Some(t) = worker_task {
+        let _ = t.await;
+    }
     let _ = housekeeping.await;
-    functions.flush_invocations().await;
+    if let Some(f) = parts.functions {
+        f.flush_invocations().await;
+    }
     tracing::info!("stopped");
     served.map_err(AppError::Serve)
 }
 
 async fn housekeeping(
-    functions: Arc<FunctionService>,
-    pool: Arc<Pool>,
-    bus: Arc<EmbeddedResultBus>,
+    functions: Option<Arc<FunctionService>>,
+    pool: Option<Arc<Pool>>,
+    embedded_bus: Option<Arc<EmbeddedResultBus>>,
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -228,12 +378,17 @@ async fn housekeeping(
             _ = shutdown.cancelled() => return,
         }
         n += 1;
-        let evicted = pool.evict_expired();
-        if evicted > 0 {
-            tracing::debug!(evicted, "stopped idle instances past their keep-alive");
+        if let Some(pool) = &pool {
+            let evicted = pool.evict_expired();
+            if evicted > 0 {
+                tracing::debug!(evicted, "stopped idle instances past their keep-alive");
+            }
         }
-        functions.flush_invocations().await;
-        if n % 600 == 1 {
+        if let Some(functions) = &functions {
+            functions.flush_invocations().await;
+        }
+        // Redis expires job records itself; the embedded bus purges them here.
+        if let (Some(bus), 1) = (&embedded_bus, n % 600) {
             match bus.purge_finished_before(chrono::Utc::now() - JOB_RETENTION).await {
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "removed expired job records"),
@@ -245,11 +400,11 @@ async fn housekeeping(
 
 /// The configured key, or the one kept in the data dir, or a new one (saved
 /// there with mode 0600 so restarts keep it).
-fn resolve_api_key(cfg: &UpConfig) -> Result<(String, bool), AppError> {
-    if let Some(k) = &cfg.api_key {
+fn resolve_api_key(http: &HttpConfig, data_dir: &Path) -> Result<(String, bool), AppError> {
+    if let Some(k) = &http.api_key {
         return Ok((k.clone(), false));
     }
-    let path = cfg.data_dir.join("api-key");
+    let path = data_dir.join("api-key");
     let file_err = |source| AppError::ApiKeyFile {
         path: path.display().to_string(),
         source,

@@ -1,11 +1,14 @@
 //! Command line and environment configuration. Values are read as text and
 //! validated together, so a bad configuration lists every problem at once.
+//! Argument groups are shared by the roles that need them.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::backend::aws::AwsSettings;
 
 #[derive(Debug, Parser)]
 #[command(
@@ -33,21 +36,22 @@ pub enum Command {
     /// pools, with embedded storage in a local data dir. Needs no AWS, Redis
     /// or Kubernetes.
     Up(UpArgs),
+    /// Run the HTTP API against S3, DynamoDB, SQS and Redis (no worker).
+    Api(ApiArgs),
+    /// Run a worker: consume SQS, run functions in warm pools, publish results to Redis.
+    Worker(WorkerArgs),
 }
 
+/// The HTTP API's settings.
 #[derive(Debug, Clone, Args)]
-pub struct UpArgs {
+pub struct HttpArgs {
     /// Address to listen on.
     #[arg(long, env = "HOST", default_value = "127.0.0.1")]
     pub host: String,
     /// Port to listen on (0 picks a free one).
     #[arg(long, env = "PORT", default_value = "8080")]
     pub port: String,
-    /// Where functions, artifacts, jobs and the queue are kept.
-    #[arg(long, env = "INFRA_DATA_DIR", default_value = ".infra-data")]
-    pub data_dir: PathBuf,
-    /// API key clients send as `x-api-key` (at least 16 characters). When
-    /// unset, one is generated, printed once and kept in the data dir.
+    /// API key clients send as `x-api-key` (at least 16 characters).
     #[arg(long, env = "INFRA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
     /// Base URL of the Ollama-compatible AI node.
@@ -62,6 +66,14 @@ pub struct UpArgs {
     /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false")]
     pub trust_forwarded_for: String,
+    /// Longest a synchronous /run waits before answering 504 with the jobId.
+    #[arg(long, env = "SYNC_TIMEOUT_MS", default_value = "300000")]
+    pub sync_timeout_ms: String,
+}
+
+/// The worker's warm-pool settings.
+#[derive(Debug, Clone, Args)]
+pub struct PoolArgs {
     /// Jobs run at the same time.
     #[arg(long, env = "WORKER_CONCURRENCY", default_value = "4")]
     pub worker_concurrency: String,
@@ -71,38 +83,149 @@ pub struct UpArgs {
     /// Most idle warm instances kept (least recently used go first).
     #[arg(long, env = "MAX_WARM_INSTANCES", default_value = "32")]
     pub max_warm_instances: String,
-    /// Longest a synchronous /run waits before answering 504 with the jobId.
-    #[arg(long, env = "SYNC_TIMEOUT_MS", default_value = "300000")]
-    pub sync_timeout_ms: String,
+    /// Python interpreter for function instances.
+    #[arg(long, env = "PYTHON_BIN", default_value = "python3")]
+    pub python: String,
+}
+
+/// Where the production backends are.
+#[derive(Debug, Clone, Args)]
+pub struct CloudArgs {
+    #[arg(long, env = "AWS_REGION")]
+    pub aws_region: Option<String>,
+    /// Overrides every AWS endpoint (local emulators).
+    #[arg(long, env = "AWS_ENDPOINT_URL")]
+    pub aws_endpoint_url: Option<String>,
+    /// S3 bucket for function artifacts.
+    #[arg(long, env = "BUCKET_NAME")]
+    pub bucket_name: Option<String>,
+    /// SQS queue URL for jobs (a `.fifo` URL selects FIFO mode).
+    #[arg(long, env = "SQS_URL")]
+    pub sqs_url: Option<String>,
+    /// Redis URL (`redis://host:port/db`); or REDIS_HOST and REDIS_PORT.
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    #[arg(long, env = "REDIS_HOST")]
+    pub redis_host: Option<String>,
+    #[arg(long, env = "REDIS_PORT", default_value = "6379")]
+    pub redis_port: String,
+    /// Prefix for every Redis key and channel (none, as the original platform).
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
+    /// How long job records stay readable in /status.
+    #[arg(long, env = "JOB_TTL_SECONDS", default_value = "86400")]
+    pub job_ttl_seconds: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    /// Where functions, artifacts, jobs and the queue are kept.
+    #[arg(long, env = "INFRA_DATA_DIR", default_value = ".infra-data")]
+    pub data_dir: PathBuf,
     /// Longest a shutdown waits for in-flight requests and jobs.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
     /// Queue visibility timeout; running jobs are extended before it lapses.
     #[arg(long, env = "VISIBILITY_TIMEOUT_SECONDS", default_value = "30")]
     pub visibility_timeout_seconds: String,
-    /// Python interpreter for function instances.
-    #[arg(long, env = "PYTHON_BIN", default_value = "python3")]
-    pub python: String,
 }
 
-/// Validated configuration of `infra up`.
-#[derive(Debug, Clone)]
-pub struct UpConfig {
-    pub listen: SocketAddr,
+#[derive(Debug, Clone, Args)]
+pub struct ApiArgs {
+    #[command(flatten)]
+    pub http: HttpArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// DynamoDB table of function records.
+    #[arg(long, env = "TABLE_NAME")]
+    pub table_name: Option<String>,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    pub shutdown_timeout_seconds: String,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct WorkerArgs {
+    #[command(flatten)]
+    pub pool: PoolArgs,
+    #[command(flatten)]
+    pub cloud: CloudArgs,
+    /// Local cache of function code and instance working dirs.
+    #[arg(long, env = "WORKER_DATA_DIR", default_value = ".infra-worker")]
     pub data_dir: PathBuf,
+    /// Port of the worker's own /health and /metrics (0: any free port).
+    #[arg(long, env = "WORKER_PORT", default_value = "9090")]
+    pub port: String,
+    #[arg(long, env = "WORKER_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    pub shutdown_timeout_seconds: String,
+    /// SQS visibility timeout; running jobs are extended before it lapses.
+    #[arg(long, env = "VISIBILITY_TIMEOUT_SECONDS", default_value = "30")]
+    pub visibility_timeout_seconds: String,
+}
+
+#[derive(Debug, Clone)]
+pub struct HttpConfig {
+    pub listen: SocketAddr,
     pub api_key: Option<String>,
     pub ai_node_url: Option<reqwest::Url>,
     pub default_model: String,
     pub rate_limit_per_minute: u32,
     pub trust_forwarded_for: bool,
+    pub sync_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct PoolConfig {
     pub worker_concurrency: usize,
     pub keep_alive: Duration,
     pub max_warm_instances: usize,
-    pub sync_timeout: Duration,
-    pub shutdown_timeout: Duration,
-    pub visibility_timeout: Duration,
     /// Resolved interpreter path.
     pub python: PathBuf,
+}
+
+#[derive(Debug, Clone)]
+pub struct CloudConfig {
+    pub aws: AwsSettings,
+    pub bucket: String,
+    pub sqs_url: String,
+    pub redis_url: String,
+    pub redis_key_prefix: String,
+    pub job_ttl: Duration,
+}
+
+/// Validated configuration of `infra up`.
+#[derive(Debug, Clone)]
+pub struct UpConfig {
+    pub http: HttpConfig,
+    pub pool: PoolConfig,
+    pub data_dir: PathBuf,
+    pub shutdown_timeout: Duration,
+    pub visibility_timeout: Duration,
+}
+
+/// Validated configuration of `infra api`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    pub http: HttpConfig,
+    pub cloud: CloudConfig,
+    pub table: String,
+    pub shutdown_timeout: Duration,
+}
+
+/// Validated configuration of `infra worker`.
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    pub pool: PoolConfig,
+    pub cloud: CloudConfig,
+    pub data_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+    pub visibility_timeout: Duration,
 }
 
 /// Every configuration problem found.
@@ -110,6 +233,7 @@ pub struct UpConfig {
 #[error("invalid configuration:\n{}", .0.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n"))]
 pub struct ConfigErrors(pub Vec<String>);
 
+#[derive(Default)]
 struct Problems(Vec<String>);
 
 impl Problems {
@@ -141,82 +265,211 @@ impl Problems {
             }
         }
     }
+
+    fn required(&mut self, name: &str, raw: &Option<String>) -> String {
+        match raw.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
+            Some(v) => v.to_string(),
+            None => {
+                self.0.push(format!("{name} is required"));
+                String::new()
+            }
+        }
+    }
+
+    fn listen(&mut self, host_name: &str, host: &str, port_name: &str, port: &str) -> SocketAddr {
+        let port: u16 = self.num(port_name, port, 0, u16::MAX, 0);
+        let ip = match host.trim() {
+            "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+            h => h.parse::<IpAddr>().ok(),
+        };
+        if ip.is_none() {
+            self.0.push(format!(
+                "{host_name} must be an IP address (or localhost), got {host:?}"
+            ));
+        }
+        SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port)
+    }
+
+    fn url(&mut self, name: &str, raw: &Option<String>, schemes: &[&str]) -> Option<reqwest::Url> {
+        let raw = raw.as_deref().map(str::trim).filter(|s| !s.is_empty())?;
+        match reqwest::Url::parse(raw) {
+            Ok(u) if schemes.contains(&u.scheme()) && u.has_host() => Some(u),
+            _ => {
+                // The value may hold a password: name the variable, not the value.
+                self.0.push(format!("{name} must be a {} URL", schemes.join(" or ")));
+                None
+            }
+        }
+    }
+
+    fn dir(&mut self, name: &str, dir: &std::path::Path) -> PathBuf {
+        // Absolute, because instances run in their own working directories.
+        match std::fs::create_dir_all(dir).and_then(|_| std::fs::canonicalize(dir)) {
+            Ok(d) => d,
+            Err(e) => {
+                self.0.push(format!("{name} {} cannot be created: {e}", dir.display()));
+                dir.to_path_buf()
+            }
+        }
+    }
+
+    fn finish<T>(self, value: T) -> Result<T, ConfigErrors> {
+        if self.0.is_empty() {
+            Ok(value)
+        } else {
+            Err(ConfigErrors(self.0))
+        }
+    }
+}
+
+impl HttpArgs {
+    fn check(&self, p: &mut Problems, key_required: bool) -> HttpConfig {
+        let listen = p.listen("HOST", &self.host, "PORT", &self.port);
+        let api_key = self.api_key.clone().filter(|k| !k.is_empty());
+        match &api_key {
+            Some(k) if k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()) => {
+                p.0.push("INFRA_API_KEY must be at least 16 characters without spaces".into())
+            }
+            None if key_required => p.0.push("INFRA_API_KEY is required".into()),
+            _ => {}
+        }
+        let ai_node_url = p
+            .url("AI_NODE_URL", &self.ai_node_url, &["http", "https"])
+            .map(|mut u| {
+                // Joining "api/tags" needs a trailing slash on the base.
+                if !u.path().ends_with('/') {
+                    let path = format!("{}/", u.path());
+                    u.set_path(&path);
+                }
+                u
+            });
+        if self.default_model.trim().is_empty() {
+            p.0.push("DEFAULT_MODEL_ID must not be empty".into());
+        }
+        HttpConfig {
+            listen,
+            api_key,
+            ai_node_url,
+            default_model: self.default_model.trim().to_string(),
+            rate_limit_per_minute: p.num(
+                "RATE_LIMIT_PER_MINUTE",
+                &self.rate_limit_per_minute,
+                0,
+                1_000_000_000,
+                100,
+            ),
+            trust_forwarded_for: p.flag("TRUST_FORWARDED_FOR", &self.trust_forwarded_for),
+            sync_timeout: Duration::from_millis(p.num(
+                "SYNC_TIMEOUT_MS",
+                &self.sync_timeout_ms,
+                100,
+                3_600_000,
+                300_000,
+            )),
+        }
+    }
+
+    pub fn local() -> HttpArgs {
+        HttpArgs {
+            host: "127.0.0.1".into(),
+            port: "0".into(),
+            api_key: None,
+            ai_node_url: None,
+            default_model: "llama3:8b".into(),
+            rate_limit_per_minute: "100".into(),
+            trust_forwarded_for: "false".into(),
+            sync_timeout_ms: "300000".into(),
+        }
+    }
+}
+
+impl PoolArgs {
+    fn check(&self, p: &mut Problems) -> PoolConfig {
+        let python = match resolve_python(&self.python) {
+            Ok(path) => path,
+            Err(e) => {
+                p.0.push(format!("PYTHON_BIN: {e}"));
+                PathBuf::new()
+            }
+        };
+        PoolConfig {
+            worker_concurrency: p.num("WORKER_CONCURRENCY", &self.worker_concurrency, 1, 1024, 1),
+            keep_alive: Duration::from_secs(p.num("WARM_KEEP_ALIVE_SECONDS", &self.keep_alive_seconds, 1, 86_400, 300)),
+            max_warm_instances: p.num("MAX_WARM_INSTANCES", &self.max_warm_instances, 0, 10_000, 32),
+            python,
+        }
+    }
+
+    pub fn local() -> PoolArgs {
+        PoolArgs {
+            worker_concurrency: "4".into(),
+            keep_alive_seconds: "300".into(),
+            max_warm_instances: "32".into(),
+            python: "python3".into(),
+        }
+    }
+}
+
+impl CloudArgs {
+    fn check(&self, p: &mut Problems) -> CloudConfig {
+        let region = p.required("AWS_REGION", &self.aws_region);
+        let endpoint_url = p
+            .url("AWS_ENDPOINT_URL", &self.aws_endpoint_url, &["http", "https"])
+            .map(|u| u.to_string());
+        let bucket = p.required("BUCKET_NAME", &self.bucket_name);
+        let sqs_url = p
+            .url("SQS_URL", &self.sqs_url, &["http", "https"])
+            .map(|u| u.to_string());
+        if self.sqs_url.as_deref().is_none_or(|s| s.trim().is_empty()) {
+            p.0.push("SQS_URL is required".into());
+        }
+        let redis_port: u16 = p.num("REDIS_PORT", &self.redis_port, 1, u16::MAX, 6379);
+        let redis_url = match (
+            &self.redis_url,
+            self.redis_host.as_deref().map(str::trim).filter(|h| !h.is_empty()),
+        ) {
+            (Some(u), _) if !u.trim().is_empty() => p
+                .url("REDIS_URL", &Some(u.clone()), &["redis", "rediss"])
+                .map(|u| u.to_string())
+                .unwrap_or_default(),
+            (_, Some(host)) => format!("redis://{host}:{redis_port}"),
+            _ => {
+                p.0.push("REDIS_URL or REDIS_HOST is required".into());
+                String::new()
+            }
+        };
+        let job_ttl = p.num("JOB_TTL_SECONDS", &self.job_ttl_seconds, 60, 30 * 86_400, 86_400);
+        CloudConfig {
+            aws: AwsSettings {
+                region,
+                endpoint_url,
+                static_credentials: None,
+            },
+            bucket,
+            sqs_url: sqs_url.unwrap_or_default(),
+            redis_url,
+            redis_key_prefix: self.redis_key_prefix.clone(),
+            job_ttl: Duration::from_secs(job_ttl),
+        }
+    }
 }
 
 impl UpArgs {
     /// Defaults for embedding and tests: loopback, a free port, the given dir.
     pub fn local(data_dir: PathBuf) -> UpArgs {
         UpArgs {
-            host: "127.0.0.1".into(),
-            port: "0".into(),
+            http: HttpArgs::local(),
+            pool: PoolArgs::local(),
             data_dir,
-            api_key: None,
-            ai_node_url: None,
-            default_model: "llama3:8b".into(),
-            rate_limit_per_minute: "100".into(),
-            trust_forwarded_for: "false".into(),
-            worker_concurrency: "4".into(),
-            keep_alive_seconds: "300".into(),
-            max_warm_instances: "32".into(),
-            sync_timeout_ms: "300000".into(),
             shutdown_timeout_seconds: "30".into(),
             visibility_timeout_seconds: "30".into(),
-            python: "python3".into(),
         }
     }
 
     pub fn validate(&self) -> Result<UpConfig, ConfigErrors> {
-        let mut p = Problems(Vec::new());
-        let port: u16 = p.num("PORT", &self.port, 0, u16::MAX, 0);
-        let ip = match self.host.trim() {
-            "localhost" => Some(IpAddr::V4(Ipv4Addr::LOCALHOST)),
-            h => h.parse::<IpAddr>().ok(),
-        };
-        if ip.is_none() {
-            p.0.push(format!(
-                "HOST must be an IP address (or localhost), got {:?}",
-                self.host
-            ));
-        }
-        let api_key = self.api_key.clone().filter(|k| !k.is_empty());
-        if let Some(k) = &api_key {
-            if k.len() < 16 || k.chars().any(|c| c.is_whitespace() || c.is_control()) {
-                p.0.push("INFRA_API_KEY must be at least 16 characters without spaces".into());
-            }
-        }
-        let ai_node_url = match self.ai_node_url.as_deref().map(str::trim).filter(|s| !s.is_empty()) {
-            None => None,
-            Some(raw) => match reqwest::Url::parse(raw) {
-                Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => {
-                    // Joining "api/tags" needs a trailing slash on the base.
-                    let mut u = u;
-                    if !u.path().ends_with('/') {
-                        let path = format!("{}/", u.path());
-                        u.set_path(&path);
-                    }
-                    Some(u)
-                }
-                _ => {
-                    p.0.push(format!("AI_NODE_URL must be an http(s) URL, got {raw:?}"));
-                    None
-                }
-            },
-        };
-        if self.default_model.trim().is_empty() {
-            p.0.push("DEFAULT_MODEL_ID must not be empty".into());
-        }
-        let rate_limit_per_minute = p.num(
-            "RATE_LIMIT_PER_MINUTE",
-            &self.rate_limit_per_minute,
-            0,
-            1_000_000_000,
-            100,
-        );
-        let trust_forwarded_for = p.flag("TRUST_FORWARDED_FOR", &self.trust_forwarded_for);
-        let worker_concurrency = p.num("WORKER_CONCURRENCY", &self.worker_concurrency, 1, 1024, 1);
-        let keep_alive = p.num("WARM_KEEP_ALIVE_SECONDS", &self.keep_alive_seconds, 1, 86_400, 300);
-        let max_warm_instances = p.num("MAX_WARM_INSTANCES", &self.max_warm_instances, 0, 10_000, 32);
-        let sync_timeout = p.num("SYNC_TIMEOUT_MS", &self.sync_timeout_ms, 100, 3_600_000, 300_000);
+        let mut p = Problems::default();
+        let http = self.http.check(&mut p, false);
+        let pool = self.pool.check(&mut p);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
         let visibility = p.num(
             "VISIBILITY_TIMEOUT_SECONDS",
@@ -225,43 +478,55 @@ impl UpArgs {
             43_200,
             30,
         );
-        let python = match resolve_python(&self.python) {
-            Ok(path) => path,
-            Err(e) => {
-                p.0.push(format!("PYTHON_BIN: {e}"));
-                PathBuf::new()
-            }
-        };
-        // Absolute, because instances run in their own working directories.
-        let data_dir = match std::fs::create_dir_all(&self.data_dir).and_then(|_| std::fs::canonicalize(&self.data_dir))
-        {
-            Ok(d) => d,
-            Err(e) => {
-                p.0.push(format!(
-                    "INFRA_DATA_DIR {} cannot be created: {e}",
-                    self.data_dir.display()
-                ));
-                self.data_dir.clone()
-            }
-        };
-        if !p.0.is_empty() {
-            return Err(ConfigErrors(p.0));
-        }
-        Ok(UpConfig {
-            listen: SocketAddr::new(ip.unwrap_or(IpAddr::V4(Ipv4Addr::LOCALHOST)), port),
+        let data_dir = p.dir("INFRA_DATA_DIR", &self.data_dir);
+        p.finish(UpConfig {
+            http,
+            pool,
             data_dir,
-            api_key,
-            ai_node_url,
-            default_model: self.default_model.trim().to_string(),
-            rate_limit_per_minute,
-            trust_forwarded_for,
-            worker_concurrency,
-            keep_alive: Duration::from_secs(keep_alive),
-            max_warm_instances,
-            sync_timeout: Duration::from_millis(sync_timeout),
             shutdown_timeout: Duration::from_secs(shutdown),
             visibility_timeout: Duration::from_secs(visibility),
-            python,
+        })
+    }
+}
+
+impl ApiArgs {
+    pub fn validate(&self) -> Result<ApiConfig, ConfigErrors> {
+        let mut p = Problems::default();
+        let http = self.http.check(&mut p, true);
+        let cloud = self.cloud.check(&mut p);
+        let table = p.required("TABLE_NAME", &self.table_name);
+        let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
+        p.finish(ApiConfig {
+            http,
+            cloud,
+            table,
+            shutdown_timeout: Duration::from_secs(shutdown),
+        })
+    }
+}
+
+impl WorkerArgs {
+    pub fn validate(&self) -> Result<WorkerConfig, ConfigErrors> {
+        let mut p = Problems::default();
+        let pool = self.pool.check(&mut p);
+        let cloud = self.cloud.check(&mut p);
+        let listen = p.listen("WORKER_HOST", &self.host, "WORKER_PORT", &self.port);
+        let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
+        let visibility = p.num(
+            "VISIBILITY_TIMEOUT_SECONDS",
+            &self.visibility_timeout_seconds,
+            2,
+            43_200,
+            30,
+        );
+        let data_dir = p.dir("WORKER_DATA_DIR", &self.data_dir);
+        p.finish(WorkerConfig {
+            pool,
+            cloud,
+            data_dir,
+            listen,
+            shutdown_timeout: Duration::from_secs(shutdown),
+            visibility_timeout: Duration::from_secs(visibility),
         })
     }
 }
@@ -294,13 +559,13 @@ mod tests {
     fn every_problem_is_listed() {
         let dir = tempfile::tempdir().unwrap();
         let mut args = UpArgs::local(dir.path().to_path_buf());
-        args.port = "http".into();
-        args.host = "not a host".into();
-        args.api_key = Some("short".into());
-        args.ai_node_url = Some("ftp://x".into());
-        args.worker_concurrency = "0".into();
-        args.trust_forwarded_for = "maybe".into();
-        args.python = "/nonexistent/python".into();
+        args.http.port = "http".into();
+        args.http.host = "not a host".into();
+        args.http.api_key = Some("short".into());
+        args.http.ai_node_url = Some("ftp://x".into());
+        args.pool.worker_concurrency = "0".into();
+        args.http.trust_forwarded_for = "maybe".into();
+        args.pool.python = "/nonexistent/python".into();
         let e = args.validate().unwrap_err();
         assert_eq!(e.0.len(), 7, "{e}");
         let text = e.to_string();
@@ -321,13 +586,69 @@ mod tests {
     fn local_defaults_are_valid() {
         let dir = tempfile::tempdir().unwrap();
         let cfg = UpArgs::local(dir.path().to_path_buf()).validate().unwrap();
-        assert_eq!(cfg.listen.port(), 0);
-        assert!(cfg.python.is_absolute());
+        assert_eq!(cfg.http.listen.port(), 0);
+        assert!(cfg.pool.python.is_absolute());
         let mut args = UpArgs::local(dir.path().to_path_buf());
-        args.ai_node_url = Some("http://127.0.0.1:11434".into());
+        args.http.ai_node_url = Some("http://127.0.0.1:11434".into());
         assert_eq!(
-            args.validate().unwrap().ai_node_url.unwrap().as_str(),
+            args.validate().unwrap().http.ai_node_url.unwrap().as_str(),
             "http://127.0.0.1:11434/"
         );
+    }
+
+    #[test]
+    fn api_requires_its_backends_and_key() {
+        let cli = Cli::try_parse_from(["infra", "api"]).unwrap();
+        let Command::Api(mut args) = cli.command else {
+            panic!("not api")
+        };
+        // The environment of the test process must not leak into this check.
+        args.http.api_key = None;
+        args.cloud = CloudArgs {
+            aws_region: None,
+            aws_endpoint_url: None,
+            bucket_name: None,
+            sqs_url: None,
+            redis_url: Some("http://wrong-scheme:1".into()),
+            redis_host: None,
+            redis_port: "6379".into(),
+            redis_key_prefix: String::new(),
+            job_ttl_seconds: "86400".into(),
+        };
+        args.table_name = None;
+        let text = args.validate().unwrap_err().to_string();
+        for needle in [
+            "INFRA_API_KEY is required",
+            "AWS_REGION is required",
+            "BUCKET_NAME is required",
+            "SQS_URL is required",
+            "TABLE_NAME is required",
+            "REDIS_URL must be a redis or rediss URL",
+        ] {
+            assert!(text.contains(needle), "{needle} missing from {text}");
+        }
+        assert!(
+            !text.contains("wrong-scheme"),
+            "URLs may hold passwords; they are not echoed"
+        );
+    }
+
+    #[test]
+    fn redis_host_and_port_make_a_url() {
+        let mut p = Problems::default();
+        let args = CloudArgs {
+            aws_region: Some("eu-west-1".into()),
+            aws_endpoint_url: None,
+            bucket_name: Some("b".into()),
+            sqs_url: Some("https://sqs.eu-west-1.amazonaws.com/1/q".into()),
+            redis_url: None,
+            redis_host: Some("cache.internal".into()),
+            redis_port: "6380".into(),
+            redis_key_prefix: String::new(),
+            job_ttl_seconds: "86400".into(),
+        };
+        let cfg = args.check(&mut p);
+        assert!(p.0.is_empty(), "{:?}", p.0);
+        assert_eq!(cfg.redis_url, "redis://cache.internal:6380");
     }
 }

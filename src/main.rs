@@ -1,56 +1,66 @@
 use std::process::ExitCode;
 
 use clap::Parser;
-use infra_controller::config::{Cli, Command};
-use infra_controller::{app, telemetry};
+use infra_controller::app::{self, Running};
+use infra_controller::config::{Cli, Command, ConfigErrors};
+use infra_controller::telemetry;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        Command::Up(args) => {
-            let cfg = match args.validate() {
-                Ok(cfg) => cfg,
-                Err(e) => {
-                    eprintln!("{e}");
-                    return ExitCode::from(1);
-                }
-            };
-            telemetry::init(cli.log_format);
-            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("cannot start the async runtime: {e}");
-                    return ExitCode::from(1);
-                }
-            };
-            match runtime.block_on(up(cfg)) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("infra up failed: {e:#}");
-                    ExitCode::from(1)
-                }
-            }
+    // Validate before anything starts: every problem at once, exit 1.
+    let role = match &cli.command {
+        Command::Up(a) => a.validate().map(|c| Role::Up(Box::new(c))),
+        Command::Api(a) => a.validate().map(|c| Role::Api(Box::new(c))),
+        Command::Worker(a) => a.validate().map(|c| Role::Worker(Box::new(c))),
+    };
+    let role = match role {
+        Ok(r) => r,
+        Err(ConfigErrors(problems)) => {
+            eprintln!("{}", ConfigErrors(problems));
+            return ExitCode::from(1);
+        }
+    };
+    telemetry::init(cli.log_format);
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("cannot start the async runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match runtime.block_on(run(role)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("infra failed: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
 
-async fn up(cfg: infra_controller::config::UpConfig) -> anyhow::Result<()> {
-    let data_dir = cfg.data_dir.clone();
-    let running = app::start_up(cfg).await?;
-    // The banner goes to stderr, not the JSON log: the key must never be logged.
-    eprintln!("Infra Controller is up: http://{}", running.addr);
-    if running.api_key_generated {
-        eprintln!(
-            "API key (generated, shown once; kept in {}): {}",
-            data_dir.join("api-key").display(),
-            running.api_key
-        );
-    } else {
-        eprintln!(
-            "API key: the one you configured (or {} )",
-            data_dir.join("api-key").display()
-        );
-    }
+enum Role {
+    Up(Box<infra_controller::config::UpConfig>),
+    Api(Box<infra_controller::config::ApiConfig>),
+    Worker(Box<infra_controller::config::WorkerConfig>),
+}
+
+async fn run(role: Role) -> anyhow::Result<()> {
+    let running: Running = match role {
+        Role::Up(cfg) => {
+            let key_file = cfg.data_dir.join("api-key");
+            let running = app::start_up(*cfg).await?;
+            // The banner goes to stderr, not the JSON log: the key must never be logged.
+            eprintln!("Infra Controller is up: http://{}", running.addr);
+            match (&running.api_key, running.api_key_generated) {
+                (Some(key), true) => {
+                    eprintln!("API key (generated, shown once; kept in {}): {key}", key_file.display())
+                }
+                _ => eprintln!("API key: INFRA_API_KEY, or the one kept in {}", key_file.display()),
+            }
+            running
+        }
+        Role::Api(cfg) => app::start_api(*cfg).await?,
+        Role::Worker(cfg) => app::start_worker(*cfg).await?,
+    };
     wait_for_signal().await;
     tracing::info!("shutdown requested; draining");
     running.shutdown();
@@ -60,20 +70,15 @@ async fn up(cfg: infra_controller::config::UpConfig) -> anyhow::Result<()> {
 
 async fn wait_for_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = ctrl_c => {}
-                    _ = term.recv() => {}
-                }
-            }
-            Err(_) => {
-                let _ = ctrl_c.await;
+    match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+        Ok(mut term) => {
+            tokio::select! {
+                _ = ctrl_c => {}
+                _ = term.recv() => {}
             }
         }
+        Err(_) => {
+            let _ = ctrl_c.await;
+        }
     }
-    #[cfg(not(unix))]
-    let _ = ctrl_c.await;
 }

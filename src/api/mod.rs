@@ -6,7 +6,7 @@ pub mod error;
 mod functions;
 pub mod middleware;
 mod run;
-mod system;
+pub mod system;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -46,6 +46,8 @@ pub struct ApiState {
     /// `None` disables rate limiting.
     pub limiter: Option<Arc<dyn RateLimiter>>,
     pub metrics: Arc<Metrics>,
+    /// Backends `/health` checks.
+    pub probe: Arc<system::Probe>,
     pub ai: AiClient,
     pub api_key_hash: [u8; 32],
     pub settings: ApiSettings,

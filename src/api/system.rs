@@ -1,22 +1,61 @@
-//! `/health`, `/metrics`, `/models`.
+//! `/health`, `/metrics`, `/models`, and the probe router workers serve.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::IntoResponse;
-use axum::Json;
+use axum::routing::get;
+use axum::{Json, Router};
 use serde::Serialize;
 use utoipa::ToSchema;
 
 use super::ApiState;
 use crate::ai::ModelsResponse;
-use crate::backend;
+use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
+use crate::metrics::Metrics;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A backend a process depends on, for health checks.
+#[derive(Clone)]
+pub enum Backend {
+    Artifacts(Arc<dyn ArtifactStore>),
+    Registry(Arc<dyn FunctionRegistry>),
+    Queue(Arc<dyn JobQueue>),
+    ResultBus(Arc<dyn ResultBus>),
+    RateLimiter(Arc<dyn RateLimiter>),
+}
+
+impl Backend {
+    fn name(&self) -> &'static str {
+        match self {
+            Backend::Artifacts(_) => "artifacts",
+            Backend::Registry(_) => "registry",
+            Backend::Queue(_) => "queue",
+            Backend::ResultBus(_) => "resultBus",
+            Backend::RateLimiter(_) => "rateLimiter",
+        }
+    }
+
+    async fn ping(&self) -> backend::Result<()> {
+        match self {
+            Backend::Artifacts(b) => b.ping().await,
+            Backend::Registry(b) => b.ping().await,
+            Backend::Queue(b) => b.ping().await,
+            Backend::ResultBus(b) => b.ping().await,
+            Backend::RateLimiter(b) => b.ping().await,
+        }
+    }
+}
+
+/// What `/health` checks and `/metrics` shows, for the API and for workers.
+pub struct Probe {
+    pub checks: Vec<Backend>,
+    pub metrics: Arc<Metrics>,
+}
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -35,20 +74,20 @@ pub struct Health {
     checks: BTreeMap<&'static str, Check>,
 }
 
-async fn check(name: &'static str, ping: impl Future<Output = backend::Result<()>>) -> (&'static str, Check) {
+async fn check(backend: &Backend) -> (&'static str, Check) {
     let t0 = Instant::now();
-    let outcome = tokio::time::timeout(CHECK_TIMEOUT, ping).await;
+    let outcome = tokio::time::timeout(CHECK_TIMEOUT, backend.ping()).await;
     let latency_ms = t0.elapsed().as_secs_f64() * 1000.0;
     let error = match outcome {
         Ok(Ok(())) => None,
         Ok(Err(e)) => {
-            tracing::warn!(backend = name, error = %e, "health check failed");
+            tracing::warn!(backend = backend.name(), error = %e, "health check failed");
             Some("unavailable")
         }
         Err(_) => Some("timeout"),
     };
     (
-        name,
+        backend.name(),
         Check {
             ok: error.is_none(),
             latency_ms,
@@ -57,38 +96,57 @@ async fn check(name: &'static str, ping: impl Future<Output = backend::Result<()
     )
 }
 
+impl Probe {
+    /// Pings every backend at once: 200 when all answer, 503 otherwise.
+    pub async fn health(&self) -> (StatusCode, Json<Health>) {
+        let checks: BTreeMap<_, _> = futures::future::join_all(self.checks.iter().map(check))
+            .await
+            .into_iter()
+            .collect();
+        let healthy = checks.values().all(|c| c.ok);
+        let code = if healthy {
+            StatusCode::OK
+        } else {
+            StatusCode::SERVICE_UNAVAILABLE
+        };
+        (
+            code,
+            Json(Health {
+                status: if healthy { "ok" } else { "degraded" },
+                checks,
+            }),
+        )
+    }
+
+    fn metrics(&self) -> impl IntoResponse {
+        (
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            self.metrics.render(),
+        )
+    }
+}
+
+/// `/health` and `/metrics` alone: what a worker serves.
+pub fn probe_router(probe: Arc<Probe>) -> Router {
+    Router::new()
+        .route(
+            "/health",
+            get(|State(p): State<Arc<Probe>>| async move { p.health().await }),
+        )
+        .route(
+            "/metrics",
+            get(|State(p): State<Arc<Probe>>| async move { p.metrics() }),
+        )
+        .with_state(probe)
+}
+
 /// Pings every backend: 200 when all answer, 503 otherwise.
 #[utoipa::path(
     get, path = "/health", tag = "system", security(()),
     responses((status = 200, body = Health), (status = 503, body = Health))
 )]
 pub async fn health(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    let artifacts = state.functions.artifacts().clone();
-    let registry = state.functions.registry().clone();
-    let (a, r, q, b) = tokio::join!(
-        check("artifacts", artifacts.ping()),
-        check("registry", registry.ping()),
-        check("queue", state.queue.ping()),
-        check("resultBus", state.bus.ping()),
-    );
-    let mut checks: BTreeMap<_, _> = [a, r, q, b].into_iter().collect();
-    if let Some(limiter) = &state.limiter {
-        let (name, c) = check("rateLimiter", limiter.ping()).await;
-        checks.insert(name, c);
-    }
-    let healthy = checks.values().all(|c| c.ok);
-    let code = if healthy {
-        StatusCode::OK
-    } else {
-        StatusCode::SERVICE_UNAVAILABLE
-    };
-    (
-        code,
-        Json(Health {
-            status: if healthy { "ok" } else { "degraded" },
-            checks,
-        }),
-    )
+    state.probe.health().await
 }
 
 /// Prometheus text exposition.
@@ -97,10 +155,7 @@ pub async fn health(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     responses((status = 200, description = "Prometheus text format", content_type = "text/plain", body = String))
 )]
 pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
-        state.metrics.render(),
-    )
+    state.probe.metrics()
 }
 
 /// Models of the AI node (`AI_NODE_URL`); a marked fallback when it is unset or down.

@@ -20,7 +20,7 @@ use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
 use cache::ArtifactCache;
 
 #[derive(Debug, Clone)]
-pub struct WorkerConfig {
+pub struct WorkerSettings {
     pub concurrency: usize,
     /// Longest a receive waits for work (SQS long polling: 20 s).
     pub receive_wait: Duration,
@@ -31,7 +31,7 @@ pub struct WorkerConfig {
 }
 
 pub struct Worker {
-    cfg: WorkerConfig,
+    cfg: WorkerSettings,
     queue: Arc<dyn JobQueue>,
     bus: Arc<dyn ResultBus>,
     cache: ArtifactCache,
@@ -41,7 +41,7 @@ pub struct Worker {
 
 impl Worker {
     pub fn new(
-        cfg: WorkerConfig,
+        cfg: WorkerSettings,
         queue: Arc<dyn JobQueue>,
         bus: Arc<dyn ResultBus>,
         cache: ArtifactCache,

@@ -146,7 +146,7 @@ async fn auth_is_required_except_for_health_and_metrics() {
 
 #[tokio::test]
 async fn rate_limit_allows_100_per_minute_then_429() {
-    let app = TestApp::start_with(|a| a.rate_limit_per_minute = "100".into()).await;
+    let app = TestApp::start_with(|a| a.http.rate_limit_per_minute = "100".into()).await;
     // Stay clear of a window boundary, which would reset the count mid-test.
     let probe = app.get("/functions").send().await.unwrap();
     let reset: u64 = probe.headers()["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
@@ -337,7 +337,7 @@ async fn request_id_is_echoed_and_reaches_errors() {
 
 #[tokio::test]
 async fn sync_wait_past_its_limit_gives_504_with_the_job_id() {
-    let app = TestApp::start_with(|a| a.sync_timeout_ms = "500".into()).await;
+    let app = TestApp::start_with(|a| a.http.sync_timeout_ms = "500".into()).await;
     let id = app
         .upload_py(
             "import time\ndef handler(e, c):\n    time.sleep(1.5)\n    return 'late'\n",
@@ -516,7 +516,7 @@ async fn fake_ai_node() -> String {
 #[tokio::test]
 async fn models_come_from_the_ai_node_or_a_marked_fallback() {
     let node = fake_ai_node().await;
-    let app = TestApp::start_with(|a| a.ai_node_url = Some(node)).await;
+    let app = TestApp::start_with(|a| a.http.ai_node_url = Some(node)).await;
     let body: Value = app.get("/models").send().await.unwrap().json().await.unwrap();
     assert_eq!(body["available"], true, "{body}");
     assert_eq!(body["source"], "ai-node");
@@ -541,7 +541,7 @@ async fn models_come_from_the_ai_node_or_a_marked_fallback() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let down = TestApp::start_with(|a| a.ai_node_url = Some(format!("http://{closed}"))).await;
+    let down = TestApp::start_with(|a| a.http.ai_node_url = Some(format!("http://{closed}"))).await;
     let body: Value = down.get("/models").send().await.unwrap().json().await.unwrap();
     assert_eq!(body["source"], "fallback");
     assert!(body["reason"].as_str().unwrap().contains("unreachable"), "{body}");

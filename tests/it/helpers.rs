@@ -26,8 +26,8 @@ impl TestApp {
     pub async fn start_with(configure: impl FnOnce(&mut UpArgs)) -> TestApp {
         let dir = tempfile::tempdir().expect("tempdir");
         let mut args = UpArgs::local(dir.path().to_path_buf());
-        args.api_key = Some(KEY.to_string());
-        args.rate_limit_per_minute = "100000".into();
+        args.http.api_key = Some(KEY.to_string());
+        args.http.rate_limit_per_minute = "100000".into();
         args.shutdown_timeout_seconds = "5".into();
         configure(&mut args);
         let cfg = args.validate().expect("valid config");

@@ -182,7 +182,7 @@ async fn output_is_captured_bounded_and_results_must_be_json() {
 
 #[tokio::test]
 async fn concurrent_jobs_all_finish_with_one_result_each() {
-    let app = TestApp::start_with(|a| a.worker_concurrency = "3".into()).await;
+    let app = TestApp::start_with(|a| a.pool.worker_concurrency = "3".into()).await;
     let id = app
         .upload_py(
             "import time\ndef handler(event, context):\n    time.sleep(0.05)\n    return event['i'] * 10\n",
