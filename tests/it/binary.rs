@@ -1,72 +1,20 @@
 //! The real `infra` binary: fail-fast configuration, SIGTERM drain, and a
 //! restart that keeps functions and finishes pending jobs.
 
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use serde_json::{json, Value};
 
 use crate::helpers::*;
 
-struct Proc {
-    child: Child,
-    base: String,
-}
-
 /// Starts `infra up` on a free port; extra env vars on top.
 fn spawn_up(data_dir: &Path, env: &[(&str, &str)]) -> Proc {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infra"));
-    cmd.args(["up", "--port", "0", "--data-dir"])
-        .arg(data_dir)
-        .env("INFRA_API_KEY", KEY)
-        .env("RATE_LIMIT_PER_MINUTE", "0")
-        .env_remove("PORT")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let mut child = cmd.spawn().expect("spawn infra");
-    let stdout = child.stdout.take().expect("stdout");
-    let (tx, rx) = mpsc::channel();
-    // Keep draining stdout so the process never blocks on a full pipe.
-    std::thread::spawn(move || {
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if let Ok(v) = serde_json::from_str::<Value>(&line) {
-                if v["message"] == "listening" {
-                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
-                }
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("infra up did not start listening");
-    Proc {
-        child,
-        base: format!("http://{addr}"),
-    }
-}
-
-fn sigterm(child: &Child) {
-    // SAFETY: sending a signal to our own child process.
-    unsafe {
-        libc::kill(child.id() as i32, libc::SIGTERM);
-    }
-}
-
-fn wait_exit(child: &mut Child, within: Duration) -> i32 {
-    let deadline = Instant::now() + within;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait") {
-            return status.code().unwrap_or(-1);
-        }
-        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let dir = data_dir.to_string_lossy().to_string();
+    let mut all = vec![("INFRA_API_KEY", KEY), ("RATE_LIMIT_PER_MINUTE", "0")];
+    all.extend_from_slice(env);
+    spawn_infra(&["up", "--port", "0", "--data-dir", &dir], &all)
 }
 
 async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {

@@ -1,5 +1,7 @@
-use std::io::Write;
+use std::io::{BufRead, BufReader, Write};
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 use infra_controller::app::{self, Running};
@@ -192,3 +194,83 @@ pub fn files_under(dir: &Path) -> Vec<PathBuf> {
 }
 
 pub const ECHO: &str = "def handler(event, context):\n    return {'echo': event, 'requestId': context.request_id}\n";
+
+/// A running `infra` process.
+pub struct Proc {
+    pub child: Child,
+    pub base: String,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts the real `infra` binary with `args` and env vars (on top of a
+/// cleaned environment) and waits for its "listening" log line.
+pub fn spawn_infra(args: &[&str], env: &[(&str, &str)]) -> Proc {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_infra"));
+    cmd.args(args).stdout(Stdio::piped()).stderr(Stdio::inherit());
+    for var in [
+        "PORT",
+        "HOST",
+        "INFRA_API_KEY",
+        "RATE_LIMIT_PER_MINUTE",
+        "AI_NODE_URL",
+        "REDIS_URL",
+        "REDIS_HOST",
+    ] {
+        cmd.env_remove(var);
+    }
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().expect("spawn infra");
+    let stdout = child.stdout.take().expect("stdout");
+    let (tx, rx) = mpsc::channel();
+    // Keep draining stdout so the process never blocks on a full pipe.
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                if v["message"] == "listening" {
+                    let _ = tx.send(v["addr"].as_str().unwrap_or_default().to_string());
+                }
+            }
+        }
+    });
+    let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+        Ok(a) => a,
+        Err(_) => {
+            let _ = child.kill();
+            panic!("infra {args:?} did not start listening");
+        }
+    };
+    Proc {
+        child,
+        base: format!("http://{addr}"),
+    }
+}
+
+pub fn signal(child: &Child, sig: i32) {
+    // SAFETY: sending a signal to our own child process.
+    unsafe {
+        libc::kill(child.id() as i32, sig);
+    }
+}
+
+pub fn sigterm(child: &Child) {
+    signal(child, libc::SIGTERM);
+}
+
+pub fn wait_exit(child: &mut Child, within: Duration) -> i32 {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status.code().unwrap_or(-1);
+        }
+        assert!(Instant::now() < deadline, "process did not exit within {within:?}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}

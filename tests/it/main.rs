@@ -6,5 +6,6 @@ mod binary;
 mod conformance;
 mod examples;
 mod helpers;
+mod production;
 mod runtime;
 mod services;

@@ -11,7 +11,7 @@ use redis::Script;
 use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
-use super::unavailable;
+use super::bounded;
 use crate::backend::{Error, Result, ResultBus, Subscription};
 use crate::model::{JobRecord, JobResult};
 
@@ -207,24 +207,19 @@ impl ResultBus for RedisResultBus {
         }
         let json = serde_json::to_string(record).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut conn = self.conn.clone();
-        let _: i64 = self
-            .set_state
-            .key(self.job_key(&record.request_id))
-            .arg(json)
-            .arg(self.ttl_secs)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("set job state", e))?;
+        let mut call = self.set_state.key(self.job_key(&record.request_id));
+        call.arg(json).arg(self.ttl_secs);
+        let _: i64 = bounded("set job state", call.invoke_async(&mut conn)).await?;
         Ok(())
     }
 
     async fn get(&self, request_id: &str) -> Result<Option<JobRecord>> {
         let mut conn = self.conn.clone();
-        let raw: Option<String> = redis::cmd("GET")
-            .arg(self.job_key(request_id))
-            .query_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("get job", e))?;
+        let raw: Option<String> = bounded(
+            "get job",
+            redis::cmd("GET").arg(self.job_key(request_id)).query_async(&mut conn),
+        )
+        .await?;
         raw.map(|r| decode(&r)).transpose()
     }
 
@@ -239,16 +234,12 @@ impl ResultBus for RedisResultBus {
         let record_json = serde_json::to_string(&record).map_err(|e| Error::Invalid(e.to_string()))?;
         let result_json = serde_json::to_string(result).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut conn = self.conn.clone();
-        let existing: Option<String> = self
-            .publish
-            .key(self.job_key(&result.request_id))
-            .arg(record_json)
+        let mut call = self.publish.key(self.job_key(&result.request_id));
+        call.arg(record_json)
             .arg(self.ttl_secs)
             .arg(format!("{}result:{}", self.prefix, result.request_id))
-            .arg(result_json)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("publish result", e))?;
+            .arg(result_json);
+        let existing: Option<String> = bounded("publish result", call.invoke_async(&mut conn)).await?;
         match existing {
             Some(raw) => {
                 let winner = decode(&raw)?;
@@ -290,10 +281,7 @@ impl ResultBus for RedisResultBus {
 
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| unavailable("ping", e))?;
+        bounded("ping", redis::cmd("PING").query_async::<String>(&mut conn)).await?;
         if !self.listening.load(Ordering::Relaxed) {
             return Err(Error::Unavailable {
                 message: "redis result subscription is not connected".into(),

@@ -16,9 +16,23 @@ use super::Error;
 
 /// Commands fail after this instead of hanging while Redis is away.
 const RESPONSE_TIMEOUT: Duration = Duration::from_millis(800);
+/// Hard bound on one call, including any wait for a reconnection, so callers
+/// (and `/run`) fail fast during an outage.
+const CALL_DEADLINE: Duration = Duration::from_millis(500);
 
 fn unavailable(what: &str, e: redis::RedisError) -> Error {
     Error::unavailable(format!("redis {what}"), e)
+}
+
+/// Runs one Redis call within `CALL_DEADLINE`.
+async fn bounded<T>(what: &str, call: impl std::future::Future<Output = redis::RedisResult<T>>) -> Result<T, Error> {
+    match tokio::time::timeout(CALL_DEADLINE, call).await {
+        Ok(r) => r.map_err(|e| unavailable(what, e)),
+        Err(_) => Err(Error::Unavailable {
+            message: format!("redis {what}: no answer within {CALL_DEADLINE:?}"),
+            source: None,
+        }),
+    }
 }
 
 /// A client and a reconnecting connection manager for `url`
@@ -28,7 +42,8 @@ pub async fn connect(url: &str) -> Result<(redis::Client, ConnectionManager), Er
     let config = ConnectionManagerConfig::new()
         .set_connection_timeout(RESPONSE_TIMEOUT)
         .set_response_timeout(RESPONSE_TIMEOUT)
-        .set_number_of_retries(1)
+        // Reconnect once per failed call; retry loops would stall callers.
+        .set_number_of_retries(0)
         .set_max_delay(1000);
     let manager = ConnectionManager::new_with_config(client.clone(), config)
         .await

@@ -2,7 +2,7 @@ use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
-use super::unavailable;
+use super::bounded;
 use crate::backend::{RateDecision, RateLimiter, Result};
 
 /// Counts and starts the window in one atomic step, so any number of API
@@ -46,13 +46,9 @@ impl RedisRateLimiter {
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key: &str) -> Result<RateDecision> {
         let mut conn = self.conn.clone();
-        let (count, ttl_ms): (u64, i64) = self
-            .script
-            .key(format!("{}ratelimit:{key}", self.prefix))
-            .arg(WINDOW_MS)
-            .invoke_async(&mut conn)
-            .await
-            .map_err(|e| unavailable("rate limit script", e))?;
+        let mut call = self.script.key(format!("{}ratelimit:{key}", self.prefix));
+        call.arg(WINDOW_MS);
+        let (count, ttl_ms): (u64, i64) = bounded("rate limit script", call.invoke_async(&mut conn)).await?;
         let count = u32::try_from(count).unwrap_or(u32::MAX);
         Ok(RateDecision {
             allowed: count <= self.limit,
@@ -64,10 +60,7 @@ impl RateLimiter for RedisRateLimiter {
 
     async fn ping(&self) -> Result<()> {
         let mut conn = self.conn.clone();
-        redis::cmd("PING")
-            .query_async::<String>(&mut conn)
-            .await
-            .map_err(|e| unavailable("ping", e))?;
+        bounded("ping", redis::cmd("PING").query_async::<String>(&mut conn)).await?;
         Ok(())
     }
 }

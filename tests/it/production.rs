@@ -1,0 +1,344 @@
+//! `infra api` and `infra worker` as separate processes, joined only by moto
+//! (S3, DynamoDB, SQS) and a real redis-server.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use infra_controller::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
+use serde_json::{json, Value};
+
+use crate::helpers::*;
+use crate::services::{aws, unique, RedisServer};
+
+struct Cluster {
+    redis: RedisServer,
+    env: Vec<(String, String)>,
+    dirs: Vec<tempfile::TempDir>,
+}
+
+impl Cluster {
+    async fn new() -> Cluster {
+        let settings = aws();
+        let bucket = unique("artifacts");
+        let table = unique("functions");
+        S3ArtifactStore::new(&settings, &bucket)
+            .await
+            .ensure_bucket()
+            .await
+            .unwrap();
+        DynamoRegistry::new(&settings, &table)
+            .await
+            .ensure_table()
+            .await
+            .unwrap();
+        let queue = SqsQueue::create_queue(&settings, &unique("jobs")).await.unwrap();
+        let redis = RedisServer::start();
+        let env = [
+            ("AWS_REGION", "us-east-1".to_string()),
+            ("AWS_ENDPOINT_URL", settings.endpoint_url.clone().unwrap()),
+            ("AWS_ACCESS_KEY_ID", "test".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test".into()),
+            ("AWS_EC2_METADATA_DISABLED", "true".into()),
+            ("BUCKET_NAME", bucket),
+            ("TABLE_NAME", table),
+            ("SQS_URL", queue),
+            ("REDIS_URL", redis.url()),
+            ("INFRA_API_KEY", KEY.into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        Cluster {
+            redis,
+            env,
+            dirs: Vec::new(),
+        }
+    }
+
+    fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
+        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+        env.extend_from_slice(extra);
+        spawn_infra(args, &env)
+    }
+
+    fn api(&self, extra: &[(&str, &str)]) -> Proc {
+        let mut env = vec![("PORT", "0"), ("RATE_LIMIT_PER_MINUTE", "0")];
+        env.extend_from_slice(extra);
+        self.spawn(&["api"], &env)
+    }
+
+    fn worker(&mut self, extra: &[(&str, &str)]) -> Proc {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().to_string_lossy().to_string();
+        self.dirs.push(dir);
+        let mut env = vec![
+            ("WORKER_PORT", "0"),
+            ("WORKER_DATA_DIR", path.as_str()),
+            ("WORKER_CONCURRENCY", "4"),
+        ];
+        env.extend_from_slice(extra);
+        self.spawn(&["worker"], &env)
+    }
+}
+
+async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
+    );
+    let r = client
+        .post(format!("{base}/upload"))
+        .header("x-api-key", KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["functionId"].as_str().unwrap().to_string()
+}
+
+async fn run(client: &reqwest::Client, base: &str, id: &str, input: Value, asynchronous: bool) -> (u16, Value) {
+    let mut req = client.post(format!("{base}/run")).header("x-api-key", KEY);
+    if asynchronous {
+        req = req.header("x-async", "true");
+    }
+    let r = req
+        .json(&json!({"functionId": id, "inputData": input}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
+}
+
+/// Counts messages per channel on `result:*`, as a second subscriber.
+async fn count_results(url: &str) -> Arc<Mutex<HashMap<String, u32>>> {
+    let counts = Arc::new(Mutex::new(HashMap::new()));
+    let client = redis::Client::open(url).unwrap();
+    let mut pubsub = client.get_async_pubsub().await.unwrap();
+    pubsub.psubscribe("result:*").await.unwrap();
+    let c = counts.clone();
+    tokio::spawn(async move {
+        let mut stream = pubsub.into_on_message();
+        while let Some(msg) = stream.next().await {
+            *c.lock().unwrap().entry(msg.get_channel_name().to_string()).or_insert(0) += 1;
+        }
+    });
+    counts
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn api_and_two_workers_give_every_job_exactly_one_result() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let _w1 = cluster.worker(&[]);
+    let _w2 = cluster.worker(&[]);
+    let counts = count_results(&cluster.redis.url()).await;
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &api.base,
+        "def handler(event, context):\n    return event['n'] * 2\n",
+    )
+    .await;
+
+    // Sync runs return their results; the second is warm.
+    let (status, first) = run(&client, &api.base, &id, json!({"n": 1}), false).await;
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["result"], 2);
+    let (_, again) = run(&client, &api.base, &id, json!({"n": 2}), false).await;
+    assert_eq!(again["result"], 4);
+
+    let mut jobs = Vec::new();
+    for chunk in (0..200).collect::<Vec<i64>>().chunks(20) {
+        let submitted = futures::future::join_all(chunk.iter().map(|n| {
+            let client = client.clone();
+            let base = api.base.clone();
+            let id = id.clone();
+            async move {
+                let (status, body) = run(&client, &base, &id, json!({"n": n}), true).await;
+                assert_eq!(status, 202, "{body}");
+                (*n, body["jobId"].as_str().unwrap().to_string())
+            }
+        }))
+        .await;
+        jobs.extend(submitted);
+    }
+    for (n, job) in &jobs {
+        let (_, body) = wait_job_at(&client, &api.base, job, Duration::from_secs(120)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], n * 2);
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let counts = counts.lock().unwrap().clone();
+    for (_, job) in &jobs {
+        assert_eq!(
+            counts.get(&format!("result:{job}")),
+            Some(&1),
+            "job {job} must be published exactly once"
+        );
+    }
+    let list: Value = client
+        .get(format!("{}/functions", api.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        list["functions"][0]["invocations"], 202,
+        "counted in DynamoDB and in memory"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let quick_visibility = [("VISIBILITY_TIMEOUT_SECONDS", "3"), ("WORKER_CONCURRENCY", "2")];
+    let victim = cluster.worker(&quick_visibility);
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &api.base,
+        "import time\ndef handler(event, context):\n    time.sleep(1.5)\n    return event['n']\n",
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for n in 0..6 {
+        let (status, body) = run(&client, &api.base, &id, json!({"n": n}), true).await;
+        assert_eq!(status, 202);
+        jobs.push((n, body["jobId"].as_str().unwrap().to_string()));
+    }
+    // Only the victim runs so far: wait until it holds a running job, then kill it.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    'running: loop {
+        for (_, job) in &jobs {
+            let body: Value = client
+                .get(format!("{}/status/{job}", api.base))
+                .header("x-api-key", KEY)
+                .send()
+                .await
+                .unwrap()
+                .json()
+                .await
+                .unwrap();
+            if body["status"] == "RUNNING" {
+                break 'running;
+            }
+        }
+        assert!(Instant::now() < deadline, "no job started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _survivor = cluster.worker(&quick_visibility);
+    signal(&victim.child, libc::SIGKILL);
+    let mut redelivered = 0;
+    for (n, job) in &jobs {
+        let (_, body) = wait_job_at(&client, &api.base, job, Duration::from_secs(90)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], *n);
+        if body["attempt"].as_u64().unwrap_or(0) >= 2 {
+            redelivered += 1;
+        }
+    }
+    assert!(redelivered >= 1, "the killed worker's job ran again elsewhere");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_gives_503_fast_and_recovers_without_restart() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[("RATE_LIMIT_PER_MINUTE", "100")]);
+    let client = reqwest::Client::new();
+    let id = upload(&client, &api.base, "def handler(event, context):\n    return 1\n").await;
+    let health = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/health"))
+            .send()
+            .await
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(health(client.clone(), api.base.clone()).await, 200);
+
+    cluster.redis.stop();
+    let stopped = Instant::now();
+    while health(client.clone(), api.base.clone()).await != 503 {
+        assert!(
+            stopped.elapsed() < Duration::from_secs(1),
+            "health still 200 a second into the outage"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let t0 = Instant::now();
+    let (status, body) = run(&client, &api.base, &id, json!({}), true).await;
+    assert_eq!(status, 503, "{body}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "/run took {:?} during the outage",
+        t0.elapsed()
+    );
+    assert!(body["error"].as_str().unwrap().contains("unavailable"), "{body}");
+
+    cluster.redis.resume();
+    let resumed = Instant::now();
+    while health(client.clone(), api.base.clone()).await != 200 {
+        assert!(resumed.elapsed() < Duration::from_secs(15), "health did not recover");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = run(&client, &api.base, &id, json!({}), true).await;
+    assert_eq!(status, 202, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_api_processes_share_one_exact_rate_limit() {
+    let cluster = Cluster::new().await;
+    let limited = [("RATE_LIMIT_PER_MINUTE", "100")];
+    let a = cluster.api(&limited);
+    let b = cluster.api(&limited);
+    let client = reqwest::Client::new();
+    let mut passed = 0;
+    let mut limited_count = 0;
+    for i in 0..150 {
+        let base = if i % 2 == 0 { &a.base } else { &b.base };
+        let r = client
+            .get(format!("{base}/functions"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            200 => passed += 1,
+            429 => limited_count += 1,
+            other => panic!("unexpected status {other}"),
+        }
+    }
+    assert_eq!((passed, limited_count), (100, 50));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn worker_reports_its_backends() {
+    let mut cluster = Cluster::new().await;
+    let worker = cluster.worker(&[]);
+    let client = reqwest::Client::new();
+    let r = client.get(format!("{}/health", worker.base)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    for check in ["artifacts", "queue", "resultBus"] {
+        assert_eq!(body["checks"][check]["ok"], true, "{body}");
+    }
+    let metrics = client
+        .get(format!("{}/metrics", worker.base))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(metrics.contains("infra_warm_instances"));
+}
