@@ -1,18 +1,25 @@
-//! Platform benchmarks on `infra up` (embedded backends), in one process on
-//! loopback:
+//! Platform benchmarks, driven over HTTP on loopback from this process:
 //! - warm invoke: sequential sync `/run` of a trivial handler; platform
 //!   overhead = client-observed latency minus the handler's own time;
 //! - cold start: first invoke of fresh functions (process start + import);
 //! - async admission: `POST /run` with `x-async: true` from 20 concurrent
-//!   clients; every 202 means the job is durably queued (fsync'd).
+//!   clients; a 202 means the job is durably queued.
 //!
-//! Run: `cargo bench --bench platform` (env: BENCH_SECONDS, BENCH_INVOKES).
+//! Deployments (BENCH_DEPLOYMENTS, comma-separated; `scripts/bench` starts
+//! the services the cloud ones need):
+//! - `embedded`: `infra up`;
+//! - `cloud`: `infra api` + `infra worker` over a private redis-server and
+//!   moto at INFRA_TEST_AWS_ENDPOINT (S3, DynamoDB, SQS);
+//! - `cloud-fast-sqs`: the same, SQS at BENCH_FAST_SQS_ENDPOINT (fauxqs).
+//!
+//! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5).
 
-use std::sync::Arc;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use infra_controller::app;
-use infra_controller::config::UpArgs;
+use infra_controller::app::{self, Running};
+use infra_controller::backend::aws::{AwsSettings, DynamoRegistry, S3ArtifactStore, SqsQueue};
+use infra_controller::config::{ApiConfig, CloudConfig, UpArgs, WorkerConfig};
 use serde_json::{json, Value};
 
 const KEY: &str = "bench-api-key-0123456789";
@@ -26,10 +33,10 @@ fn pct(sorted: &[f64], p: f64) -> f64 {
     sorted[idx.min(sorted.len() - 1)]
 }
 
-fn summary(name: &str, mut v: Vec<f64>) {
+fn summary(deployment: &str, name: &str, mut v: Vec<f64>) {
     v.sort_by(|a, b| a.total_cmp(b));
     println!(
-        "{name:<44} n={:<6} p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
+        "{deployment:<15} {name:<40} n={:<6} p50={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
         v.len(),
         pct(&v, 0.50),
         pct(&v, 0.99),
@@ -39,6 +46,127 @@ fn summary(name: &str, mut v: Vec<f64>) {
 
 fn env_num(name: &str, default: u64) -> u64 {
     std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+}
+
+/// What a deployment leaves running until the measurements end.
+struct Deployment {
+    base: String,
+    roles: Vec<Running>,
+    redis: Option<Child>,
+    _dirs: Vec<tempfile::TempDir>,
+}
+
+impl Deployment {
+    async fn stop(mut self) {
+        for r in self.roles.drain(..) {
+            r.shutdown();
+            let _ = r.wait().await;
+        }
+        if let Some(mut redis) = self.redis.take() {
+            let _ = redis.kill();
+            let _ = redis.wait();
+        }
+    }
+}
+
+fn local_args(dir: &std::path::Path) -> UpArgs {
+    let mut args = UpArgs::local(dir.to_path_buf());
+    args.http.api_key = Some(KEY.into());
+    args.http.rate_limit_per_minute = "0".into();
+    args.shutdown_timeout_seconds = "0".into();
+    args.pool.worker_concurrency = "2".into();
+    args
+}
+
+async fn embedded() -> Deployment {
+    let dir = tempfile::tempdir().unwrap();
+    let running = app::start_up(local_args(dir.path()).validate().unwrap()).await.unwrap();
+    Deployment {
+        base: format!("http://{}", running.addr),
+        roles: vec![running],
+        redis: None,
+        _dirs: vec![dir],
+    }
+}
+
+fn start_redis() -> (Child, u16) {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let bin = std::env::var("INFRA_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let child = Command::new(bin)
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server (run scripts/bench)");
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    (child, port)
+}
+
+async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
+    let moto = std::env::var("INFRA_TEST_AWS_ENDPOINT").expect("INFRA_TEST_AWS_ENDPOINT (run scripts/bench)");
+    let aws = AwsSettings {
+        region: "us-east-1".into(),
+        endpoint_url: Some(moto),
+        s3_endpoint_url: None,
+        dynamodb_endpoint_url: None,
+        sqs_endpoint_url: sqs_endpoint,
+        static_credentials: Some(("test".into(), "test".into())),
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let (bucket, table) = (format!("bench-{id}"), format!("bench-{id}"));
+    S3ArtifactStore::new(&aws, &bucket).await.ensure_bucket().await.unwrap();
+    DynamoRegistry::new(&aws, &table).await.ensure_table().await.unwrap();
+    let sqs_url = SqsQueue::create_queue(&aws, &format!("bench-{id}")).await.unwrap();
+    let (redis, port) = start_redis();
+    let cloud = CloudConfig {
+        aws,
+        bucket,
+        sqs_url,
+        redis_url: format!("redis://127.0.0.1:{port}"),
+        redis_key_prefix: String::new(),
+        job_ttl: Duration::from_secs(3600),
+    };
+    let api_dir = tempfile::tempdir().unwrap();
+    let worker_dir = tempfile::tempdir().unwrap();
+    let local = local_args(api_dir.path()).validate().unwrap();
+    let api = app::start_api(ApiConfig {
+        http: local.http.clone(),
+        cloud: cloud.clone(),
+        table,
+        shutdown_timeout: Duration::ZERO,
+    })
+    .await
+    .unwrap();
+    let worker = app::start_worker(WorkerConfig {
+        pool: local.pool.clone(),
+        cloud,
+        data_dir: worker_dir.path().to_path_buf(),
+        listen: "127.0.0.1:0".parse().unwrap(),
+        shutdown_timeout: Duration::ZERO,
+        visibility_timeout: Duration::from_secs(30),
+    })
+    .await
+    .unwrap();
+    Deployment {
+        base: format!("http://{}", api.addr),
+        roles: vec![api, worker],
+        redis: Some(redis),
+        _dirs: vec![api_dir, worker_dir],
+    }
 }
 
 async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
@@ -73,113 +201,112 @@ async fn run_sync(client: &reqwest::Client, base: &str, id: &str) -> (f64, Value
     (t0.elapsed().as_secs_f64() * 1000.0, body)
 }
 
-fn main() {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(bench());
-}
-
-async fn bench() {
-    let dir = tempfile::tempdir().unwrap();
-    let mut args = UpArgs::local(dir.path().to_path_buf());
-    args.http.api_key = Some(KEY.into());
-    args.http.rate_limit_per_minute = "0".into();
-    args.shutdown_timeout_seconds = "0".into();
-    args.pool.worker_concurrency = "2".into();
-    let running = app::start_up(args.validate().unwrap()).await.unwrap();
-    let base = format!("http://{}", running.addr);
+async fn measure(name: &str, base: &str) {
     let client = reqwest::Client::new();
     let invokes = env_num("BENCH_INVOKES", 2000) as usize;
     let seconds = env_num("BENCH_SECONDS", 5);
-    println!(
-        "machine: {} cores; data dir on {}",
-        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
-        dir.path().display()
-    );
 
-    // Warm invoke.
-    let id = upload(&client, &base, "def handler(event, context):\n    return event\n").await;
+    let id = upload(&client, base, "def handler(event, context):\n    return event\n").await;
     for _ in 0..50 {
-        run_sync(&client, &base, &id).await;
+        run_sync(&client, base, &id).await;
     }
-    let mut total = Vec::with_capacity(invokes);
-    let mut overhead = Vec::with_capacity(invokes);
-    let mut handler = Vec::with_capacity(invokes);
+    let (mut total, mut own, mut overhead) = (Vec::new(), Vec::new(), Vec::new());
     for _ in 0..invokes {
-        let (ms, body) = run_sync(&client, &base, &id).await;
-        assert_eq!(body["status"], "SUCCESS");
+        let (ms, body) = run_sync(&client, base, &id).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
         assert_eq!(body["coldStart"], false);
-        let own = body["durationMs"].as_f64().unwrap();
+        let handler = body["durationMs"].as_f64().unwrap();
         total.push(ms);
-        handler.push(own);
-        overhead.push(ms - own);
+        own.push(handler);
+        overhead.push(ms - handler);
     }
-    summary("warm invoke: total (client-observed)", total);
-    summary("warm invoke: handler's own time", handler);
-    summary("warm invoke: platform overhead", overhead);
+    summary(name, "warm invoke: total (client-observed)", total);
+    summary(name, "warm invoke: handler's own time", own);
+    summary(name, "warm invoke: platform overhead", overhead);
 
-    // Cold start: a new function each time (no warm instance exists).
-    let mut cold_total = Vec::new();
-    let mut cold_init = Vec::new();
+    let (mut cold_total, mut cold_init) = (Vec::new(), Vec::new());
     for i in 0..30 {
         let fid = upload(
             &client,
-            &base,
+            base,
             &format!("def handler(event, context):\n    return {i}\n"),
         )
         .await;
-        let (ms, body) = run_sync(&client, &base, &fid).await;
+        let (ms, body) = run_sync(&client, base, &fid).await;
         assert_eq!(body["coldStart"], true);
         cold_total.push(ms);
         cold_init.push(body["initMs"].as_f64().unwrap());
     }
-    summary("cold start: total (fresh python3 + import)", cold_total);
-    summary("cold start: instance init", cold_init);
+    summary(name, "cold start: total", cold_total);
+    summary(name, "cold start: instance init", cold_init);
 
-    // Async admission from 20 concurrent clients.
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for _ in 0..CLIENTS {
-        let base = base.clone();
-        let id = id.clone();
-        tasks.push(tokio::spawn(async move {
-            let client = reqwest::Client::new();
-            let body = Arc::new(serde_json::to_vec(&json!({"functionId": id, "inputData": {"n": 1}})).unwrap());
-            let mut lat = Vec::new();
-            while Instant::now() < deadline {
-                let t0 = Instant::now();
-                let r = client
-                    .post(format!("{base}/run"))
-                    .header("x-api-key", KEY)
-                    .header("x-async", "true")
-                    .header("content-type", "application/json")
-                    .body(body.as_ref().clone())
-                    .send()
-                    .await
-                    .unwrap();
-                assert_eq!(r.status(), 202);
-                let _ = r.bytes().await.unwrap();
-                lat.push(t0.elapsed().as_secs_f64() * 1000.0);
-            }
-            lat
-        }));
-    }
+    let tasks: Vec<_> = (0..CLIENTS)
+        .map(|_| {
+            let base = base.to_string();
+            let body = serde_json::to_vec(&json!({"functionId": id, "inputData": {"n": 1}})).unwrap();
+            tokio::spawn(async move {
+                let client = reqwest::Client::new();
+                let mut lat = Vec::new();
+                while Instant::now() < deadline {
+                    let t0 = Instant::now();
+                    let r = client
+                        .post(format!("{base}/run"))
+                        .header("x-api-key", KEY)
+                        .header("x-async", "true")
+                        .header("content-type", "application/json")
+                        .body(body.clone())
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 202);
+                    let _ = r.bytes().await.unwrap();
+                    lat.push(t0.elapsed().as_secs_f64() * 1000.0);
+                }
+                lat
+            })
+        })
+        .collect();
     let mut all = Vec::new();
     for t in tasks {
         all.extend(t.await.unwrap());
     }
     let elapsed = started.elapsed().as_secs_f64();
     println!(
-        "async admission: {} accepted in {:.2} s = {:.0} req/s at {CLIENTS} clients",
+        "{name:<15} async admission: {} accepted in {:.2} s = {:.0} req/s at {CLIENTS} clients",
         all.len(),
         elapsed,
         all.len() as f64 / elapsed
     );
-    summary("async admission: latency", all);
+    summary(name, "async admission: latency", all);
+}
 
-    running.shutdown();
-    let _ = running.wait().await;
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        println!(
+            "machine: {} cores",
+            std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0)
+        );
+        let which = std::env::var("BENCH_DEPLOYMENTS").unwrap_or_else(|_| "embedded".into());
+        for name in which.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            let deployment = match name {
+                "embedded" => embedded().await,
+                "cloud" => cloud(None).await,
+                "cloud-fast-sqs" => {
+                    cloud(Some(
+                        std::env::var("BENCH_FAST_SQS_ENDPOINT").expect("BENCH_FAST_SQS_ENDPOINT"),
+                    ))
+                    .await
+                }
+                other => panic!("unknown deployment {other}"),
+            };
+            measure(name, &deployment.base).await;
+            deployment.stop().await;
+        }
+    });
 }

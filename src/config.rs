@@ -96,6 +96,13 @@ pub struct CloudArgs {
     /// Overrides every AWS endpoint (local emulators).
     #[arg(long, env = "AWS_ENDPOINT_URL")]
     pub aws_endpoint_url: Option<String>,
+    /// Per-service endpoint overrides (win over AWS_ENDPOINT_URL).
+    #[arg(long, env = "AWS_ENDPOINT_URL_S3")]
+    pub aws_endpoint_url_s3: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL_DYNAMODB")]
+    pub aws_endpoint_url_dynamodb: Option<String>,
+    #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
+    pub aws_endpoint_url_sqs: Option<String>,
     /// S3 bucket for function artifacts.
     #[arg(long, env = "BUCKET_NAME")]
     pub bucket_name: Option<String>,
@@ -413,9 +420,12 @@ impl PoolArgs {
 impl CloudArgs {
     fn check(&self, p: &mut Problems) -> CloudConfig {
         let region = p.required("AWS_REGION", &self.aws_region);
-        let endpoint_url = p
-            .url("AWS_ENDPOINT_URL", &self.aws_endpoint_url, &["http", "https"])
-            .map(|u| u.to_string());
+        let mut endpoint =
+            |name: &str, raw: &Option<String>| p.url(name, raw, &["http", "https"]).map(|u| u.to_string());
+        let endpoint_url = endpoint("AWS_ENDPOINT_URL", &self.aws_endpoint_url);
+        let s3_endpoint_url = endpoint("AWS_ENDPOINT_URL_S3", &self.aws_endpoint_url_s3);
+        let dynamodb_endpoint_url = endpoint("AWS_ENDPOINT_URL_DYNAMODB", &self.aws_endpoint_url_dynamodb);
+        let sqs_endpoint_url = endpoint("AWS_ENDPOINT_URL_SQS", &self.aws_endpoint_url_sqs);
         let bucket = p.required("BUCKET_NAME", &self.bucket_name);
         let sqs_url = p
             .url("SQS_URL", &self.sqs_url, &["http", "https"])
@@ -443,6 +453,9 @@ impl CloudArgs {
             aws: AwsSettings {
                 region,
                 endpoint_url,
+                s3_endpoint_url,
+                dynamodb_endpoint_url,
+                sqs_endpoint_url,
                 static_credentials: None,
             },
             bucket,
@@ -607,6 +620,9 @@ mod tests {
         args.cloud = CloudArgs {
             aws_region: None,
             aws_endpoint_url: None,
+            aws_endpoint_url_s3: None,
+            aws_endpoint_url_dynamodb: None,
+            aws_endpoint_url_sqs: None,
             bucket_name: None,
             sqs_url: None,
             redis_url: Some("http://wrong-scheme:1".into()),
@@ -639,6 +655,9 @@ mod tests {
         let args = CloudArgs {
             aws_region: Some("eu-west-1".into()),
             aws_endpoint_url: None,
+            aws_endpoint_url_s3: None,
+            aws_endpoint_url_dynamodb: None,
+            aws_endpoint_url_sqs: None,
             bucket_name: Some("b".into()),
             sqs_url: Some("https://sqs.eu-west-1.amazonaws.com/1/q".into()),
             redis_url: None,

@@ -14,6 +14,9 @@ pub fn aws() -> AwsSettings {
     AwsSettings {
         region: "us-east-1".into(),
         endpoint_url: Some(endpoint),
+        s3_endpoint_url: None,
+        dynamodb_endpoint_url: None,
+        sqs_endpoint_url: None,
         static_credentials: Some(("test".into(), "test".into())),
     }
 }

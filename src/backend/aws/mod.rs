@@ -19,6 +19,11 @@ pub struct AwsSettings {
     pub region: String,
     /// Overrides every service endpoint (local emulators).
     pub endpoint_url: Option<String>,
+    /// Per-service overrides, winning over `endpoint_url` (AWS's
+    /// `AWS_ENDPOINT_URL_S3`, `_DYNAMODB`, `_SQS` convention).
+    pub s3_endpoint_url: Option<String>,
+    pub dynamodb_endpoint_url: Option<String>,
+    pub sqs_endpoint_url: Option<String>,
     /// Fixed credentials (tests against emulators); otherwise the default chain.
     pub static_credentials: Option<(String, String)>,
 }

@@ -16,7 +16,11 @@ impl S3ArtifactStore {
     pub async fn new(settings: &AwsSettings, bucket: &str) -> Self {
         let sdk = sdk_config(settings).await;
         // Path-style addressing works with every emulator and with real S3.
-        let conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true).build();
+        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true);
+        if let Some(url) = &settings.s3_endpoint_url {
+            conf = conf.endpoint_url(url);
+        }
+        let conf = conf.build();
         S3ArtifactStore {
             client: Client::from_conf(conf),
             bucket: bucket.to_string(),

@@ -32,8 +32,7 @@ pub struct SqsQueue {
 
 impl SqsQueue {
     pub async fn new(settings: &AwsSettings, url: &str, visibility: Duration) -> Self {
-        let sdk = sdk_config(settings).await;
-        let client = Client::new(&sdk);
+        let client = client(settings).await;
         let (sender, rx) = mpsc::unbounded_channel();
         tokio::spawn(batch_sender(client.clone(), url.to_string(), rx));
         SqsQueue {
@@ -46,7 +45,7 @@ impl SqsQueue {
 
     /// Creates a queue (tests and local setups); returns its URL.
     pub async fn create_queue(settings: &AwsSettings, name: &str) -> Result<String> {
-        let client = Client::new(&sdk_config(settings).await);
+        let client = client(settings).await;
         let mut req = client.create_queue().queue_name(name);
         if name.ends_with(".fifo") {
             req = req.attributes(QueueAttributeName::FifoQueue, "true");
@@ -55,6 +54,15 @@ impl SqsQueue {
         out.queue_url
             .ok_or_else(|| Error::Invalid("create_queue returned no URL".into()))
     }
+}
+
+async fn client(settings: &AwsSettings) -> Client {
+    let sdk = sdk_config(settings).await;
+    let mut conf = aws_sdk_sqs::config::Builder::from(&sdk);
+    if let Some(url) = &settings.sqs_endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    Client::from_conf(conf.build())
 }
 
 fn is_fifo(url: &str) -> bool {
