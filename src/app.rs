@@ -17,10 +17,11 @@ use crate::api::system::{probe_router, Backend, Probe};
 use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
 use crate::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
 use crate::backend::embedded::{
-    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessRateLimiter, LocalArtifactStore,
+    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
+    LocalArtifactStore,
 };
-use crate::backend::redis::{connect, RedisRateLimiter, RedisResultBus};
-use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
+use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
+use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus, WorkerDirectory};
 use crate::config::{ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
@@ -114,22 +115,24 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts.clone(), registry));
-    let router = api::router(api_state(
-        &cfg.http,
-        &api_key,
-        functions.clone(),
-        queue.clone(),
-        bus.clone(),
+    let directory: Arc<dyn WorkerDirectory> = Arc::new(InProcessDirectory::default());
+    let parts = ApiParts {
+        functions: functions.clone(),
+        queue: queue.clone(),
+        bus: bus.clone(),
         limiter,
-        &metrics,
-    ));
+        directory: directory.clone(),
+    };
+    let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(1));
+    let cache = cache(&cfg.data_dir, artifacts);
     let worker = Arc::new(Worker::new(
         settings,
         queue,
         bus,
-        cache(&cfg.data_dir, artifacts),
+        directory,
+        cache,
         pool.clone(),
         metrics,
     ));
@@ -154,25 +157,26 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     // The API only sends; the visibility timeout matters to receivers.
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, Duration::from_secs(30)).await);
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let prefix = &cfg.cloud.redis_key_prefix;
     let limiter = (cfg.http.rate_limit_per_minute > 0).then(|| {
         Arc::new(RedisRateLimiter::new(
-            conn,
+            conn.clone(),
             cfg.http.rate_limit_per_minute,
-            &cfg.cloud.redis_key_prefix,
+            prefix,
         )) as Arc<dyn RateLimiter>
     });
+    let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, prefix));
     let api_key = cfg.http.api_key.clone().unwrap_or_default();
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts, registry));
-    let router = api::router(api_state(
-        &cfg.http,
-        &api_key,
-        functions.clone(),
+    let parts = ApiParts {
+        functions: functions.clone(),
         queue,
         bus,
         limiter,
-        &metrics,
-    ));
+        directory,
+    };
+    let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
     let parts = Parts {
         router: Some(router),
         functions: Some(functions),
@@ -188,7 +192,8 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let aws = &cfg.cloud.aws;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
-    let (bus, _) = redis_bus(&cfg.cloud).await?;
+    let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, &cfg.cloud.redis_key_prefix));
     let metrics = Arc::new(Metrics::new()?);
     let probe = Arc::new(Probe {
         checks: vec![
@@ -201,11 +206,13 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     // SQS long polling: one request waits up to 20 s for work.
     let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(20));
+    let cache = cache(&cfg.data_dir, artifacts);
     let worker = Arc::new(Worker::new(
         settings,
         queue,
         bus,
-        cache(&cfg.data_dir, artifacts),
+        directory,
+        cache,
         pool.clone(),
         metrics,
     ));
@@ -224,15 +231,23 @@ async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::ai
     Ok((Arc::new(bus), conn))
 }
 
-fn api_state(
-    http: &HttpConfig,
-    api_key: &str,
+/// The backends the API uses.
+struct ApiParts {
     functions: Arc<FunctionService>,
     queue: Arc<dyn JobQueue>,
     bus: Arc<dyn ResultBus>,
     limiter: Option<Arc<dyn RateLimiter>>,
-    metrics: &Arc<Metrics>,
-) -> Arc<ApiState> {
+    directory: Arc<dyn WorkerDirectory>,
+}
+
+fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Metrics>) -> Arc<ApiState> {
+    let ApiParts {
+        functions,
+        queue,
+        bus,
+        limiter,
+        directory,
+    } = parts;
     let mut checks = vec![
         Backend::Artifacts(functions.artifacts().clone()),
         Backend::Registry(functions.registry().clone()),
@@ -252,6 +267,7 @@ fn api_state(
             checks,
             metrics: metrics.clone(),
         }),
+        directory,
         ai: AiClient::new(http.ai_node_url.clone(), http.default_model.clone()),
         api_key_hash: hash_key(api_key),
         settings: ApiSettings {

@@ -253,6 +253,21 @@ impl JobRecord {
     }
 }
 
+/// What a worker reports about itself (heartbeat).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerStatus {
+    pub worker_id: String,
+    pub hostname: String,
+    pub started_at: DateTime<Utc>,
+    pub reported_at: DateTime<Utc>,
+    pub concurrency: usize,
+    pub active_jobs: usize,
+    pub warm_instances: usize,
+    /// Idle warm instances per function id.
+    pub pools: BTreeMap<String, usize>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

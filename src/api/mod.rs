@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::ai::AiClient;
-use crate::backend::{JobQueue, RateLimiter, ResultBus};
+use crate::backend::{JobQueue, RateLimiter, ResultBus, WorkerDirectory};
 use crate::function::package::MAX_UPLOAD_BYTES;
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
@@ -48,6 +48,8 @@ pub struct ApiState {
     pub metrics: Arc<Metrics>,
     /// Backends `/health` checks.
     pub probe: Arc<system::Probe>,
+    /// Worker heartbeats, for `/system/status`.
+    pub directory: Arc<dyn WorkerDirectory>,
     pub ai: AiClient,
     pub api_key_hash: [u8; 32],
     pub settings: ApiSettings,
@@ -99,6 +101,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
         .routes(routes!(system::models))
+        .routes(routes!(system::system_status))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
         .split_for_parts()

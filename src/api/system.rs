@@ -16,6 +16,7 @@ use super::ApiState;
 use crate::ai::ModelsResponse;
 use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
 use crate::metrics::Metrics;
+use crate::model::WorkerStatus;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
 
@@ -162,4 +163,41 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
 #[utoipa::path(get, path = "/models", tag = "system", responses((status = 200, body = ModelsResponse)))]
 pub async fn models(State(state): State<Arc<ApiState>>) -> Json<ModelsResponse> {
     Json(state.ai.models().await)
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Totals {
+    workers: usize,
+    concurrency: usize,
+    active_jobs: usize,
+    warm_instances: usize,
+}
+
+#[derive(Serialize, ToSchema)]
+pub struct SystemStatus {
+    /// `online` when at least one worker reported recently, else `offline`.
+    status: &'static str,
+    totals: Totals,
+    workers: Vec<WorkerStatus>,
+}
+
+/// Workers that reported recently, their warm pools and running jobs.
+#[utoipa::path(
+    get, path = "/system/status", tag = "system",
+    responses((status = 200, body = SystemStatus), (status = 503, body = super::ErrorBody))
+)]
+pub async fn system_status(State(state): State<Arc<ApiState>>) -> Result<Json<SystemStatus>, super::error::ApiError> {
+    let workers = state.directory.list().await?;
+    let totals = Totals {
+        workers: workers.len(),
+        concurrency: workers.iter().map(|w| w.concurrency).sum(),
+        active_jobs: workers.iter().map(|w| w.active_jobs).sum(),
+        warm_instances: workers.iter().map(|w| w.warm_instances).sum(),
+    };
+    Ok(Json(SystemStatus {
+        status: if workers.is_empty() { "offline" } else { "online" },
+        totals,
+        workers,
+    }))
 }

@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
-use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, Runtime};
+use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, RateLimiter, ResultBus, WorkerDirectory};
+use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, Runtime, WorkerStatus};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
@@ -293,4 +293,49 @@ pub async fn rate_limiter(limiter: &dyn RateLimiter, limit: u32) {
         limiter.check(&unique("other")).await.expect("check").allowed,
         "keys are independent"
     );
+}
+
+fn sample_worker(id: &str, active: usize) -> WorkerStatus {
+    WorkerStatus {
+        worker_id: id.to_string(),
+        hostname: "host".into(),
+        started_at: Utc::now(),
+        reported_at: Utc::now(),
+        concurrency: 4,
+        active_jobs: active,
+        warm_instances: 1,
+        pools: [("f".to_string(), 1)].into(),
+    }
+}
+
+/// The directory must start empty.
+pub async fn worker_directory(directory: &dyn WorkerDirectory) {
+    assert!(directory.list().await.expect("list").is_empty());
+    let (a, b) = (unique("a"), unique("b"));
+    directory
+        .report(&sample_worker(&a, 1), Duration::from_secs(30))
+        .await
+        .expect("report a");
+    directory
+        .report(&sample_worker(&b, 0), Duration::from_millis(400))
+        .await
+        .expect("report b");
+    directory
+        .report(&sample_worker(&a, 3), Duration::from_secs(30))
+        .await
+        .expect("report a again");
+    let listed = directory.list().await.expect("list");
+    assert_eq!(listed.len(), 2);
+    let got_a = listed.iter().find(|w| w.worker_id == a).expect("a listed");
+    assert_eq!(got_a.active_jobs, 3, "the latest report wins");
+    assert_eq!(got_a.pools.get("f"), Some(&1));
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    let listed = directory.list().await.expect("list");
+    assert_eq!(
+        listed.iter().map(|w| w.worker_id.as_str()).collect::<Vec<_>>(),
+        vec![a.as_str()],
+        "b expired"
+    );
+    directory.remove(&a).await.expect("remove");
+    assert!(directory.list().await.expect("list").is_empty());
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::model::{FunctionRecord, Job, JobRecord, JobResult};
+use crate::model::{FunctionRecord, Job, JobRecord, JobResult, WorkerStatus};
 
 pub mod aws;
 pub mod conformance;
@@ -153,4 +153,16 @@ pub struct RateDecision {
 pub trait RateLimiter: Send + Sync + 'static {
     async fn check(&self, key: &str) -> Result<RateDecision>;
     async fn ping(&self) -> Result<()>;
+}
+
+/// Where workers report that they are alive, and what they run.
+#[async_trait]
+pub trait WorkerDirectory: Send + Sync + 'static {
+    /// Records the worker's status; it counts as offline after `ttl`
+    /// without another report.
+    async fn report(&self, status: &WorkerStatus, ttl: Duration) -> Result<()>;
+    /// Every worker that reported within its ttl, sorted by id.
+    async fn list(&self) -> Result<Vec<WorkerStatus>>;
+    /// Removes a worker that is stopping.
+    async fn remove(&self, worker_id: &str) -> Result<()>;
 }

@@ -158,6 +158,19 @@ impl Pool {
         evicted
     }
 
+    /// Idle warm instances per function id.
+    pub fn idle_by_function(&self) -> std::collections::BTreeMap<String, usize> {
+        let mut out = std::collections::BTreeMap::new();
+        if let Ok(idle) = self.idle.lock() {
+            for (key, list) in idle.iter() {
+                // Pool keys start with the function id (see InstanceSpec::pool_key).
+                let function = key.split('|').next().unwrap_or_default().to_string();
+                *out.entry(function).or_insert(0) += list.len();
+            }
+        }
+        out
+    }
+
     pub fn idle_count(&self) -> usize {
         self.idle.lock().map(|i| i.values().map(Vec::len).sum()).unwrap_or(0)
     }

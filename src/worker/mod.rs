@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Delivery, JobQueue, ResultBus};
+use crate::backend::{Delivery, JobQueue, ResultBus, WorkerDirectory};
 use crate::function::settings::Handler;
 use crate::metrics::Metrics;
-use crate::model::{JobRecord, JobResult, JobStatus};
+use crate::model::{JobRecord, JobResult, JobStatus, WorkerStatus};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
 use cache::ArtifactCache;
 
@@ -30,8 +30,15 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
 }
 
+/// How often a worker reports itself, and how long a report counts.
+const HEARTBEAT: Duration = Duration::from_secs(5);
+const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
+
 pub struct Worker {
     cfg: WorkerSettings,
+    id: String,
+    started_at: chrono::DateTime<Utc>,
+    directory: Arc<dyn WorkerDirectory>,
     queue: Arc<dyn JobQueue>,
     bus: Arc<dyn ResultBus>,
     cache: ArtifactCache,
@@ -44,12 +51,16 @@ impl Worker {
         cfg: WorkerSettings,
         queue: Arc<dyn JobQueue>,
         bus: Arc<dyn ResultBus>,
+        directory: Arc<dyn WorkerDirectory>,
         cache: ArtifactCache,
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Worker {
             cfg,
+            id: uuid::Uuid::new_v4().to_string(),
+            started_at: Utc::now(),
+            directory,
             queue,
             bus,
             cache,
@@ -58,11 +69,47 @@ impl Worker {
         }
     }
 
+    fn status(&self, free_slots: usize) -> WorkerStatus {
+        let pools = self.pool.idle_by_function();
+        WorkerStatus {
+            worker_id: self.id.clone(),
+            hostname: hostname(),
+            started_at: self.started_at,
+            reported_at: Utc::now(),
+            concurrency: self.cfg.concurrency,
+            active_jobs: self.cfg.concurrency.saturating_sub(free_slots),
+            warm_instances: pools.values().sum(),
+            pools,
+        }
+    }
+
+    /// Reports this worker every few seconds until `stop`, then withdraws it.
+    async fn heartbeat(self: Arc<Self>, slots: Arc<Semaphore>, stop: CancellationToken) {
+        loop {
+            if let Err(e) = self
+                .directory
+                .report(&self.status(slots.available_permits()), HEARTBEAT_TTL)
+                .await
+            {
+                tracing::warn!(error = %e, "could not report worker status");
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(HEARTBEAT) => {}
+                _ = stop.cancelled() => break,
+            }
+        }
+        if let Err(e) = self.directory.remove(&self.id).await {
+            tracing::debug!(error = %e, "could not withdraw worker status");
+        }
+    }
+
     /// Consumes jobs until `shutdown`, then waits up to `drain` for running
     /// jobs. Jobs still running after that are abandoned unacknowledged, so the
     /// queue delivers them again (after a restart, for the embedded queue).
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
+        let beat_stop = CancellationToken::new();
+        let beat = tokio::spawn(self.clone().heartbeat(slots.clone(), beat_stop.clone()));
         let mut tasks = JoinSet::new();
         loop {
             let first = tokio::select! {
@@ -114,6 +161,8 @@ impl Worker {
             while tasks.join_next().await.is_some() {}
         }
         self.pool.clear();
+        beat_stop.cancel();
+        let _ = beat.await;
     }
 
     async fn handle(&self, delivery: Delivery) {
@@ -272,4 +321,10 @@ impl Worker {
             tracing::warn!(error = %e, "could not ack job; it may be delivered again (its result is kept)");
         }
     }
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".to_string())
 }

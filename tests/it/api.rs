@@ -573,6 +573,7 @@ async fn openapi_document_matches_the_served_routes() {
             "/models",
             "/run",
             "/status/{jobId}",
+            "/system/status",
             "/upload"
         ]
     );
@@ -663,4 +664,25 @@ async fn garbage_input_never_gets_a_5xx() {
         app.run_ok(&id, json!({"still": "ok"})).await["result"]["echo"]["still"],
         "ok"
     );
+}
+
+#[tokio::test]
+async fn system_status_shows_the_worker_and_its_warm_pool() {
+    let app = TestApp::start().await;
+    let id = app.upload_py(ECHO, &[]).await;
+    app.run_ok(&id, json!({})).await;
+    // The worker reports every few seconds; the first report is at start.
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let body: Value = app.get("/system/status").send().await.unwrap().json().await.unwrap();
+        assert_eq!(body["status"], "online", "{body}");
+        assert_eq!(body["totals"]["workers"], 1);
+        assert_eq!(body["workers"][0]["concurrency"], 4);
+        if body["workers"][0]["pools"][&id] == 1 {
+            assert_eq!(body["totals"]["warmInstances"], 1);
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "pool never reported: {body}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use infra_controller::backend::conformance;
 use infra_controller::backend::embedded::{
-    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessRateLimiter, LocalArtifactStore,
+    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
+    LocalArtifactStore,
 };
 use infra_controller::backend::JobQueue;
 
@@ -43,6 +44,11 @@ async fn embedded_result_bus() {
 #[tokio::test]
 async fn in_process_rate_limiter() {
     conformance::rate_limiter(&InProcessRateLimiter::new(100), 100).await;
+}
+
+#[tokio::test]
+async fn in_process_worker_directory() {
+    conformance::worker_directory(&InProcessDirectory::default()).await;
 }
 
 /// Specific to the embedded queue: jobs survive a reopen with their delivery count.
@@ -126,7 +132,7 @@ mod redis {
     use std::time::Duration;
 
     use infra_controller::backend::conformance;
-    use infra_controller::backend::redis::{connect, RedisRateLimiter, RedisResultBus};
+    use infra_controller::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
 
     use crate::services::RedisServer;
 
@@ -144,6 +150,13 @@ mod redis {
         let server = RedisServer::start();
         let (_, conn) = connect(&server.url()).await.unwrap();
         conformance::rate_limiter(&RedisRateLimiter::new(conn, 100, ""), 100).await;
+    }
+
+    #[tokio::test]
+    async fn redis_worker_directory() {
+        let server = RedisServer::start();
+        let (_, conn) = connect(&server.url()).await.unwrap();
+        conformance::worker_directory(&RedisDirectory::new(conn, "")).await;
     }
 
     pub async fn wait_listening(bus: &RedisResultBus) {

@@ -14,6 +14,7 @@ use crate::services::{aws, unique, RedisServer};
 
 struct Cluster {
     redis: RedisServer,
+    /// The environment every process of the cluster gets.
     env: Vec<(String, String)>,
     dirs: Vec<tempfile::TempDir>,
 }
@@ -341,4 +342,103 @@ async fn worker_reports_its_backends() {
         .await
         .unwrap();
     assert!(metrics.contains("infra_warm_instances"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn system_status_lists_workers_and_goes_offline_without_them() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let client = reqwest::Client::new();
+    let status = |client: reqwest::Client, base: String| async move {
+        client
+            .get(format!("{base}/system/status"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json::<Value>()
+            .await
+            .unwrap()
+    };
+    let body = status(client.clone(), api.base.clone()).await;
+    assert_eq!(body["status"], "offline", "{body}");
+    let mut w1 = cluster.worker(&[]);
+    let _w2 = cluster.worker(&[("WORKER_CONCURRENCY", "2")]);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let body = status(client.clone(), api.base.clone()).await;
+        if body["totals"]["workers"] == 2 {
+            assert_eq!(body["status"], "online");
+            assert_eq!(body["totals"]["concurrency"], 6);
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers never reported: {body}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    // A stopping worker withdraws at once.
+    sigterm(&w1.child);
+    assert_eq!(
+        tokio::task::block_in_place(|| wait_exit(&mut w1.child, Duration::from_secs(30))),
+        0
+    );
+    let body = status(client.clone(), api.base.clone()).await;
+    assert_eq!(body["totals"]["workers"], 1, "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_queue_messages_end_as_error_and_never_loop() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let _worker = cluster.worker(&[("VISIBILITY_TIMEOUT_SECONDS", "2")]);
+    let sqs_url = cluster.env.iter().find(|(k, _)| k == "SQS_URL").unwrap().1.clone();
+    let settings = aws();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .endpoint_url(settings.endpoint_url.clone().unwrap())
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let job_id = uuid::Uuid::new_v4().to_string();
+    for body in [
+        format!(r#"{{"requestId":"{job_id}","functionId":"f","runtime":"cobol"}}"#),
+        "not json at all".to_string(),
+    ] {
+        sqs.send_message()
+            .queue_url(&sqs_url)
+            .message_body(body)
+            .send()
+            .await
+            .unwrap();
+    }
+    let client = reqwest::Client::new();
+    let (_, body) = wait_job_at(&client, &api.base, &job_id, Duration::from_secs(30)).await;
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["error"]["type"], "MalformedJob");
+    // Both messages were deleted, not left to come back.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let attrs = sqs
+        .get_queue_attributes()
+        .queue_url(&sqs_url)
+        .attribute_names(aws_sdk_sqs::types::QueueAttributeName::All)
+        .send()
+        .await
+        .unwrap();
+    let count = |name: aws_sdk_sqs::types::QueueAttributeName| {
+        attrs
+            .attributes()
+            .and_then(|a| a.get(&name))
+            .cloned()
+            .unwrap_or_default()
+    };
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessages),
+        "0"
+    );
+    assert_eq!(
+        count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
+        "0"
+    );
 }

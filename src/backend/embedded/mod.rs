@@ -9,6 +9,7 @@
 mod artifacts;
 mod bus;
 pub mod db;
+mod directory;
 mod queue;
 mod ratelimit;
 mod registry;
@@ -16,6 +17,7 @@ mod registry;
 pub use artifacts::LocalArtifactStore;
 pub use bus::EmbeddedResultBus;
 pub use db::Db;
+pub use directory::InProcessDirectory;
 pub use queue::{EmbeddedQueue, RecoveredJobs};
 pub use ratelimit::InProcessRateLimiter;
 pub use registry::EmbeddedRegistry;

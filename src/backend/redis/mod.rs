@@ -3,9 +3,11 @@
 //! result:{id}`). Connections reconnect on their own after an outage.
 
 mod bus;
+mod directory;
 mod ratelimit;
 
 pub use bus::RedisResultBus;
+pub use directory::RedisDirectory;
 pub use ratelimit::RedisRateLimiter;
 
 use std::time::Duration;
