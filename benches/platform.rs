@@ -139,6 +139,8 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
         redis_url: format!("redis://127.0.0.1:{port}"),
         redis_key_prefix: String::new(),
         job_ttl: Duration::from_secs(3600),
+        logs_table: None,
+        logs_retention: Duration::from_secs(86_400),
     };
     let api_dir = tempfile::tempdir().unwrap();
     let worker_dir = tempfile::tempdir().unwrap();

@@ -15,23 +15,27 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::AiClient;
 use crate::api::system::{probe_router, Backend, Probe};
 use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
-use crate::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
+use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
 use crate::backend::embedded::{
-    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
+    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
     LocalArtifactStore,
 };
 use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
-use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus, WorkerDirectory};
+use crate::backend::{
+    self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
+};
 use crate::config::{ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
 use crate::runtime::{Pool, RuntimeConfig};
 use crate::worker::cache::ArtifactCache;
-use crate::worker::{Worker, WorkerSettings};
+use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 
 /// How long terminal job records are kept for `/status` by `infra up`.
 const JOB_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
+/// How long `infra up` keeps invocation logs.
+const LOG_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
 /// Deliveries after which a job is given up as LOST.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -92,6 +96,7 @@ struct Parts {
     pool: Option<Arc<Pool>>,
     functions: Option<Arc<FunctionService>>,
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
+    embedded_logs: Option<Arc<EmbeddedLogStore>>,
 }
 
 /// `infra up`: everything in this process, embedded backends.
@@ -116,32 +121,34 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts.clone(), registry));
     let directory: Arc<dyn WorkerDirectory> = Arc::new(InProcessDirectory::default());
+    let embedded_logs = Arc::new(EmbeddedLogStore::new(db.clone()));
+    let logs: Arc<dyn LogStore> = embedded_logs.clone();
     let parts = ApiParts {
         functions: functions.clone(),
         queue: queue.clone(),
         bus: bus.clone(),
         limiter,
         directory: directory.clone(),
+        logs: Some(logs.clone()),
     };
     let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(1));
     let cache = cache(&cfg.data_dir, artifacts);
-    let worker = Arc::new(Worker::new(
-        settings,
+    let backends = WorkerBackends {
         queue,
         bus,
         directory,
-        cache,
-        pool.clone(),
-        metrics,
-    ));
+        logs: Some(logs),
+    };
+    let worker = Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics));
     let parts = Parts {
         router: Some(router),
         worker: Some(worker),
         pool: Some(pool),
         functions: Some(functions),
         embedded_bus: Some(embedded_bus),
+        embedded_logs: Some(embedded_logs),
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
     running.api_key = Some(api_key);
@@ -169,12 +176,14 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let api_key = cfg.http.api_key.clone().unwrap_or_default();
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let logs = logs_store(&cfg.cloud).await;
     let parts = ApiParts {
         functions: functions.clone(),
         queue,
         bus,
         limiter,
         directory,
+        logs,
     };
     let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
     let parts = Parts {
@@ -195,27 +204,28 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, &cfg.cloud.redis_key_prefix));
     let metrics = Arc::new(Metrics::new()?);
+    let logs = logs_store(&cfg.cloud).await;
+    let mut checks = vec![
+        Backend::Artifacts(artifacts.clone()),
+        Backend::Queue(queue.clone()),
+        Backend::ResultBus(bus.clone()),
+    ];
+    checks.extend(logs.clone().map(Backend::Logs));
     let probe = Arc::new(Probe {
-        checks: vec![
-            Backend::Artifacts(artifacts.clone()),
-            Backend::Queue(queue.clone()),
-            Backend::ResultBus(bus.clone()),
-        ],
+        checks,
         metrics: metrics.clone(),
     });
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     // SQS long polling: one request waits up to 20 s for work.
     let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(20));
     let cache = cache(&cfg.data_dir, artifacts);
-    let worker = Arc::new(Worker::new(
-        settings,
+    let backends = WorkerBackends {
         queue,
         bus,
         directory,
-        cache,
-        pool.clone(),
-        metrics,
-    ));
+        logs,
+    };
+    let worker = Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics));
     let parts = Parts {
         router: Some(probe_router(probe)),
         worker: Some(worker),
@@ -223,6 +233,13 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         ..Parts::default()
     };
     launch(cfg.listen, parts, cfg.shutdown_timeout).await
+}
+
+async fn logs_store(cloud: &CloudConfig) -> Option<Arc<dyn LogStore>> {
+    let table = cloud.logs_table.as_ref()?;
+    Some(Arc::new(
+        DynamoLogStore::new(&cloud.aws, table, cloud.logs_retention).await,
+    ))
 }
 
 async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::aio::ConnectionManager), AppError> {
@@ -238,6 +255,7 @@ struct ApiParts {
     bus: Arc<dyn ResultBus>,
     limiter: Option<Arc<dyn RateLimiter>>,
     directory: Arc<dyn WorkerDirectory>,
+    logs: Option<Arc<dyn LogStore>>,
 }
 
 fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Metrics>) -> Arc<ApiState> {
@@ -247,6 +265,7 @@ fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Me
         bus,
         limiter,
         directory,
+        logs,
     } = parts;
     let mut checks = vec![
         Backend::Artifacts(functions.artifacts().clone()),
@@ -254,9 +273,8 @@ fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Me
         Backend::Queue(queue.clone()),
         Backend::ResultBus(bus.clone()),
     ];
-    if let Some(l) = &limiter {
-        checks.push(Backend::RateLimiter(l.clone()));
-    }
+    checks.extend(limiter.clone().map(Backend::RateLimiter));
+    checks.extend(logs.clone().map(Backend::Logs));
     Arc::new(ApiState {
         functions,
         queue,
@@ -268,6 +286,7 @@ fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Me
             metrics: metrics.clone(),
         }),
         directory,
+        logs,
         ai: AiClient::new(http.ai_node_url.clone(), http.default_model.clone()),
         api_key_hash: hash_key(api_key),
         settings: ApiSettings {
@@ -332,10 +351,11 @@ async fn serve(
     drain: Duration,
 ) -> Result<(), AppError> {
     let worker_task = parts.worker.map(|w| tokio::spawn(w.run(shutdown.clone(), drain)));
+    let embedded = (parts.embedded_bus, parts.embedded_logs);
     let housekeeping = tokio::spawn(housekeeping(
         parts.functions.clone(),
         parts.pool,
-        parts.embedded_bus,
+        embedded,
         shutdown.clone(),
     ));
     let served = match parts.router {
@@ -383,7 +403,7 @@ async fn serve(
 async fn housekeeping(
     functions: Option<Arc<FunctionService>>,
     pool: Option<Arc<Pool>>,
-    embedded_bus: Option<Arc<EmbeddedResultBus>>,
+    (embedded_bus, embedded_logs): (Option<Arc<EmbeddedResultBus>>, Option<Arc<EmbeddedLogStore>>),
     shutdown: CancellationToken,
 ) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
@@ -409,6 +429,13 @@ async fn housekeeping(
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "removed expired job records"),
                 Err(e) => tracing::warn!(error = %e, "could not purge expired job records"),
+            }
+        }
+        if let (Some(logs), 1) = (&embedded_logs, n % 600) {
+            match logs.purge_before(chrono::Utc::now() - LOG_RETENTION).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "removed expired invocation logs"),
+                Err(e) => tracing::warn!(error = %e, "could not purge expired invocation logs"),
             }
         }
     }

@@ -122,6 +122,13 @@ pub struct CloudArgs {
     /// How long job records stay readable in /status.
     #[arg(long, env = "JOB_TTL_SECONDS", default_value = "86400")]
     pub job_ttl_seconds: String,
+    /// DynamoDB table for invocation logs (functionId + requestId keys, TTL on
+    /// expiresAt); logs are off when unset.
+    #[arg(long, env = "LOGS_TABLE_NAME")]
+    pub logs_table_name: Option<String>,
+    /// How long invocation logs are kept.
+    #[arg(long, env = "LOGS_RETENTION_DAYS", default_value = "7")]
+    pub logs_retention_days: String,
 }
 
 #[derive(Debug, Clone, Args)]
@@ -203,6 +210,8 @@ pub struct CloudConfig {
     pub redis_url: String,
     pub redis_key_prefix: String,
     pub job_ttl: Duration,
+    pub logs_table: Option<String>,
+    pub logs_retention: Duration,
 }
 
 /// Validated configuration of `infra up`.
@@ -449,6 +458,7 @@ impl CloudArgs {
             }
         };
         let job_ttl = p.num("JOB_TTL_SECONDS", &self.job_ttl_seconds, 60, 30 * 86_400, 86_400);
+        let logs_days: u64 = p.num("LOGS_RETENTION_DAYS", &self.logs_retention_days, 1, 3650, 7);
         CloudConfig {
             aws: AwsSettings {
                 region,
@@ -463,6 +473,8 @@ impl CloudArgs {
             redis_url,
             redis_key_prefix: self.redis_key_prefix.clone(),
             job_ttl: Duration::from_secs(job_ttl),
+            logs_table: self.logs_table_name.clone().filter(|t| !t.trim().is_empty()),
+            logs_retention: Duration::from_secs(logs_days * 86_400),
         }
     }
 }
@@ -630,6 +642,8 @@ mod tests {
             redis_port: "6379".into(),
             redis_key_prefix: String::new(),
             job_ttl_seconds: "86400".into(),
+            logs_table_name: None,
+            logs_retention_days: "7".into(),
         };
         args.table_name = None;
         let text = args.validate().unwrap_err().to_string();
@@ -665,6 +679,8 @@ mod tests {
             redis_port: "6380".into(),
             redis_key_prefix: String::new(),
             job_ttl_seconds: "86400".into(),
+            logs_table_name: None,
+            logs_retention_days: "7".into(),
         };
         let cfg = args.check(&mut p);
         assert!(p.0.is_empty(), "{:?}", p.0);

@@ -253,6 +253,68 @@ impl JobRecord {
     }
 }
 
+/// One invocation's log, kept for a while per function (logs table).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogEntry {
+    pub function_id: String,
+    pub request_id: String,
+    pub status: JobStatus,
+    pub stdout: String,
+    pub stderr: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub duration_ms: f64,
+    pub peak_memory_bytes: u64,
+    pub cold_start: bool,
+    pub attempt: u32,
+    pub finished_at: DateTime<Utc>,
+    /// True when output was cut to fit the store's item size.
+    #[serde(default)]
+    pub truncated: bool,
+}
+
+/// Keeps at most `max` bytes of `s` (on a char boundary); true if it cut.
+fn clip(s: &str, max: usize) -> (String, bool) {
+    if s.len() <= max {
+        return (s.to_string(), false);
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    (format!("{}\n[truncated {} bytes]", &s[..end], s.len() - end), true)
+}
+
+impl LogEntry {
+    /// The log of a result, each output stream cut to `max_stream_bytes`.
+    pub fn of(result: &JobResult, max_stream_bytes: usize) -> LogEntry {
+        let (stdout, cut_out) = clip(&result.stdout, max_stream_bytes);
+        let (stderr, cut_err) = clip(&result.stderr, max_stream_bytes);
+        let error = result.error.clone().map(|mut e| {
+            if let Some(tb) = &e.traceback {
+                e.traceback = Some(clip(tb, max_stream_bytes / 4).0);
+            }
+            e.message = clip(&e.message, max_stream_bytes / 4).0;
+            e
+        });
+        LogEntry {
+            function_id: result.function_id.clone(),
+            request_id: result.request_id.clone(),
+            status: result.status,
+            stdout,
+            stderr,
+            error,
+            duration_ms: result.duration_ms,
+            peak_memory_bytes: result.peak_memory_bytes,
+            cold_start: result.cold_start,
+            attempt: result.attempt,
+            finished_at: result.finished_at,
+            truncated: cut_out || cut_err,
+        }
+    }
+}
+
 /// What a worker reports about itself (heartbeat).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
@@ -306,6 +368,24 @@ mod tests {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["runtime"], "python");
+    }
+
+    #[test]
+    fn log_entries_are_cut_to_size_on_char_boundaries() {
+        let job = crate::backend::conformance::sample_job("f");
+        let mut r = JobResult::platform(&job, JobStatus::Error, "E", "m".repeat(1000));
+        r.stdout = "é".repeat(100); // 200 bytes
+        r.stderr = "short".into();
+        let e = LogEntry::of(&r, 51);
+        assert!(e.truncated);
+        assert!(
+            e.stdout.starts_with(&"é".repeat(25)) && e.stdout.contains("[truncated 150 bytes]"),
+            "{}",
+            e.stdout
+        );
+        assert_eq!(e.stderr, "short");
+        assert!(e.error.unwrap().message.len() < 100);
+        assert!(!LogEntry::of(&r, 1000).truncated);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::ApiState;
 use crate::function::package::MAX_UPLOAD_BYTES;
 use crate::function::service::CodeUpload;
 use crate::function::SettingsDraft;
-use crate::model::FunctionRecord;
+use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 const ACCEPTED_FIELDS: &str = "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars";
@@ -343,4 +343,63 @@ pub async fn delete_function(
         success: true,
         function_id: id,
     }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+pub struct LogsQuery {
+    /// Most entries returned, newest first (1 to 500, default 50).
+    limit: Option<usize>,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct LogList {
+    function_id: String,
+    count: usize,
+    logs: Vec<LogEntry>,
+}
+
+fn log_store(state: &ApiState) -> Result<&Arc<dyn crate::backend::LogStore>, ApiError> {
+    state
+        .logs
+        .as_ref()
+        .ok_or_else(|| ApiError::not_found("invocation logs are not enabled (set LOGS_TABLE_NAME)"))
+}
+
+/// The function's recent invocation logs.
+#[utoipa::path(
+    get, path = "/functions/{id}/logs", tag = "functions",
+    params(("id" = String, Path, description = "Function id"), LogsQuery),
+    responses((status = 200, body = LogList), (status = 404, body = super::ErrorBody))
+)]
+pub async fn list_logs(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    query: Result<Query<LogsQuery>, QueryRejection>,
+) -> Result<Json<LogList>, ApiError> {
+    let limit = query?.0.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be from 1 to 500"));
+    }
+    let store = log_store(&state)?;
+    state.functions.get(&id).await?;
+    let logs = store.list(&id, limit).await?;
+    Ok(Json(LogList {
+        function_id: id,
+        count: logs.len(),
+        logs,
+    }))
+}
+
+/// One invocation's log.
+#[utoipa::path(
+    get, path = "/functions/{id}/logs/{requestId}", tag = "functions",
+    params(("id" = String, Path, description = "Function id"), ("requestId" = String, Path, description = "Job id")),
+    responses((status = 200, body = LogEntry), (status = 404, body = super::ErrorBody))
+)]
+pub async fn get_log(
+    State(state): State<Arc<ApiState>>,
+    Path((id, request_id)): Path<(String, String)>,
+) -> Result<Json<LogEntry>, ApiError> {
+    Ok(Json(log_store(&state)?.get(&id, &request_id).await?))
 }

@@ -21,7 +21,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::ai::AiClient;
-use crate::backend::{JobQueue, RateLimiter, ResultBus, WorkerDirectory};
+use crate::backend::{JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
 use crate::function::package::MAX_UPLOAD_BYTES;
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
@@ -50,6 +50,8 @@ pub struct ApiState {
     pub probe: Arc<system::Probe>,
     /// Worker heartbeats, for `/system/status`.
     pub directory: Arc<dyn WorkerDirectory>,
+    /// Invocation logs, when enabled.
+    pub logs: Option<Arc<dyn LogStore>>,
     pub ai: AiClient,
     pub api_key_hash: [u8; 32],
     pub settings: ApiSettings,
@@ -102,6 +104,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::metrics))
         .routes(routes!(system::models))
         .routes(routes!(system::system_status))
+        .routes(routes!(functions::list_logs))
+        .routes(routes!(functions::get_log))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
         .split_for_parts()

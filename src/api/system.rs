@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use crate::ai::ModelsResponse;
-use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, RateLimiter, ResultBus};
+use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus};
 use crate::metrics::Metrics;
 use crate::model::WorkerStatus;
 
@@ -28,6 +28,7 @@ pub enum Backend {
     Queue(Arc<dyn JobQueue>),
     ResultBus(Arc<dyn ResultBus>),
     RateLimiter(Arc<dyn RateLimiter>),
+    Logs(Arc<dyn LogStore>),
 }
 
 impl Backend {
@@ -38,6 +39,7 @@ impl Backend {
             Backend::Queue(_) => "queue",
             Backend::ResultBus(_) => "resultBus",
             Backend::RateLimiter(_) => "rateLimiter",
+            Backend::Logs(_) => "logs",
         }
     }
 
@@ -48,6 +50,7 @@ impl Backend {
             Backend::Queue(b) => b.ping().await,
             Backend::ResultBus(b) => b.ping().await,
             Backend::RateLimiter(b) => b.ping().await,
+            Backend::Logs(b) => b.ping().await,
         }
     }
 }

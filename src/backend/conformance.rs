@@ -11,8 +11,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, RateLimiter, ResultBus, WorkerDirectory};
-use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, Runtime, WorkerStatus};
+use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
+use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
@@ -338,4 +338,42 @@ pub async fn worker_directory(directory: &dyn WorkerDirectory) {
     );
     directory.remove(&a).await.expect("remove");
     assert!(directory.list().await.expect("list").is_empty());
+}
+
+pub async fn log_store(logs: &dyn LogStore) {
+    logs.ping().await.expect("ping");
+    let function = unique("fn");
+    assert!(logs.list(&function, 10).await.expect("list").is_empty());
+    let mut entries = Vec::new();
+    for i in 0..3 {
+        let job = sample_job(&function);
+        let mut result = sample_result(&job, JobStatus::Success, serde_json::json!(i));
+        result.finished_at = Utc::now() + chrono::TimeDelta::seconds(i);
+        result.stdout = format!("run {i}");
+        let entry = LogEntry::of(&result, 1000);
+        logs.put(&entry).await.expect("put");
+        entries.push(entry);
+    }
+    let other = sample_job(&unique("other"));
+    logs.put(&LogEntry::of(
+        &sample_result(&other, JobStatus::Error, serde_json::Value::Null),
+        1000,
+    ))
+    .await
+    .expect("put");
+
+    let listed = logs.list(&function, 10).await.expect("list");
+    assert_eq!(
+        listed.iter().map(|e| e.stdout.as_str()).collect::<Vec<_>>(),
+        ["run 2", "run 1", "run 0"],
+        "newest first, own function only"
+    );
+    assert_eq!(logs.list(&function, 2).await.expect("list").len(), 2, "limit");
+    let one = logs.get(&function, &entries[1].request_id).await.expect("get");
+    assert_eq!(one, entries[1]);
+    assert!(matches!(logs.get(&function, "missing").await, Err(Error::NotFound(_))));
+    assert!(
+        matches!(logs.get(&function, &other.request_id).await, Err(Error::NotFound(_))),
+        "scoped to the function"
+    );
 }

@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use tokio::sync::oneshot;
 
-use crate::model::{FunctionRecord, Job, JobRecord, JobResult, WorkerStatus};
+use crate::model::{FunctionRecord, Job, JobRecord, JobResult, LogEntry, WorkerStatus};
 
 pub mod aws;
 pub mod conformance;
@@ -165,4 +165,23 @@ pub trait WorkerDirectory: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<WorkerStatus>>;
     /// Removes a worker that is stopping.
     async fn remove(&self, worker_id: &str) -> Result<()>;
+}
+
+/// Invocation logs per function, kept for a limited time.
+#[async_trait]
+pub trait LogStore: Send + Sync + 'static {
+    /// Stores (or replaces) the entry of `entry.request_id`.
+    async fn put(&self, entry: &LogEntry) -> Result<()>;
+    /// The function's most recent entries, newest first.
+    async fn list(&self, function_id: &str, limit: usize) -> Result<Vec<LogEntry>>;
+    /// `Error::NotFound` when absent.
+    async fn get(&self, function_id: &str, request_id: &str) -> Result<LogEntry>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// The `limit` most recent entries, newest first (for `LogStore::list`).
+pub fn newest_logs(mut entries: Vec<LogEntry>, limit: usize) -> Vec<LogEntry> {
+    entries.sort_by_key(|e| std::cmp::Reverse(e.finished_at));
+    entries.truncate(limit);
+    entries
 }

@@ -12,10 +12,10 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use crate::backend::{Delivery, JobQueue, ResultBus, WorkerDirectory};
+use crate::backend::{Delivery, JobQueue, LogStore, ResultBus, WorkerDirectory};
 use crate::function::settings::Handler;
 use crate::metrics::Metrics;
-use crate::model::{JobRecord, JobResult, JobStatus, WorkerStatus};
+use crate::model::{JobRecord, JobResult, JobStatus, LogEntry, WorkerStatus};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
 use cache::ArtifactCache;
 
@@ -30,6 +30,19 @@ pub struct WorkerSettings {
     pub max_attempts: u32,
 }
 
+/// Per output stream in a log entry: two of these plus the error stay under
+/// DynamoDB's 400 KB item limit.
+const LOG_STREAM_BYTES: usize = 150_000;
+
+/// The backends a worker uses.
+pub struct WorkerBackends {
+    pub queue: Arc<dyn JobQueue>,
+    pub bus: Arc<dyn ResultBus>,
+    pub directory: Arc<dyn WorkerDirectory>,
+    /// Where invocation logs go, when enabled.
+    pub logs: Option<Arc<dyn LogStore>>,
+}
+
 /// How often a worker reports itself, and how long a report counts.
 const HEARTBEAT: Duration = Duration::from_secs(5);
 const HEARTBEAT_TTL: Duration = Duration::from_secs(15);
@@ -39,6 +52,7 @@ pub struct Worker {
     id: String,
     started_at: chrono::DateTime<Utc>,
     directory: Arc<dyn WorkerDirectory>,
+    logs: Option<Arc<dyn LogStore>>,
     queue: Arc<dyn JobQueue>,
     bus: Arc<dyn ResultBus>,
     cache: ArtifactCache,
@@ -49,18 +63,23 @@ pub struct Worker {
 impl Worker {
     pub fn new(
         cfg: WorkerSettings,
-        queue: Arc<dyn JobQueue>,
-        bus: Arc<dyn ResultBus>,
-        directory: Arc<dyn WorkerDirectory>,
+        backends: WorkerBackends,
         cache: ArtifactCache,
         pool: Arc<Pool>,
         metrics: Arc<Metrics>,
     ) -> Self {
+        let WorkerBackends {
+            queue,
+            bus,
+            directory,
+            logs,
+        } = backends;
         Worker {
             cfg,
             id: uuid::Uuid::new_v4().to_string(),
             started_at: Utc::now(),
             directory,
+            logs,
             queue,
             bus,
             cache,
@@ -216,6 +235,12 @@ impl Worker {
             };
             if self.publish(&delivery, &result).await {
                 self.ack(&delivery).await;
+                if let Some(logs) = &self.logs {
+                    // Best effort: the result itself is already stored.
+                    if let Err(e) = logs.put(&LogEntry::of(&result, LOG_STREAM_BYTES)).await {
+                        tracing::warn!(error = %e, "could not store the invocation log");
+                    }
+                }
             }
         }
         .instrument(span)

@@ -568,6 +568,8 @@ async fn openapi_document_matches_the_served_routes() {
         [
             "/functions",
             "/functions/{id}",
+            "/functions/{id}/logs",
+            "/functions/{id}/logs/{requestId}",
             "/health",
             "/metrics",
             "/models",
@@ -685,4 +687,48 @@ async fn system_status_shows_the_worker_and_its_warm_pool() {
         assert!(std::time::Instant::now() < deadline, "pool never reported: {body}");
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+}
+
+#[tokio::test]
+async fn infra_up_keeps_invocation_logs() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "def handler(event, context):\n    print('hi', event['n'])\n    raise RuntimeError('boom')\n",
+            &[],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({"n": 5})).await;
+    let job = body["jobId"].as_str().unwrap().to_string();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let r = app.get(&format!("/functions/{id}/logs/{job}")).send().await.unwrap();
+        if r.status() == 200 {
+            let entry: Value = r.json().await.unwrap();
+            assert_eq!(entry["status"], "ERROR");
+            assert_eq!(entry["stdout"], "hi 5\n");
+            assert_eq!(entry["error"]["type"], "RuntimeError");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "log never written");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let list: Value = app
+        .get(&format!("/functions/{id}/logs"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(list["count"], 1);
+    assert_eq!(
+        app.get(&format!("/functions/{id}/logs?limit=0"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(app.get("/functions/unknown/logs").send().await.unwrap().status(), 404);
 }

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use infra_controller::backend::conformance;
 use infra_controller::backend::embedded::{
-    Db, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
+    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
     LocalArtifactStore,
 };
 use infra_controller::backend::JobQueue;
@@ -44,6 +44,12 @@ async fn embedded_result_bus() {
 #[tokio::test]
 async fn in_process_rate_limiter() {
     conformance::rate_limiter(&InProcessRateLimiter::new(100), 100).await;
+}
+
+#[tokio::test]
+async fn embedded_log_store() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::log_store(&EmbeddedLogStore::new(Db::open(dir.path()).unwrap())).await;
 }
 
 #[tokio::test]
@@ -92,7 +98,7 @@ mod aws {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use infra_controller::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
+    use infra_controller::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
     use infra_controller::backend::conformance;
 
     use crate::services::{aws, unique};
@@ -109,6 +115,13 @@ mod aws {
         let registry = DynamoRegistry::new(&aws(), &unique("functions")).await;
         registry.ensure_table().await.unwrap();
         conformance::function_registry(Arc::new(registry)).await;
+    }
+
+    #[tokio::test]
+    async fn dynamodb_log_store() {
+        let logs = DynamoLogStore::new(&aws(), &unique("logs"), Duration::from_secs(86_400)).await;
+        logs.ensure_table().await.unwrap();
+        conformance::log_store(&logs).await;
     }
 
     #[tokio::test]

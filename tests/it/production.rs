@@ -6,7 +6,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use infra_controller::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
+use infra_controller::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
@@ -35,6 +35,12 @@ impl Cluster {
             .await
             .unwrap();
         let queue = SqsQueue::create_queue(&settings, &unique("jobs")).await.unwrap();
+        let logs = unique("logs");
+        DynamoLogStore::new(&settings, &logs, Duration::from_secs(86_400))
+            .await
+            .ensure_table()
+            .await
+            .unwrap();
         let redis = RedisServer::start();
         let env = [
             ("AWS_REGION", "us-east-1".to_string()),
@@ -45,6 +51,7 @@ impl Cluster {
             ("BUCKET_NAME", bucket),
             ("TABLE_NAME", table),
             ("SQS_URL", queue),
+            ("LOGS_TABLE_NAME", logs),
             ("REDIS_URL", redis.url()),
             ("INFRA_API_KEY", KEY.into()),
         ]
@@ -441,4 +448,61 @@ async fn malformed_queue_messages_end_as_error_and_never_loop() {
         count(aws_sdk_sqs::types::QueueAttributeName::ApproximateNumberOfMessagesNotVisible),
         "0"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invocation_logs_are_kept_in_the_logs_table() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let _worker = cluster.worker(&[]);
+    let client = reqwest::Client::new();
+    let id = upload(
+        &client,
+        &api.base,
+        "def handler(event, context):\n    print('line', event['n'])\n    return event['n']\n",
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for n in 0..3 {
+        let (status, body) = run(&client, &api.base, &id, json!({"n": n}), false).await;
+        assert_eq!(status, 200, "{body}");
+        jobs.push(body["jobId"].as_str().unwrap().to_string());
+    }
+    // The worker writes the log right after the result.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let list = loop {
+        let list: Value = client
+            .get(format!("{}/functions/{id}/logs?limit=10", api.base))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        if list["count"] == 3 {
+            break list;
+        }
+        assert!(Instant::now() < deadline, "logs never arrived: {list}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert_eq!(list["logs"][0]["requestId"], jobs[2].as_str(), "newest first");
+    let one: Value = client
+        .get(format!("{}/functions/{id}/logs/{}", api.base, jobs[0]))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(one["stdout"], "line 0\n");
+    assert_eq!(one["status"], "SUCCESS");
+    let missing = client
+        .get(format!("{}/functions/{id}/logs/nope", api.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(missing.status(), 404);
 }

@@ -2,10 +2,12 @@
 //! can be overridden (`AWS_ENDPOINT_URL`) for local emulators such as moto.
 
 mod dynamodb;
+mod logs;
 mod s3;
 mod sqs;
 
 pub use dynamodb::DynamoRegistry;
+pub use logs::DynamoLogStore;
 pub use s3::S3ArtifactStore;
 pub use sqs::SqsQueue;
 

@@ -14,6 +14,8 @@ use crate::backend::Error;
 pub const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+/// Keyed `{functionId}/{requestId}`.
+pub const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 
 /// Most writes folded into one transaction.
 const MAX_BATCH: usize = 4096;
@@ -53,6 +55,7 @@ impl Db {
         txn.open_table(FUNCTIONS).map_err(|e| unavailable("table", e))?;
         txn.open_table(JOBS).map_err(|e| unavailable("table", e))?;
         txn.open_table(QUEUE).map_err(|e| unavailable("table", e))?;
+        txn.open_table(LOGS).map_err(|e| unavailable("table", e))?;
         txn.commit().map_err(|e| unavailable("commit", e))?;
 
         let db = Arc::new(db);
