@@ -147,6 +147,7 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
     let local = local_args(api_dir.path()).validate().unwrap();
     let api = app::start_api(ApiConfig {
         http: local.http.clone(),
+        ai: local.ai.clone(),
         cloud: cloud.clone(),
         table,
         shutdown_timeout: Duration::ZERO,
@@ -155,6 +156,7 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
     .unwrap();
     let worker = app::start_worker(WorkerConfig {
         pool: local.pool.clone(),
+        ai: local.ai.clone(),
         cloud,
         data_dir: worker_dir.path().to_path_buf(),
         listen: "127.0.0.1:0".parse().unwrap(),

@@ -24,7 +24,7 @@ use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResu
 use crate::backend::{
     self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
 };
-use crate::config::{ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
+use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
@@ -131,9 +131,9 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         directory: directory.clone(),
         logs: Some(logs.clone()),
     };
-    let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
+    let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
-    let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(1));
+    let settings = worker_settings(&cfg.pool, &cfg.ai, cfg.visibility_timeout, Duration::from_secs(1));
     let cache = cache(&cfg.data_dir, artifacts);
     let backends = WorkerBackends {
         queue,
@@ -185,7 +185,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
         directory,
         logs,
     };
-    let router = api::router(api_state(&cfg.http, &api_key, parts, &metrics));
+    let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let parts = Parts {
         router: Some(router),
         functions: Some(functions),
@@ -217,7 +217,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     });
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     // SQS long polling: one request waits up to 20 s for work.
-    let settings = worker_settings(&cfg.pool, cfg.visibility_timeout, Duration::from_secs(20));
+    let settings = worker_settings(&cfg.pool, &cfg.ai, cfg.visibility_timeout, Duration::from_secs(20));
     let cache = cache(&cfg.data_dir, artifacts);
     let backends = WorkerBackends {
         queue,
@@ -258,7 +258,13 @@ struct ApiParts {
     logs: Option<Arc<dyn LogStore>>,
 }
 
-fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Metrics>) -> Arc<ApiState> {
+fn api_state(
+    http: &HttpConfig,
+    ai: &AiConfig,
+    api_key: &str,
+    parts: ApiParts,
+    metrics: &Arc<Metrics>,
+) -> Arc<ApiState> {
     let ApiParts {
         functions,
         queue,
@@ -287,7 +293,7 @@ fn api_state(http: &HttpConfig, api_key: &str, parts: ApiParts, metrics: &Arc<Me
         }),
         directory,
         logs,
-        ai: AiClient::new(http.ai_node_url.clone(), http.default_model.clone()),
+        ai: ai_client(ai),
         api_key_hash: hash_key(api_key),
         settings: ApiSettings {
             trust_forwarded_for: http.trust_forwarded_for,
@@ -312,12 +318,18 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
     ))
 }
 
-fn worker_settings(cfg: &PoolConfig, visibility: Duration, receive_wait: Duration) -> WorkerSettings {
+fn ai_client(cfg: &AiConfig) -> AiClient {
+    AiClient::new(cfg.node_url.clone(), cfg.default_model.clone())
+}
+
+fn worker_settings(cfg: &PoolConfig, ai: &AiConfig, visibility: Duration, receive_wait: Duration) -> WorkerSettings {
     WorkerSettings {
         concurrency: cfg.worker_concurrency,
         receive_wait,
         visibility,
         max_attempts: MAX_ATTEMPTS,
+        ai: ai_client(ai),
+        ai_max_calls: ai.max_calls,
     }
 }
 

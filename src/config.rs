@@ -54,12 +54,6 @@ pub struct HttpArgs {
     /// API key clients send as `x-api-key` (at least 16 characters).
     #[arg(long, env = "INFRA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Base URL of the Ollama-compatible AI node.
-    #[arg(long, env = "AI_NODE_URL")]
-    pub ai_node_url: Option<String>,
-    /// Model used when a run names none.
-    #[arg(long, env = "DEFAULT_MODEL_ID", default_value = "llama3:8b")]
-    pub default_model: String,
     /// Requests per minute per client IP; 0 disables the limit.
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value = "100")]
     pub rate_limit_per_minute: String,
@@ -69,6 +63,20 @@ pub struct HttpArgs {
     /// Longest a synchronous /run waits before answering 504 with the jobId.
     #[arg(long, env = "SYNC_TIMEOUT_MS", default_value = "300000")]
     pub sync_timeout_ms: String,
+}
+
+/// The AI node functions can call.
+#[derive(Debug, Clone, Args)]
+pub struct AiArgs {
+    /// Base URL of the Ollama-compatible AI node.
+    #[arg(long, env = "AI_NODE_URL")]
+    pub ai_node_url: Option<String>,
+    /// Model used when a run names none.
+    #[arg(long, env = "DEFAULT_MODEL_ID", default_value = "llama3:8b")]
+    pub default_model: String,
+    /// Most AI calls one invocation may make.
+    #[arg(long, env = "AI_MAX_CALLS_PER_INVOCATION", default_value = "20")]
+    pub ai_max_calls: String,
 }
 
 /// The worker's warm-pool settings.
@@ -136,6 +144,8 @@ pub struct UpArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub ai: AiArgs,
+    #[command(flatten)]
     pub pool: PoolArgs,
     /// Where functions, artifacts, jobs and the queue are kept.
     #[arg(long, env = "INFRA_DATA_DIR", default_value = ".infra-data")]
@@ -153,6 +163,8 @@ pub struct ApiArgs {
     #[command(flatten)]
     pub http: HttpArgs,
     #[command(flatten)]
+    pub ai: AiArgs,
+    #[command(flatten)]
     pub cloud: CloudArgs,
     /// DynamoDB table of function records.
     #[arg(long, env = "TABLE_NAME")]
@@ -165,6 +177,8 @@ pub struct ApiArgs {
 pub struct WorkerArgs {
     #[command(flatten)]
     pub pool: PoolArgs,
+    #[command(flatten)]
+    pub ai: AiArgs,
     #[command(flatten)]
     pub cloud: CloudArgs,
     /// Local cache of function code and instance working dirs.
@@ -183,11 +197,16 @@ pub struct WorkerArgs {
 }
 
 #[derive(Debug, Clone)]
+pub struct AiConfig {
+    pub node_url: Option<reqwest::Url>,
+    pub default_model: String,
+    pub max_calls: u32,
+}
+
+#[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub api_key: Option<String>,
-    pub ai_node_url: Option<reqwest::Url>,
-    pub default_model: String,
     pub rate_limit_per_minute: u32,
     pub trust_forwarded_for: bool,
     pub sync_timeout: Duration,
@@ -218,6 +237,7 @@ pub struct CloudConfig {
 #[derive(Debug, Clone)]
 pub struct UpConfig {
     pub http: HttpConfig,
+    pub ai: AiConfig,
     pub pool: PoolConfig,
     pub data_dir: PathBuf,
     pub shutdown_timeout: Duration,
@@ -228,6 +248,7 @@ pub struct UpConfig {
 #[derive(Debug, Clone)]
 pub struct ApiConfig {
     pub http: HttpConfig,
+    pub ai: AiConfig,
     pub cloud: CloudConfig,
     pub table: String,
     pub shutdown_timeout: Duration,
@@ -237,6 +258,7 @@ pub struct ApiConfig {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     pub pool: PoolConfig,
+    pub ai: AiConfig,
     pub cloud: CloudConfig,
     pub data_dir: PathBuf,
     pub listen: SocketAddr,
@@ -349,24 +371,9 @@ impl HttpArgs {
             None if key_required => p.0.push("INFRA_API_KEY is required".into()),
             _ => {}
         }
-        let ai_node_url = p
-            .url("AI_NODE_URL", &self.ai_node_url, &["http", "https"])
-            .map(|mut u| {
-                // Joining "api/tags" needs a trailing slash on the base.
-                if !u.path().ends_with('/') {
-                    let path = format!("{}/", u.path());
-                    u.set_path(&path);
-                }
-                u
-            });
-        if self.default_model.trim().is_empty() {
-            p.0.push("DEFAULT_MODEL_ID must not be empty".into());
-        }
         HttpConfig {
             listen,
             api_key,
-            ai_node_url,
-            default_model: self.default_model.trim().to_string(),
             rate_limit_per_minute: p.num(
                 "RATE_LIMIT_PER_MINUTE",
                 &self.rate_limit_per_minute,
@@ -390,11 +397,40 @@ impl HttpArgs {
             host: "127.0.0.1".into(),
             port: "0".into(),
             api_key: None,
-            ai_node_url: None,
-            default_model: "llama3:8b".into(),
             rate_limit_per_minute: "100".into(),
             trust_forwarded_for: "false".into(),
             sync_timeout_ms: "300000".into(),
+        }
+    }
+}
+
+impl AiArgs {
+    fn check(&self, p: &mut Problems) -> AiConfig {
+        let node_url = p
+            .url("AI_NODE_URL", &self.ai_node_url, &["http", "https"])
+            .map(|mut u| {
+                // Joining "api/tags" needs a trailing slash on the base.
+                if !u.path().ends_with('/') {
+                    let path = format!("{}/", u.path());
+                    u.set_path(&path);
+                }
+                u
+            });
+        if self.default_model.trim().is_empty() {
+            p.0.push("DEFAULT_MODEL_ID must not be empty".into());
+        }
+        AiConfig {
+            node_url,
+            default_model: self.default_model.trim().to_string(),
+            max_calls: p.num("AI_MAX_CALLS_PER_INVOCATION", &self.ai_max_calls, 0, 10_000, 20),
+        }
+    }
+
+    pub fn local() -> AiArgs {
+        AiArgs {
+            ai_node_url: None,
+            default_model: "llama3:8b".into(),
+            ai_max_calls: "20".into(),
         }
     }
 }
@@ -484,6 +520,7 @@ impl UpArgs {
     pub fn local(data_dir: PathBuf) -> UpArgs {
         UpArgs {
             http: HttpArgs::local(),
+            ai: AiArgs::local(),
             pool: PoolArgs::local(),
             data_dir,
             shutdown_timeout_seconds: "30".into(),
@@ -494,6 +531,7 @@ impl UpArgs {
     pub fn validate(&self) -> Result<UpConfig, ConfigErrors> {
         let mut p = Problems::default();
         let http = self.http.check(&mut p, false);
+        let ai = self.ai.check(&mut p);
         let pool = self.pool.check(&mut p);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
         let visibility = p.num(
@@ -506,6 +544,7 @@ impl UpArgs {
         let data_dir = p.dir("INFRA_DATA_DIR", &self.data_dir);
         p.finish(UpConfig {
             http,
+            ai,
             pool,
             data_dir,
             shutdown_timeout: Duration::from_secs(shutdown),
@@ -518,11 +557,13 @@ impl ApiArgs {
     pub fn validate(&self) -> Result<ApiConfig, ConfigErrors> {
         let mut p = Problems::default();
         let http = self.http.check(&mut p, true);
+        let ai = self.ai.check(&mut p);
         let cloud = self.cloud.check(&mut p);
         let table = p.required("TABLE_NAME", &self.table_name);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
         p.finish(ApiConfig {
             http,
+            ai,
             cloud,
             table,
             shutdown_timeout: Duration::from_secs(shutdown),
@@ -534,6 +575,7 @@ impl WorkerArgs {
     pub fn validate(&self) -> Result<WorkerConfig, ConfigErrors> {
         let mut p = Problems::default();
         let pool = self.pool.check(&mut p);
+        let ai = self.ai.check(&mut p);
         let cloud = self.cloud.check(&mut p);
         let listen = p.listen("WORKER_HOST", &self.host, "WORKER_PORT", &self.port);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
@@ -547,6 +589,7 @@ impl WorkerArgs {
         let data_dir = p.dir("WORKER_DATA_DIR", &self.data_dir);
         p.finish(WorkerConfig {
             pool,
+            ai,
             cloud,
             data_dir,
             listen,
@@ -587,7 +630,7 @@ mod tests {
         args.http.port = "http".into();
         args.http.host = "not a host".into();
         args.http.api_key = Some("short".into());
-        args.http.ai_node_url = Some("ftp://x".into());
+        args.ai.ai_node_url = Some("ftp://x".into());
         args.pool.worker_concurrency = "0".into();
         args.http.trust_forwarded_for = "maybe".into();
         args.pool.python = "/nonexistent/python".into();
@@ -614,9 +657,9 @@ mod tests {
         assert_eq!(cfg.http.listen.port(), 0);
         assert!(cfg.pool.python.is_absolute());
         let mut args = UpArgs::local(dir.path().to_path_buf());
-        args.http.ai_node_url = Some("http://127.0.0.1:11434".into());
+        args.ai.ai_node_url = Some("http://127.0.0.1:11434".into());
         assert_eq!(
-            args.validate().unwrap().http.ai_node_url.unwrap().as_str(),
+            args.validate().unwrap().ai.node_url.unwrap().as_str(),
             "http://127.0.0.1:11434/"
         );
     }

@@ -14,6 +14,8 @@ pub struct Metrics {
     pub busy_instances: IntGauge,
     pub init_duration: Histogram,
     pub jobs_admitted: IntCounter,
+    pub ai_calls: IntCounterVec,
+    pub ai_tokens: IntCounterVec,
 }
 
 impl Metrics {
@@ -50,6 +52,20 @@ impl Metrics {
             .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
         )?;
         let jobs_admitted = IntCounter::new("infra_jobs_admitted_total", "Jobs accepted onto the queue")?;
+        let ai_calls = IntCounterVec::new(
+            Opts::new(
+                "infra_ai_calls_total",
+                "AI node calls made by functions, by model and outcome",
+            ),
+            &["model", "status"],
+        )?;
+        let ai_tokens = IntCounterVec::new(
+            Opts::new(
+                "infra_ai_tokens_total",
+                "Tokens reported by the AI node (prompt_eval_count, eval_count)",
+            ),
+            &["model", "kind"],
+        )?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(starts.clone()))?;
@@ -57,6 +73,8 @@ impl Metrics {
         registry.register(Box::new(busy_instances.clone()))?;
         registry.register(Box::new(init_duration.clone()))?;
         registry.register(Box::new(jobs_admitted.clone()))?;
+        registry.register(Box::new(ai_calls.clone()))?;
+        registry.register(Box::new(ai_tokens.clone()))?;
         Ok(Metrics {
             registry,
             http_duration,
@@ -66,6 +84,8 @@ impl Metrics {
             busy_instances,
             init_duration,
             jobs_admitted,
+            ai_calls,
+            ai_tokens,
         })
     }
 

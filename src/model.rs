@@ -179,6 +179,9 @@ pub struct JobResult {
     pub init_ms: Option<f64>,
     #[serde(default)]
     pub attempt: u32,
+    /// Tokens the function used on the AI node, when it called it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usage: Option<crate::ai::Usage>,
     pub finished_at: DateTime<Utc>,
 }
 
@@ -203,6 +206,7 @@ impl JobResult {
             cold_start: false,
             init_ms: None,
             attempt: 0,
+            usage: None,
             finished_at: Utc::now(),
         }
     }

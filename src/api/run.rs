@@ -121,6 +121,22 @@ pub async fn run(
         return Err(ApiError::bad_request("modelId must be 1 to 256 characters"));
     }
     let function = state.functions.get(&req.function_id).await?;
+    if let Some(model) = &req.model_id {
+        // Checked only when the node answers; when it is down the run is
+        // accepted and an AI call inside the function fails with a clear error.
+        if let Some(known) = state.ai.known_models().await {
+            if !known.contains(model) {
+                return Err(ApiError::bad_request(format!(
+                    "model {model:?} is not available on the AI node; available: {}",
+                    if known.is_empty() {
+                        "none".to_string()
+                    } else {
+                        known.join(", ")
+                    }
+                )));
+            }
+        }
+    }
     let job = Job {
         request_id: uuid::Uuid::new_v4().to_string(),
         function_id: function.function_id.clone(),
@@ -152,6 +168,9 @@ pub async fn run(
         return Err(e.into());
     }
     state.functions.record_invocation(&job.function_id);
+    if let Some(model) = &job.model_id {
+        state.ai.count_run(model);
+    }
     state.metrics.jobs_admitted.inc();
     tracing::debug!(
         job_id = job.request_id,

@@ -77,6 +77,7 @@ fn sample_result(job: &Job, status: JobStatus, value: serde_json::Value) -> JobR
         cold_start: true,
         init_ms: None,
         attempt: 1,
+        usage: None,
         finished_at: Utc::now(),
     }
 }

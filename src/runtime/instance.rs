@@ -14,6 +14,7 @@ use tokio::process::{Child, Command};
 
 use super::protocol::{read_frame, write_frame, FromInstance, InvokeRequest, Outcome, ToInstance};
 use super::{RuntimeError, PYTHON_BOOTSTRAP};
+use crate::ai::AiSession;
 use crate::function::settings::Handler;
 use crate::model::{JobStatus, Runtime};
 
@@ -209,7 +210,7 @@ impl Instance {
 
     /// Runs one invocation. Returns the outcome and whether the instance may be
     /// reused (it may not after a timeout, crash, protocol error or OOM).
-    pub async fn invoke(&mut self, req: &InvokeRequest) -> (Outcome, bool) {
+    pub async fn invoke(&mut self, req: &InvokeRequest, ai: &mut AiSession) -> (Outcome, bool) {
         let msg = ToInstance::Invoke {
             request_id: &req.request_id,
             function_id: &req.function_id,
@@ -224,52 +225,77 @@ impl Instance {
         }
         let timeout = Duration::from_millis(req.timeout_ms);
         let started = Instant::now();
-        match tokio::time::timeout(timeout, read_frame(&mut self.chan)).await {
-            Ok(Ok(Some(FromInstance::Result {
-                status,
-                value_json,
-                error,
-                stdout,
-                stderr,
-                duration_ms,
-                peak_memory_bytes,
-            }))) => {
-                let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
-                let outcome = Outcome {
+        let deadline = tokio::time::Instant::now() + timeout;
+        loop {
+            let frame = tokio::time::timeout_at(deadline, read_frame(&mut self.chan)).await;
+            return match frame {
+                Ok(Ok(Some(FromInstance::Ai(request)))) => {
+                    // Relay within the invocation's own deadline, then keep waiting.
+                    let left = deadline.saturating_duration_since(tokio::time::Instant::now());
+                    let reply = ai.handle(&serde_json::Value::Object(request), left).await;
+                    let msg = match &reply {
+                        Ok(value) => ToInstance::AiReply {
+                            ok: true,
+                            value: Some(value),
+                            error: None,
+                        },
+                        Err(e) => ToInstance::AiReply {
+                            ok: false,
+                            value: None,
+                            error: Some(e.to_string()),
+                        },
+                    };
+                    if let Err(e) = write_frame(&mut self.chan, &msg).await {
+                        return (self.died_or(e).await, false);
+                    }
+                    continue;
+                }
+                Ok(Ok(Some(FromInstance::Result {
                     status,
-                    value,
+                    value_json,
                     error,
                     stdout,
                     stderr,
                     duration_ms,
                     peak_memory_bytes,
-                    exit_code: (status == JobStatus::Success).then_some(0),
-                };
-                // An instance that hit its memory limit may be left in a bad state.
-                (outcome, status != JobStatus::Oom)
-            }
-            Ok(Ok(Some(other))) => {
-                self.kill();
-                (
-                    Outcome::failed(JobStatus::Crashed, "ProtocolError", format!("unexpected {other:?}")),
-                    false,
-                )
-            }
-            Ok(Ok(None)) => (self.crashed().await, false),
-            Ok(Err(e)) => (self.died_or(e).await, false),
-            Err(_) => {
-                self.kill();
-                let mut o = Outcome::failed(
-                    JobStatus::Timeout,
-                    "Timeout",
-                    format!(
-                        "the handler did not finish within {} ms and was stopped",
-                        req.timeout_ms
-                    ),
-                );
-                o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                (o, false)
-            }
+                }))) => {
+                    let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
+                    let outcome = Outcome {
+                        status,
+                        value,
+                        error,
+                        stdout,
+                        stderr,
+                        duration_ms,
+                        peak_memory_bytes,
+                        exit_code: (status == JobStatus::Success).then_some(0),
+                    };
+                    // An instance that hit its memory limit may be left in a bad state.
+                    (outcome, status != JobStatus::Oom)
+                }
+                Ok(Ok(Some(other))) => {
+                    self.kill();
+                    (
+                        Outcome::failed(JobStatus::Crashed, "ProtocolError", format!("unexpected {other:?}")),
+                        false,
+                    )
+                }
+                Ok(Ok(None)) => (self.crashed().await, false),
+                Ok(Err(e)) => (self.died_or(e).await, false),
+                Err(_) => {
+                    self.kill();
+                    let mut o = Outcome::failed(
+                        JobStatus::Timeout,
+                        "Timeout",
+                        format!(
+                            "the handler did not finish within {} ms and was stopped",
+                            req.timeout_ms
+                        ),
+                    );
+                    o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+                    (o, false)
+                }
+            };
         }
     }
 

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use super::instance::{Instance, InstanceSpec, RuntimeConfig};
 use super::protocol::{InvokeRequest, Outcome};
+use crate::ai::AiSession;
 use crate::metrics::Metrics;
 use crate::model::JobStatus;
 
@@ -48,7 +49,7 @@ impl Pool {
 
     /// Runs the request on a warm instance of `spec` if one is idle, else on a
     /// fresh one; keeps the instance afterwards unless it broke a limit.
-    pub async fn invoke(&self, spec: &InstanceSpec, req: &InvokeRequest) -> Invocation {
+    pub async fn invoke(&self, spec: &InstanceSpec, req: &InvokeRequest, ai: &mut AiSession) -> Invocation {
         let key = spec.pool_key();
         let (mut instance, cold_start, init_ms) = match self.take_idle(&key) {
             Some(instance) => (instance, false, None),
@@ -76,7 +77,7 @@ impl Pool {
             .with_label_values(&[if cold_start { "cold" } else { "warm" }])
             .inc();
         self.metrics.busy_instances.inc();
-        let (outcome, reusable) = instance.invoke(req).await;
+        let (outcome, reusable) = instance.invoke(req, ai).await;
         self.metrics.busy_instances.dec();
         if reusable {
             self.put_idle(key, instance);

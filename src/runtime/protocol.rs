@@ -29,6 +29,13 @@ pub enum ToInstance<'a> {
         timeout_ms: u64,
         event: &'a serde_json::Value,
     },
+    /// The answer to an `ai` request of the function.
+    #[serde(rename_all = "camelCase")]
+    AiReply {
+        ok: bool,
+        value: Option<&'a serde_json::Value>,
+        error: Option<String>,
+    },
 }
 
 #[derive(Debug, Deserialize)]
@@ -57,6 +64,8 @@ pub enum FromInstance {
     },
     #[serde(rename_all = "camelCase")]
     ProtocolError { message: String },
+    /// The function asks the AI node something (relayed by the worker).
+    Ai(serde_json::Map<String, serde_json::Value>),
 }
 
 /// One invocation's input.

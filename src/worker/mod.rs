@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
+use crate::ai::{AiClient, AiSession};
 use crate::backend::{Delivery, JobQueue, LogStore, ResultBus, WorkerDirectory};
 use crate::function::settings::Handler;
 use crate::metrics::Metrics;
@@ -19,7 +20,7 @@ use crate::model::{JobRecord, JobResult, JobStatus, LogEntry, WorkerStatus};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
 use cache::ArtifactCache;
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct WorkerSettings {
     pub concurrency: usize,
     /// Longest a receive waits for work (SQS long polling: 20 s).
@@ -28,6 +29,10 @@ pub struct WorkerSettings {
     pub visibility: Duration,
     /// Deliveries after which a job is given up as LOST.
     pub max_attempts: u32,
+    /// The AI node functions may call through the worker.
+    pub ai: AiClient,
+    /// Most AI calls one invocation may make.
+    pub ai_max_calls: u32,
 }
 
 /// Per output stream in a log entry: two of these plus the error stay under
@@ -294,7 +299,13 @@ impl Worker {
             timeout_ms: job.timeout_ms,
             event: job.input.clone(),
         };
-        let inv = self.pool.invoke(&spec, &req).await;
+        let mut ai = AiSession::new(
+            self.cfg.ai.clone(),
+            job.model_id.clone(),
+            self.cfg.ai_max_calls,
+            self.metrics.clone(),
+        );
+        let inv = self.pool.invoke(&spec, &req, &mut ai).await;
         let o = inv.outcome;
         JobResult {
             request_id: job.request_id.clone(),
@@ -310,6 +321,7 @@ impl Worker {
             cold_start: inv.cold_start,
             init_ms: inv.init_ms,
             attempt: delivery.attempt,
+            usage: ai.usage(),
             finished_at: Utc::now(),
         }
     }

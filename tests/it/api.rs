@@ -494,29 +494,10 @@ async fn health_reports_each_backend() {
     assert_eq!(body["checks"]["registry"]["ok"], true);
 }
 
-/// A small server speaking Ollama's `/api/tags`.
-async fn fake_ai_node() -> String {
-    use axum::routing::get;
-    let app = axum::Router::new().route(
-        "/api/tags",
-        get(|| async {
-            axum::Json(json!({"models": [
-                {"name": "llama3:8b", "model": "llama3:8b", "modified_at": "2026-01-01T00:00:00Z", "size": 4661224676u64,
-                 "digest": "abc", "details": {"family": "llama", "parameter_size": "8.0B"}},
-                {"name": "qwen2:0.5b", "model": "qwen2:0.5b", "size": 352151968u64, "digest": "def", "details": {}}
-            ]}))
-        }),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    format!("http://{addr}")
-}
-
 #[tokio::test]
 async fn models_come_from_the_ai_node_or_a_marked_fallback() {
-    let node = fake_ai_node().await;
-    let app = TestApp::start_with(|a| a.http.ai_node_url = Some(node)).await;
+    let node = crate::ai::FakeOllama::start().await;
+    let app = TestApp::start_with(|a| a.ai.ai_node_url = Some(node.url.clone())).await;
     let body: Value = app.get("/models").send().await.unwrap().json().await.unwrap();
     assert_eq!(body["available"], true, "{body}");
     assert_eq!(body["source"], "ai-node");
@@ -541,7 +522,7 @@ async fn models_come_from_the_ai_node_or_a_marked_fallback() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let down = TestApp::start_with(|a| a.http.ai_node_url = Some(format!("http://{closed}"))).await;
+    let down = TestApp::start_with(|a| a.ai.ai_node_url = Some(format!("http://{closed}"))).await;
     let body: Value = down.get("/models").send().await.unwrap().json().await.unwrap();
     assert_eq!(body["source"], "fallback");
     assert!(body["reason"].as_str().unwrap().contains("unreachable"), "{body}");

@@ -59,3 +59,24 @@ async fn greeting_env_vars() {
         .iter()
         .any(|k| k == "INFRA_API_KEY"));
 }
+
+#[tokio::test]
+async fn ask_the_ai_node() {
+    let node = crate::ai::FakeOllama::start().await;
+    let url = node.url.clone();
+    let app = TestApp::start_with(move |a| a.ai.ai_node_url = Some(url)).await;
+    let id = app.upload_py(&example("ask/main.py"), &[]).await;
+    let r = app
+        .post("/run")
+        .json(&json!({"functionId": id, "inputData": {"question": "why warm?"}, "modelId": "qwen2:0.5b"}))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(
+        body["result"],
+        json!({"model": "qwen2:0.5b", "answer": "echo: why warm?"}),
+        "{body}"
+    );
+    assert_eq!(body["usage"]["calls"], 1);
+}

@@ -1,6 +1,7 @@
 //! Integration tests: real sockets, real Python processes, one data dir and
 //! one port per test, so tests run in parallel.
 
+mod ai;
 mod api;
 mod binary;
 mod conformance;

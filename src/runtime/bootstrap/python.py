@@ -11,8 +11,10 @@ import os
 import socket
 import struct
 import sys
+import threading
 import time
 import traceback
+import types
 
 _CHANNEL = socket.socket(fileno=3)
 _OUTPUT_LIMIT = 256 * 1024
@@ -78,6 +80,41 @@ class _Capture(io.TextIOBase):
         return value
 
 
+class AIError(Exception):
+    """An AI call failed: the node is down or unset, the model is unknown, the call budget is spent..."""
+
+
+_AI_LOCK = threading.Lock()
+
+
+def _ai(kind, payload):
+    # One request at a time on the channel, even from several threads.
+    with _AI_LOCK:
+        _write(dict(payload, op="ai", kind=kind))
+        reply = _read()
+    if reply.get("op") != "aiReply":
+        raise AIError("unexpected reply from the worker: %r" % reply.get("op"))
+    if not reply.get("ok"):
+        raise AIError(reply.get("error") or "the AI call failed")
+    return reply.get("value")
+
+
+def generate(prompt, model=None, **options):
+    """Asks the AI node's model (default: the run's modelId) to complete `prompt`; returns the text."""
+    return _ai("generate", {"prompt": prompt, "model": model, "options": options})
+
+
+def chat(messages, model=None, **options):
+    """Sends a chat (`[{"role": ..., "content": ...}]`); returns the assistant's message."""
+    return _ai("chat", {"messages": messages, "model": model, "options": options})
+
+
+# The SDK needs nothing packaged: `import infra_ai` works in every function.
+_SDK = types.ModuleType("infra_ai", "Ask the AI node's models through the worker.")
+_SDK.generate, _SDK.chat, _SDK.AIError = generate, chat, AIError
+sys.modules["infra_ai"] = _SDK
+
+
 class Context:
     """What a handler learns about its invocation (AWS Lambda's names where they exist)."""
 
@@ -88,6 +125,7 @@ class Context:
         self.function_name = msg.get("functionName") or self.function_id
         self.memory_limit_in_mb = msg["memoryMb"]
         self.model_id = msg.get("modelId")
+        self.ai = _SDK
         self._deadline = time.monotonic() + msg["timeoutMs"] / 1000.0
 
     def get_remaining_time_in_millis(self):
