@@ -28,7 +28,7 @@ use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, PoolConfig, Up
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
-use crate::runtime::{Pool, RuntimeConfig};
+use crate::runtime::{Pool, RuntimeConfig, Sandbox};
 use crate::worker::cache::ArtifactCache;
 use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 
@@ -130,6 +130,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         limiter,
         directory: directory.clone(),
         logs: Some(logs.clone()),
+        isolation: Some(Sandbox::describe(cfg.pool.bwrap.is_some())),
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
@@ -184,6 +185,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
         limiter,
         directory,
         logs,
+        isolation: None,
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let parts = Parts {
@@ -211,9 +213,11 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         Backend::ResultBus(bus.clone()),
     ];
     checks.extend(logs.clone().map(Backend::Logs));
+    let isolation = Some(Sandbox::describe(cfg.pool.bwrap.is_some()));
     let probe = Arc::new(Probe {
         checks,
         metrics: metrics.clone(),
+        isolation,
     });
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
     // SQS long polling: one request waits up to 20 s for work.
@@ -256,6 +260,8 @@ struct ApiParts {
     limiter: Option<Arc<dyn RateLimiter>>,
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
+    /// How functions are isolated, when this process runs them.
+    isolation: Option<&'static str>,
 }
 
 fn api_state(
@@ -272,6 +278,7 @@ fn api_state(
         limiter,
         directory,
         logs,
+        isolation,
     } = parts;
     let mut checks = vec![
         Backend::Artifacts(functions.artifacts().clone()),
@@ -290,6 +297,7 @@ fn api_state(
         probe: Arc::new(Probe {
             checks,
             metrics: metrics.clone(),
+            isolation,
         }),
         directory,
         logs,
@@ -306,11 +314,18 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
     let instances_dir = data_dir.join("instances");
     // Working dirs of instances from a previous run are garbage now.
     let _ = std::fs::remove_dir_all(&instances_dir);
+    // Functions must not see the data dir: other functions' code, the database.
+    let sandbox = cfg.bwrap.clone().map(|bwrap| Sandbox {
+        bwrap,
+        hidden: vec![data_dir.to_path_buf()],
+    });
+    tracing::info!(isolation = Sandbox::describe(sandbox.is_some()), "function isolation");
     Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
             instances_dir,
             start_timeout: Duration::from_secs(10),
+            sandbox,
         },
         cfg.keep_alive,
         cfg.max_warm_instances,

@@ -94,6 +94,10 @@ pub struct PoolArgs {
     /// Python interpreter for function instances.
     #[arg(long, env = "PYTHON_BIN", default_value = "python3")]
     pub python: String,
+    /// Function isolation: `bwrap` (bubblewrap sandbox, required), `none`,
+    /// or `auto` (bwrap when it is installed and works here).
+    #[arg(long, env = "SANDBOX", default_value = "auto")]
+    pub sandbox: String,
 }
 
 /// Where the production backends are.
@@ -219,6 +223,8 @@ pub struct PoolConfig {
     pub max_warm_instances: usize,
     /// Resolved interpreter path.
     pub python: PathBuf,
+    /// The bubblewrap binary, when instances are sandboxed.
+    pub bwrap: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -448,6 +454,15 @@ impl PoolArgs {
             worker_concurrency: p.num("WORKER_CONCURRENCY", &self.worker_concurrency, 1, 1024, 1),
             keep_alive: Duration::from_secs(p.num("WARM_KEEP_ALIVE_SECONDS", &self.keep_alive_seconds, 1, 86_400, 300)),
             max_warm_instances: p.num("MAX_WARM_INSTANCES", &self.max_warm_instances, 0, 10_000, 32),
+            bwrap: match self.sandbox.trim() {
+                "none" => None,
+                "auto" => find_bwrap().ok(),
+                "bwrap" => find_bwrap().map_err(|e| p.0.push(format!("SANDBOX=bwrap: {e}"))).ok(),
+                other => {
+                    p.0.push(format!("SANDBOX must be auto, bwrap or none, got {other:?}"));
+                    None
+                }
+            },
             python,
         }
     }
@@ -458,6 +473,7 @@ impl PoolArgs {
             keep_alive_seconds: "300".into(),
             max_warm_instances: "32".into(),
             python: "python3".into(),
+            sandbox: "auto".into(),
         }
     }
 }
@@ -596,6 +612,40 @@ impl WorkerArgs {
             shutdown_timeout: Duration::from_secs(shutdown),
             visibility_timeout: Duration::from_secs(visibility),
         })
+    }
+}
+
+/// Finds bubblewrap and checks that it can make a sandbox here (it needs
+/// namespaces, which some containers refuse).
+fn find_bwrap() -> Result<PathBuf, String> {
+    let path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .map(|d| d.join("bwrap"))
+        .find(|p| p.is_file())
+        .ok_or_else(|| "bwrap (bubblewrap) is not installed".to_string())?;
+    let probe = std::process::Command::new(&path)
+        .args([
+            "--unshare-net",
+            "--unshare-pid",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "true",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+    if probe.status.success() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "bwrap cannot create a sandbox here: {}",
+            String::from_utf8_lossy(&probe.stderr).trim()
+        ))
     }
 }
 

@@ -44,6 +44,10 @@ ensure_python() {
     "$PY" -c 'import venv, ensurepip' >/dev/null 2>&1 || apt_install python3-venv
 }
 
+ensure_bwrap() {
+    command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
+}
+
 ensure_redis() {
     command -v redis-server >/dev/null 2>&1 || apt_install redis-server
     export INFRA_TEST_REDIS_SERVER

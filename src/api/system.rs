@@ -59,6 +59,8 @@ impl Backend {
 pub struct Probe {
     pub checks: Vec<Backend>,
     pub metrics: Arc<Metrics>,
+    /// How functions run here, for processes that run them.
+    pub isolation: Option<&'static str>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -76,6 +78,9 @@ pub struct Health {
     /// `ok` or `degraded`.
     status: &'static str,
     checks: BTreeMap<&'static str, Check>,
+    /// How function processes are isolated here (absent where none run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    isolation: Option<&'static str>,
 }
 
 async fn check(backend: &Backend) -> (&'static str, Check) {
@@ -118,6 +123,7 @@ impl Probe {
             Json(Health {
                 status: if healthy { "ok" } else { "degraded" },
                 checks,
+                isolation: self.isolation,
             }),
         )
     }

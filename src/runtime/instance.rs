@@ -26,6 +26,57 @@ pub struct RuntimeConfig {
     /// Parent of every instance's private working directory.
     pub instances_dir: PathBuf,
     pub start_timeout: Duration,
+    /// When set, instances run inside a bubblewrap sandbox.
+    pub sandbox: Option<Sandbox>,
+}
+
+/// A bubblewrap sandbox: no network, a read-only system, private `/tmp`,
+/// `/proc` and `/dev`, the hidden directories (the data dir: other functions'
+/// code, the database) replaced by empty ones, and only the function's own
+/// code (read-only) and working directory mounted back.
+#[derive(Debug, Clone)]
+pub struct Sandbox {
+    pub bwrap: PathBuf,
+    pub hidden: Vec<PathBuf>,
+}
+
+impl Sandbox {
+    fn command(&self, code_dir: &Path, workdir: &Path) -> Command {
+        let mut cmd = Command::new(&self.bwrap);
+        cmd.args([
+            "--die-with-parent",
+            "--unshare-net",
+            "--unshare-pid",
+            "--unshare-ipc",
+            "--unshare-uts",
+        ])
+        .args([
+            "--ro-bind",
+            "/",
+            "/",
+            "--dev",
+            "/dev",
+            "--proc",
+            "/proc",
+            "--tmpfs",
+            "/tmp",
+        ]);
+        for dir in &self.hidden {
+            cmd.arg("--tmpfs").arg(dir);
+        }
+        cmd.arg("--ro-bind").arg(code_dir).arg(code_dir);
+        cmd.arg("--bind").arg(workdir).arg(workdir);
+        cmd.arg("--chdir").arg(workdir).arg("--");
+        cmd
+    }
+
+    /// What `/health` and the start-up log say about isolation.
+    pub fn describe(sandboxed: bool) -> &'static str {
+        match sandboxed {
+            true => "bwrap: no network, read-only system, private /tmp, data dir hidden; rlimits",
+            false => "none: process limits only (rlimits, own session, clean environment)",
+        }
+    }
 }
 
 /// Everything that makes an instance specific to one function version.
@@ -74,7 +125,14 @@ impl Instance {
         let child_fd = child_end.as_raw_fd();
         let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
 
-        let mut cmd = Command::new(&cfg.python);
+        let mut cmd = match &cfg.sandbox {
+            Some(sandbox) => {
+                let mut cmd = sandbox.command(&spec.code_dir, workdir.path());
+                cmd.arg(&cfg.python);
+                cmd
+            }
+            None => Command::new(&cfg.python),
+        };
         cmd.arg("-I")
             .arg("-u")
             .arg("-c")
@@ -83,6 +141,8 @@ impl Instance {
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
             .env("HOME", workdir.path())
+            // bwrap sets PWD; set it unsandboxed too, so both environments match.
+            .env("PWD", workdir.path())
             .env("TMPDIR", workdir.path())
             .env("LANG", "C.UTF-8")
             .env("PYTHONDONTWRITEBYTECODE", "1")

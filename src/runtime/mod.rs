@@ -5,7 +5,7 @@ mod instance;
 mod pool;
 pub mod protocol;
 
-pub use instance::{Instance, InstanceSpec, RuntimeConfig};
+pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox};
 pub use pool::{Invocation, Pool};
 pub use protocol::{InvokeRequest, Outcome};
 

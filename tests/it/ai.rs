@@ -339,3 +339,24 @@ async fn an_unknown_model_named_in_the_sdk_fails_inside_the_function() {
         .unwrap();
     assert!(metrics.contains(r#"infra_ai_calls_total{model="nope:1b",status="error"} 1"#));
 }
+
+#[tokio::test]
+async fn a_sandboxed_handler_cannot_reach_the_ai_node_directly() {
+    if !sandbox_available() {
+        eprintln!("skipped: bubblewrap is not installed or cannot create namespaces here (scripts/test installs it)");
+        return;
+    }
+    let node = FakeOllama::start().await;
+    let app = app_with(&node.url, |_| {}).await;
+    let source = "import urllib.request, infra_ai\ndef handler(event, context):\n    try:\n        urllib.request.urlopen(event['url'] + '/api/tags', timeout=2).read()\n        direct = 'reached'\n    except Exception as e:\n        direct = 'blocked: ' + type(e).__name__\n    return {'direct': direct, 'relayed': infra_ai.generate('still works')}\n";
+    let id = app.upload_py(source, &[]).await;
+    let body = app.run_ok(&id, json!({"url": node.url})).await;
+    assert!(
+        body["result"]["direct"].as_str().unwrap().starts_with("blocked"),
+        "{body}"
+    );
+    assert_eq!(
+        body["result"]["relayed"], "echo: still works",
+        "the SDK goes through the worker"
+    );
+}

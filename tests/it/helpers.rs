@@ -274,3 +274,26 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> i32 {
         std::thread::sleep(Duration::from_millis(20));
     }
 }
+
+/// Whether bubblewrap can sandbox functions on this host (as the platform's
+/// `SANDBOX=auto` decides).
+pub fn sandbox_available() -> bool {
+    Command::new("bwrap")
+        .args([
+            "--unshare-net",
+            "--unshare-pid",
+            "--ro-bind",
+            "/",
+            "/",
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "true",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
