@@ -456,8 +456,10 @@ impl PoolArgs {
             max_warm_instances: p.num("MAX_WARM_INSTANCES", &self.max_warm_instances, 0, 10_000, 32),
             bwrap: match self.sandbox.trim() {
                 "none" => None,
-                "auto" => find_bwrap().ok(),
-                "bwrap" => find_bwrap().map_err(|e| p.0.push(format!("SANDBOX=bwrap: {e}"))).ok(),
+                "auto" => crate::runtime::Sandbox::find().ok(),
+                "bwrap" => crate::runtime::Sandbox::find()
+                    .map_err(|e| p.0.push(format!("SANDBOX=bwrap: {e}")))
+                    .ok(),
                 other => {
                     p.0.push(format!("SANDBOX must be auto, bwrap or none, got {other:?}"));
                     None
@@ -612,40 +614,6 @@ impl WorkerArgs {
             shutdown_timeout: Duration::from_secs(shutdown),
             visibility_timeout: Duration::from_secs(visibility),
         })
-    }
-}
-
-/// Finds bubblewrap and checks that it can make a sandbox here (it needs
-/// namespaces, which some containers refuse).
-fn find_bwrap() -> Result<PathBuf, String> {
-    let path = std::env::var_os("PATH")
-        .into_iter()
-        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-        .map(|d| d.join("bwrap"))
-        .find(|p| p.is_file())
-        .ok_or_else(|| "bwrap (bubblewrap) is not installed".to_string())?;
-    let probe = std::process::Command::new(&path)
-        .args([
-            "--unshare-net",
-            "--unshare-pid",
-            "--ro-bind",
-            "/",
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "true",
-        ])
-        .output()
-        .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-    if probe.status.success() {
-        Ok(path)
-    } else {
-        Err(format!(
-            "bwrap cannot create a sandbox here: {}",
-            String::from_utf8_lossy(&probe.stderr).trim()
-        ))
     }
 }
 

@@ -14,6 +14,7 @@ use crate::model::{FunctionRecord, Job, JobRecord, JobResult, LogEntry, WorkerSt
 pub mod aws;
 pub mod conformance;
 pub mod embedded;
+pub mod fanout;
 pub mod redis;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -41,6 +41,40 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
+    /// Finds bubblewrap and checks that it can make a sandbox here (it needs
+    /// namespaces, which some containers refuse).
+    pub fn find() -> Result<PathBuf, String> {
+        let path = std::env::var_os("PATH")
+            .into_iter()
+            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+            .map(|d| d.join("bwrap"))
+            .find(|p| p.is_file())
+            .ok_or_else(|| "bwrap (bubblewrap) is not installed".to_string())?;
+        let probe = std::process::Command::new(&path)
+            .args([
+                "--unshare-net",
+                "--unshare-pid",
+                "--ro-bind",
+                "/",
+                "/",
+                "--proc",
+                "/proc",
+                "--dev",
+                "/dev",
+                "true",
+            ])
+            .output()
+            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
+        if probe.status.success() {
+            Ok(path)
+        } else {
+            Err(format!(
+                "bwrap cannot create a sandbox here: {}",
+                String::from_utf8_lossy(&probe.stderr).trim()
+            ))
+        }
+    }
+
     fn command(&self, code_dir: &Path, workdir: &Path) -> Command {
         let mut cmd = Command::new(&self.bwrap);
         cmd.args([

@@ -17,39 +17,11 @@ fn spawn_up(data_dir: &Path, env: &[(&str, &str)]) -> Proc {
     spawn_infra(&["up", "--port", "0", "--data-dir", &dir], &all)
 }
 
-async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
-    );
-    let resp = client
-        .post(format!("{base}/upload"))
-        .header("x-api-key", KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 201);
-    resp.json::<Value>().await.unwrap()["functionId"]
-        .as_str()
-        .unwrap()
-        .to_string()
-}
-
+/// Submits an async run; returns the job id.
 async fn run_async(client: &reqwest::Client, base: &str, id: &str, input: Value) -> String {
-    let resp = client
-        .post(format!("{base}/run"))
-        .header("x-api-key", KEY)
-        .header("x-async", "true")
-        .json(&json!({"functionId": id, "inputData": input}))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 202);
-    resp.json::<Value>().await.unwrap()["jobId"]
-        .as_str()
-        .unwrap()
-        .to_string()
+    let (status, body) = run_at(client, base, id, input, true).await;
+    assert_eq!(status, 202, "{body}");
+    body["jobId"].as_str().unwrap().to_string()
 }
 
 #[test]
@@ -75,7 +47,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut proc = spawn_up(dir.path(), &[("SHUTDOWN_TIMEOUT_SECONDS", "20")]);
     let client = reqwest::Client::new();
-    let id = upload(
+    let id = upload_at(
         &client,
         &proc.base,
         "import time\ndef handler(e, c):\n    time.sleep(1.0)\n    return 'finished'\n",
@@ -110,7 +82,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     let env = [("WORKER_CONCURRENCY", "1"), ("SHUTDOWN_TIMEOUT_SECONDS", "0")];
     let mut first = spawn_up(dir.path(), &env);
     let client = reqwest::Client::new();
-    let id = upload(
+    let id = upload_at(
         &client,
         &first.base,
         "import time\ndef handler(e, c):\n    time.sleep(0.5)\n    return e['n']\n",

@@ -124,6 +124,40 @@ mod aws {
         conformance::log_store(&logs).await;
     }
 
+    /// AWS_ENDPOINT_URL_S3/_DYNAMODB/_SQS win over AWS_ENDPOINT_URL.
+    #[tokio::test]
+    async fn per_service_endpoints_win_over_the_global_one() {
+        use infra_controller::backend::{ArtifactStore, FunctionRegistry, JobQueue};
+        let moto = aws().endpoint_url.unwrap();
+        let dead = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        let mut settings = aws();
+        settings.endpoint_url = Some(format!("http://{dead}"));
+        settings.s3_endpoint_url = Some(moto.clone());
+        settings.dynamodb_endpoint_url = Some(moto.clone());
+        settings.sqs_endpoint_url = Some(moto);
+        let store = S3ArtifactStore::new(&settings, &unique("bucket")).await;
+        store.ensure_bucket().await.unwrap();
+        store.ping().await.unwrap();
+        let registry = DynamoRegistry::new(&settings, &unique("functions")).await;
+        registry.ensure_table().await.unwrap();
+        registry.ping().await.unwrap();
+        let logs = DynamoLogStore::new(&settings, &unique("logs"), Duration::from_secs(60)).await;
+        logs.ensure_table().await.unwrap();
+        let url = SqsQueue::create_queue(&settings, &unique("jobs")).await.unwrap();
+        SqsQueue::new(&settings, &url, Duration::from_secs(5))
+            .await
+            .ping()
+            .await
+            .unwrap();
+        // And the global endpoint is used when no override is given.
+        let mut global_only = aws();
+        global_only.endpoint_url = Some(format!("http://{dead}"));
+        assert!(DynamoRegistry::new(&global_only, "x").await.ping().await.is_err());
+    }
+
     #[tokio::test]
     async fn sqs_standard_queue() {
         let url = SqsQueue::create_queue(&aws(), &unique("jobs")).await.unwrap();
@@ -182,4 +216,33 @@ mod redis {
         }
         panic!("result bus never connected its subscriber");
     }
+}
+
+/// Specific to `infra up`: old job records and logs are swept, recent ones kept.
+#[tokio::test]
+async fn embedded_retention_sweeps_only_old_records() {
+    use infra_controller::backend::{LogStore, ResultBus};
+    use infra_controller::model::{JobResult, JobStatus, LogEntry};
+    let dir = tempfile::tempdir().unwrap();
+    let db = Db::open(dir.path()).unwrap();
+    let bus = EmbeddedResultBus::new(db.clone());
+    let logs = EmbeddedLogStore::new(db);
+    let (old_job, new_job) = (conformance::sample_job("f"), conformance::sample_job("f"));
+    let mut old = JobResult::platform(&old_job, JobStatus::Success, "-", "");
+    old.finished_at = chrono::Utc::now() - chrono::TimeDelta::days(3);
+    let new = JobResult::platform(&new_job, JobStatus::Success, "-", "");
+    for r in [&old, &new] {
+        bus.publish(r.finished_at, r).await.unwrap();
+        logs.put(&LogEntry::of(r, 1000)).await.unwrap();
+    }
+    let cutoff = chrono::Utc::now() - chrono::TimeDelta::days(1);
+    assert_eq!(bus.purge_finished_before(cutoff).await.unwrap(), 1);
+    assert_eq!(logs.purge_before(cutoff).await.unwrap(), 1);
+    assert!(bus.get(&old_job.request_id).await.unwrap().is_none());
+    assert!(bus.get(&new_job.request_id).await.unwrap().is_some());
+    let left = logs.list("f", 10).await.unwrap();
+    assert_eq!(
+        left.iter().map(|e| e.request_id.clone()).collect::<Vec<_>>(),
+        vec![new_job.request_id]
+    );
 }

@@ -275,25 +275,41 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> i32 {
     }
 }
 
-/// Whether bubblewrap can sandbox functions on this host (as the platform's
-/// `SANDBOX=auto` decides).
+/// Whether bubblewrap can sandbox functions on this host (what the
+/// platform's `SANDBOX=auto` decides).
 pub fn sandbox_available() -> bool {
-    Command::new("bwrap")
-        .args([
-            "--unshare-net",
-            "--unshare-pid",
-            "--ro-bind",
-            "/",
-            "/",
-            "--proc",
-            "/proc",
-            "--dev",
-            "/dev",
-            "true",
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
+    infra_controller::runtime::Sandbox::find().is_ok()
+}
+
+/// Uploads Python source as `main.py` to the API at `base`; returns the function id.
+pub async fn upload_at(client: &reqwest::Client, base: &str, source: &str) -> String {
+    let form = reqwest::multipart::Form::new().part(
+        "file",
+        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
+    );
+    let r = client
+        .post(format!("{base}/upload"))
+        .header("x-api-key", KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 201, "{body}");
+    body["functionId"].as_str().unwrap().to_string()
+}
+
+/// `POST /run` at `base`, sync or async; returns the status and body.
+pub async fn run_at(client: &reqwest::Client, base: &str, id: &str, input: Value, asynchronous: bool) -> (u16, Value) {
+    let mut req = client.post(format!("{base}/run")).header("x-api-key", KEY);
+    if asynchronous {
+        req = req.header("x-async", "true");
+    }
+    let r = req
+        .json(&json!({"functionId": id, "inputData": input}))
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }

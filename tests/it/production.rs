@@ -91,37 +91,6 @@ impl Cluster {
     }
 }
 
-async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
-    let form = reqwest::multipart::Form::new().part(
-        "file",
-        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
-    );
-    let r = client
-        .post(format!("{base}/upload"))
-        .header("x-api-key", KEY)
-        .multipart(form)
-        .send()
-        .await
-        .unwrap();
-    let status = r.status();
-    let body: Value = r.json().await.unwrap();
-    assert_eq!(status, 201, "{body}");
-    body["functionId"].as_str().unwrap().to_string()
-}
-
-async fn run(client: &reqwest::Client, base: &str, id: &str, input: Value, asynchronous: bool) -> (u16, Value) {
-    let mut req = client.post(format!("{base}/run")).header("x-api-key", KEY);
-    if asynchronous {
-        req = req.header("x-async", "true");
-    }
-    let r = req
-        .json(&json!({"functionId": id, "inputData": input}))
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
-}
-
 /// Counts messages per channel on `result:*`, as a second subscriber.
 async fn count_results(url: &str) -> Arc<Mutex<HashMap<String, u32>>> {
     let counts = Arc::new(Mutex::new(HashMap::new()));
@@ -146,7 +115,7 @@ async fn api_and_two_workers_give_every_job_exactly_one_result() {
     let _w2 = cluster.worker(&[]);
     let counts = count_results(&cluster.redis.url()).await;
     let client = reqwest::Client::new();
-    let id = upload(
+    let id = upload_at(
         &client,
         &api.base,
         "def handler(event, context):\n    return event['n'] * 2\n",
@@ -154,10 +123,10 @@ async fn api_and_two_workers_give_every_job_exactly_one_result() {
     .await;
 
     // Sync runs return their results; the second is warm.
-    let (status, first) = run(&client, &api.base, &id, json!({"n": 1}), false).await;
+    let (status, first) = run_at(&client, &api.base, &id, json!({"n": 1}), false).await;
     assert_eq!(status, 200, "{first}");
     assert_eq!(first["result"], 2);
-    let (_, again) = run(&client, &api.base, &id, json!({"n": 2}), false).await;
+    let (_, again) = run_at(&client, &api.base, &id, json!({"n": 2}), false).await;
     assert_eq!(again["result"], 4);
 
     let mut jobs = Vec::new();
@@ -167,7 +136,7 @@ async fn api_and_two_workers_give_every_job_exactly_one_result() {
             let base = api.base.clone();
             let id = id.clone();
             async move {
-                let (status, body) = run(&client, &base, &id, json!({"n": n}), true).await;
+                let (status, body) = run_at(&client, &base, &id, json!({"n": n}), true).await;
                 assert_eq!(status, 202, "{body}");
                 (*n, body["jobId"].as_str().unwrap().to_string())
             }
@@ -211,7 +180,7 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
     let quick_visibility = [("VISIBILITY_TIMEOUT_SECONDS", "3"), ("WORKER_CONCURRENCY", "2")];
     let victim = cluster.worker(&quick_visibility);
     let client = reqwest::Client::new();
-    let id = upload(
+    let id = upload_at(
         &client,
         &api.base,
         "import time\ndef handler(event, context):\n    time.sleep(1.5)\n    return event['n']\n",
@@ -219,7 +188,7 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
     .await;
     let mut jobs = Vec::new();
     for n in 0..6 {
-        let (status, body) = run(&client, &api.base, &id, json!({"n": n}), true).await;
+        let (status, body) = run_at(&client, &api.base, &id, json!({"n": n}), true).await;
         assert_eq!(status, 202);
         jobs.push((n, body["jobId"].as_str().unwrap().to_string()));
     }
@@ -262,7 +231,7 @@ async fn redis_outage_gives_503_fast_and_recovers_without_restart() {
     let mut cluster = Cluster::new().await;
     let api = cluster.api(&[("RATE_LIMIT_PER_MINUTE", "100")]);
     let client = reqwest::Client::new();
-    let id = upload(&client, &api.base, "def handler(event, context):\n    return 1\n").await;
+    let id = upload_at(&client, &api.base, "def handler(event, context):\n    return 1\n").await;
     let health = |client: reqwest::Client, base: String| async move {
         client
             .get(format!("{base}/health"))
@@ -284,7 +253,7 @@ async fn redis_outage_gives_503_fast_and_recovers_without_restart() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let t0 = Instant::now();
-    let (status, body) = run(&client, &api.base, &id, json!({}), true).await;
+    let (status, body) = run_at(&client, &api.base, &id, json!({}), true).await;
     assert_eq!(status, 503, "{body}");
     assert!(
         t0.elapsed() < Duration::from_secs(1),
@@ -299,7 +268,7 @@ async fn redis_outage_gives_503_fast_and_recovers_without_restart() {
         assert!(resumed.elapsed() < Duration::from_secs(15), "health did not recover");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    let (status, body) = run(&client, &api.base, &id, json!({}), true).await;
+    let (status, body) = run_at(&client, &api.base, &id, json!({}), true).await;
     assert_eq!(status, 202, "{body}");
 }
 
@@ -456,7 +425,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
     let api = cluster.api(&[]);
     let _worker = cluster.worker(&[]);
     let client = reqwest::Client::new();
-    let id = upload(
+    let id = upload_at(
         &client,
         &api.base,
         "def handler(event, context):\n    print('line', event['n'])\n    return event['n']\n",
@@ -464,7 +433,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
     .await;
     let mut jobs = Vec::new();
     for n in 0..3 {
-        let (status, body) = run(&client, &api.base, &id, json!({"n": n}), false).await;
+        let (status, body) = run_at(&client, &api.base, &id, json!({"n": n}), false).await;
         assert_eq!(status, 200, "{body}");
         jobs.push(body["jobId"].as_str().unwrap().to_string());
     }

@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{sdk_config, unavailable, AwsSettings};
+use super::{dynamodb_client, unavailable, AwsSettings};
 use crate::backend::{Error, FunctionRegistry, Result};
 use crate::model::FunctionRecord;
 
@@ -24,9 +24,8 @@ const OPTIONAL: &[&str] = &["owner", "updatedAt"];
 
 impl DynamoRegistry {
     pub async fn new(settings: &AwsSettings, table: &str) -> Self {
-        let sdk = sdk_config(settings).await;
         DynamoRegistry {
-            client: Client::new(&sdk),
+            client: dynamodb_client(settings).await,
             table: table.to_string(),
         }
     }

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{sdk_config, unavailable, AwsSettings};
+use super::{dynamodb_client, unavailable, AwsSettings};
 use crate::backend::{Error, LogStore, Result};
 use crate::model::LogEntry;
 
@@ -28,13 +28,8 @@ fn invalid(e: impl std::fmt::Display) -> Error {
 
 impl DynamoLogStore {
     pub async fn new(settings: &AwsSettings, table: &str, retention: Duration) -> Self {
-        let sdk = sdk_config(settings).await;
-        let mut conf = aws_sdk_dynamodb::config::Builder::from(&sdk);
-        if let Some(url) = &settings.dynamodb_endpoint_url {
-            conf = conf.endpoint_url(url);
-        }
         DynamoLogStore {
-            client: Client::from_conf(conf.build()),
+            client: dynamodb_client(settings).await,
             table: table.to_string(),
             retention,
         }

@@ -41,6 +41,16 @@ pub async fn sdk_config(settings: &AwsSettings) -> SdkConfig {
     loader.load().await
 }
 
+/// A DynamoDB client honouring the DynamoDB-specific endpoint override.
+async fn dynamodb_client(settings: &AwsSettings) -> aws_sdk_dynamodb::Client {
+    let sdk = sdk_config(settings).await;
+    let mut conf = aws_sdk_dynamodb::config::Builder::from(&sdk);
+    if let Some(url) = &settings.dynamodb_endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    aws_sdk_dynamodb::Client::from_conf(conf.build())
+}
+
 /// Any SDK failure the caller does not match itself means "unavailable".
 /// (`SdkError` is one type shared by every AWS SDK crate.)
 fn unavailable<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> Error

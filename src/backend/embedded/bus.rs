@@ -1,17 +1,13 @@
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Mutex;
 
+use super::db::{Db, JOBS};
+use crate::backend::fanout::Waiters;
+use crate::backend::{Error, Result, ResultBus, Subscription};
+use crate::model::{JobRecord, JobResult};
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 use redb::ReadableTable;
-use tokio::sync::oneshot;
-
-use super::db::{Db, JOBS};
-use crate::backend::{Error, Result, ResultBus, Subscription};
-use crate::model::{JobRecord, JobResult};
-
-type Waiters = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<JobResult>)>>>>;
 
 /// Job states and result fan-out inside one process.
 ///
@@ -22,26 +18,6 @@ pub struct EmbeddedResultBus {
     db: Db,
     states: Mutex<HashMap<String, JobRecord>>,
     waiters: Waiters,
-    next_waiter: AtomicU64,
-}
-
-struct WaiterGuard {
-    waiters: Waiters,
-    id: String,
-    key: u64,
-}
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.waiters.lock() {
-            if let Some(list) = map.get_mut(&self.id) {
-                list.retain(|(k, _)| *k != self.key);
-                if list.is_empty() {
-                    map.remove(&self.id);
-                }
-            }
-        }
-    }
 }
 
 impl EmbeddedResultBus {
@@ -49,8 +25,7 @@ impl EmbeddedResultBus {
         EmbeddedResultBus {
             db,
             states: Mutex::new(HashMap::new()),
-            waiters: Arc::new(Mutex::new(HashMap::new())),
-            next_waiter: AtomicU64::new(1),
+            waiters: Waiters::default(),
         }
     }
 
@@ -65,25 +40,7 @@ impl EmbeddedResultBus {
 
     /// Deletes terminal records last updated before `cutoff`; returns how many.
     pub async fn purge_finished_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
-        self.db
-            .write(move |txn| {
-                let mut table = txn.open_table(JOBS)?;
-                let mut old = Vec::new();
-                for item in table.iter()? {
-                    let (k, v) = item?;
-                    let expired = serde_json::from_slice::<JobRecord>(v.value())
-                        .map(|r| r.updated_at < cutoff)
-                        .unwrap_or(true);
-                    if expired {
-                        old.push(k.value().to_string());
-                    }
-                }
-                for k in &old {
-                    table.remove(k.as_str())?;
-                }
-                Ok(old.len())
-            })
-            .await
+        self.db.purge(JOBS, move |r: &JobRecord| r.updated_at < cutoff).await
     }
 }
 
@@ -142,33 +99,14 @@ impl ResultBus for EmbeddedResultBus {
         if let Ok(mut states) = self.states.lock() {
             states.remove(&record.request_id);
         }
-        let senders = self.waiters.lock().ok().and_then(|mut w| w.remove(&record.request_id));
-        if let (Some(senders), Some(result)) = (senders, record.result.as_ref()) {
-            for (_, tx) in senders {
-                let _ = tx.send(result.clone());
-            }
+        if let Some(result) = &record.result {
+            self.waiters.deliver(result);
         }
         Ok(record)
     }
 
     async fn subscribe(&self, request_id: &str) -> Result<Subscription> {
-        let (tx, rx) = oneshot::channel();
-        let key = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.waiters
-            .lock()
-            .map_err(|_| Error::Unavailable {
-                message: "result bus lock poisoned".into(),
-                source: None,
-            })?
-            .entry(request_id.to_string())
-            .or_default()
-            .push((key, tx));
-        let guard = WaiterGuard {
-            waiters: self.waiters.clone(),
-            id: request_id.to_string(),
-            key,
-        };
-        Ok(Subscription::new(rx, Box::new(guard)))
+        self.waiters.subscribe(request_id)
     }
 
     async fn ping(&self) -> Result<()> {

@@ -6,7 +6,7 @@
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use redb::{Database, ReadTransaction, TableDefinition, WriteTransaction};
+use redb::{Database, ReadTransaction, ReadableTable, TableDefinition, WriteTransaction};
 use tokio::sync::{mpsc, oneshot};
 
 use crate::backend::Error;
@@ -116,6 +116,33 @@ impl Db {
     pub fn read<T>(&self, f: impl FnOnce(&ReadTransaction) -> Result<T, redb::Error>) -> Result<T, Error> {
         let txn = self.db.begin_read().map_err(|e| unavailable("begin read", e))?;
         f(&txn).map_err(|e| unavailable("read", e))
+    }
+
+    /// Deletes the JSON values of `table` that `expired` says are old (or
+    /// that cannot be read); returns how many went.
+    pub async fn purge<T: serde::de::DeserializeOwned>(
+        &self,
+        table: TableDefinition<'static, &'static str, &'static [u8]>,
+        expired: impl Fn(&T) -> bool + Send + 'static,
+    ) -> Result<usize, Error> {
+        self.write(move |txn| {
+            let mut t = txn.open_table(table)?;
+            let mut old = Vec::new();
+            for item in t.iter()? {
+                let (k, v) = item?;
+                if serde_json::from_slice::<T>(v.value())
+                    .map(|r| expired(&r))
+                    .unwrap_or(true)
+                {
+                    old.push(k.value().to_string());
+                }
+            }
+            for k in &old {
+                t.remove(k.as_str())?;
+            }
+            Ok(old.len())
+        })
+        .await
     }
 
     pub fn ping(&self) -> Result<(), Error> {

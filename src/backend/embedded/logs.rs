@@ -1,6 +1,5 @@
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use redb::ReadableTable;
 
 use super::db::{Db, LOGS};
 use crate::backend::{Error, LogStore, Result};
@@ -18,25 +17,7 @@ impl EmbeddedLogStore {
 
     /// Deletes entries that finished before `cutoff`; returns how many.
     pub async fn purge_before(&self, cutoff: DateTime<Utc>) -> Result<usize> {
-        self.db
-            .write(move |txn| {
-                let mut table = txn.open_table(LOGS)?;
-                let mut old = Vec::new();
-                for item in table.iter()? {
-                    let (k, v) = item?;
-                    let expired = serde_json::from_slice::<LogEntry>(v.value())
-                        .map(|e| e.finished_at < cutoff)
-                        .unwrap_or(true);
-                    if expired {
-                        old.push(k.value().to_string());
-                    }
-                }
-                for k in &old {
-                    table.remove(k.as_str())?;
-                }
-                Ok(old.len())
-            })
-            .await
+        self.db.purge(LOGS, move |e: &LogEntry| e.finished_at < cutoff).await
     }
 }
 

@@ -1,6 +1,5 @@
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -8,10 +7,10 @@ use chrono::{DateTime, Utc};
 use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::Script;
-use tokio::sync::oneshot;
 use tokio_util::sync::CancellationToken;
 
 use super::bounded;
+use crate::backend::fanout::Waiters;
 use crate::backend::{Error, Result, ResultBus, Subscription};
 use crate::model::{JobRecord, JobResult};
 
@@ -39,8 +38,6 @@ redis.call('PUBLISH', ARGV[3], ARGV[4])
 return false
 "#;
 
-type Waiters = Arc<Mutex<HashMap<String, Vec<(u64, oneshot::Sender<JobResult>)>>>>;
-
 /// Job records as `job:{id}` (with a TTL) and results published on
 /// `result:{id}` — the original worker's channel. One shared subscriber
 /// connection (pattern `result:*`) fans results out to waiting requests.
@@ -51,28 +48,8 @@ pub struct RedisResultBus {
     ttl_secs: u64,
     prefix: String,
     waiters: Waiters,
-    next_waiter: AtomicU64,
     listening: Arc<AtomicBool>,
     stop: CancellationToken,
-}
-
-struct WaiterGuard {
-    waiters: Waiters,
-    id: String,
-    key: u64,
-}
-
-impl Drop for WaiterGuard {
-    fn drop(&mut self) {
-        if let Ok(mut map) = self.waiters.lock() {
-            if let Some(list) = map.get_mut(&self.id) {
-                list.retain(|(k, _)| *k != self.key);
-                if list.is_empty() {
-                    map.remove(&self.id);
-                }
-            }
-        }
-    }
 }
 
 impl Drop for RedisResultBus {
@@ -84,7 +61,7 @@ impl Drop for RedisResultBus {
 impl RedisResultBus {
     /// `prefix` namespaces keys and channels; the original platform uses none.
     pub fn new(client: redis::Client, conn: ConnectionManager, ttl: Duration, prefix: &str) -> Self {
-        let waiters: Waiters = Arc::new(Mutex::new(HashMap::new()));
+        let waiters = Waiters::default();
         let listening = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         tokio::spawn(listen(
@@ -102,7 +79,6 @@ impl RedisResultBus {
             ttl_secs: ttl.as_secs().max(1),
             prefix: prefix.to_string(),
             waiters,
-            next_waiter: AtomicU64::new(1),
             listening,
             stop,
         }
@@ -115,13 +91,6 @@ impl RedisResultBus {
 
 fn decode(raw: &str) -> Result<JobRecord> {
     serde_json::from_str(raw).map_err(|e| Error::Invalid(format!("unreadable job record: {e}")))
-}
-
-fn deliver(waiters: &Waiters, result: &JobResult) {
-    let senders = waiters.lock().ok().and_then(|mut w| w.remove(&result.request_id));
-    for (_, tx) in senders.into_iter().flatten() {
-        let _ = tx.send(result.clone());
-    }
 }
 
 /// The shared subscriber: (re)connects, subscribes to `result:*`, and after
@@ -167,7 +136,7 @@ async fn listen(
                         .get_payload::<String>()
                         .map(|p| serde_json::from_str::<JobResult>(&p))
                     {
-                        Ok(Ok(result)) => deliver(&waiters, &result),
+                        Ok(Ok(result)) => waiters.deliver(&result),
                         _ => tracing::warn!(channel, "unreadable result message"),
                     }
                 }
@@ -185,7 +154,7 @@ async fn listen(
 }
 
 async fn catch_up(conn: &ConnectionManager, waiters: &Waiters, prefix: &str) {
-    let ids: Vec<String> = waiters.lock().map(|w| w.keys().cloned().collect()).unwrap_or_default();
+    let ids = waiters.pending();
     let mut conn = conn.clone();
     for id in ids {
         let raw: Option<String> = redis::cmd("GET")
@@ -194,7 +163,7 @@ async fn catch_up(conn: &ConnectionManager, waiters: &Waiters, prefix: &str) {
             .await
             .unwrap_or(None);
         if let Some(result) = raw.and_then(|r| decode(&r).ok()).and_then(|r| r.result) {
-            deliver(waiters, &result);
+            waiters.deliver(&result);
         }
     }
 }
@@ -245,7 +214,7 @@ impl ResultBus for RedisResultBus {
                 let winner = decode(&raw)?;
                 // A waiter in this process may have missed the first publication.
                 if let Some(r) = &winner.result {
-                    deliver(&self.waiters, r);
+                    self.waiters.deliver(r);
                 }
                 Ok(winner)
             }
@@ -260,23 +229,7 @@ impl ResultBus for RedisResultBus {
                 source: None,
             });
         }
-        let (tx, rx) = oneshot::channel();
-        let key = self.next_waiter.fetch_add(1, Ordering::Relaxed);
-        self.waiters
-            .lock()
-            .map_err(|_| Error::Unavailable {
-                message: "result bus lock poisoned".into(),
-                source: None,
-            })?
-            .entry(request_id.to_string())
-            .or_default()
-            .push((key, tx));
-        let guard = WaiterGuard {
-            waiters: self.waiters.clone(),
-            id: request_id.to_string(),
-            key,
-        };
-        Ok(Subscription::new(rx, Box::new(guard)))
+        self.waiters.subscribe(request_id)
     }
 
     async fn ping(&self) -> Result<()> {
