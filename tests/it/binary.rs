@@ -95,15 +95,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     // Wait until the first job runs, then stop.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
-        let body: Value = client
-            .get(format!("{}/status/{}", first.base, jobs[0].1))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = get_json(&client, format!("{}/status/{}", first.base, jobs[0].1)).await;
         if body["status"] == "RUNNING" {
             break;
         }
@@ -112,15 +104,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     }
     // Concurrency 1 and 0.5 s per job: the others cannot have started yet.
     for (_, job) in &jobs[1..] {
-        let body: Value = client
-            .get(format!("{}/status/{job}", first.base))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let body: Value = get_json(&client, format!("{}/status/{job}", first.base)).await;
         assert_eq!(body["status"], "PENDING");
     }
     sigterm(&first.child);
@@ -130,15 +114,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     );
 
     let mut second = spawn_up(dir.path(), &env);
-    let list: Value = client
-        .get(format!("{}/functions", second.base))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, format!("{}/functions", second.base)).await;
     assert_eq!(
         list["functions"][0]["functionId"],
         id.as_str(),

@@ -313,3 +313,16 @@ pub async fn run_at(client: &reqwest::Client, base: &str, id: &str, input: Value
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap_or(Value::Null))
 }
+
+/// An authenticated GET decoded as JSON.
+pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
+    client
+        .get(url)
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}

@@ -158,15 +158,7 @@ async fn api_and_two_workers_give_every_job_exactly_one_result() {
             "job {job} must be published exactly once"
         );
     }
-    let list: Value = client
-        .get(format!("{}/functions", api.base))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = get_json(&client, format!("{}/functions", api.base)).await;
     assert_eq!(
         list["functions"][0]["invocations"], 202,
         "counted in DynamoDB and in memory"
@@ -196,15 +188,7 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
     let deadline = Instant::now() + Duration::from_secs(30);
     'running: loop {
         for (_, job) in &jobs {
-            let body: Value = client
-                .get(format!("{}/status/{job}", api.base))
-                .header("x-api-key", KEY)
-                .send()
-                .await
-                .unwrap()
-                .json()
-                .await
-                .unwrap();
+            let body: Value = get_json(&client, format!("{}/status/{job}", api.base)).await;
             if body["status"] == "RUNNING" {
                 break 'running;
             }
@@ -325,17 +309,8 @@ async fn system_status_lists_workers_and_goes_offline_without_them() {
     let mut cluster = Cluster::new().await;
     let api = cluster.api(&[]);
     let client = reqwest::Client::new();
-    let status = |client: reqwest::Client, base: String| async move {
-        client
-            .get(format!("{base}/system/status"))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json::<Value>()
-            .await
-            .unwrap()
-    };
+    let status =
+        |client: reqwest::Client, base: String| async move { get_json(&client, format!("{base}/system/status")).await };
     let body = status(client.clone(), api.base.clone()).await;
     assert_eq!(body["status"], "offline", "{body}");
     let mut w1 = cluster.worker(&[]);
@@ -440,15 +415,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
     // The worker writes the log right after the result.
     let deadline = Instant::now() + Duration::from_secs(10);
     let list = loop {
-        let list: Value = client
-            .get(format!("{}/functions/{id}/logs?limit=10", api.base))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let list: Value = get_json(&client, format!("{}/functions/{id}/logs?limit=10", api.base)).await;
         if list["count"] == 3 {
             break list;
         }
@@ -456,15 +423,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     assert_eq!(list["logs"][0]["requestId"], jobs[2].as_str(), "newest first");
-    let one: Value = client
-        .get(format!("{}/functions/{id}/logs/{}", api.base, jobs[0]))
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let one: Value = get_json(&client, format!("{}/functions/{id}/logs/{}", api.base, jobs[0])).await;
     assert_eq!(one["stdout"], "line 0\n");
     assert_eq!(one["status"], "SUCCESS");
     let missing = client

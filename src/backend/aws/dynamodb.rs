@@ -6,7 +6,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{dynamodb_client, unavailable, AwsSettings};
+use super::{describe_table, dynamodb_client, unavailable, AwsSettings};
 use crate::backend::{Error, FunctionRegistry, Result};
 use crate::model::FunctionRecord;
 
@@ -32,14 +32,7 @@ impl DynamoRegistry {
 
     /// Creates the table (on-demand billing) if it does not exist.
     pub async fn ensure_table(&self) -> Result<()> {
-        if self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .is_ok()
-        {
+        if describe_table(&self.client, &self.table).await.is_ok() {
             return Ok(());
         }
         let key = KeySchemaElement::builder()
@@ -218,12 +211,6 @@ impl FunctionRegistry for DynamoRegistry {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| unavailable("dynamodb describe_table", e))?;
-        Ok(())
+        describe_table(&self.client, &self.table).await
     }
 }

@@ -8,7 +8,7 @@ use aws_sdk_dynamodb::types::{
 };
 use aws_sdk_dynamodb::Client;
 
-use super::{dynamodb_client, unavailable, AwsSettings};
+use super::{describe_table, dynamodb_client, unavailable, AwsSettings};
 use crate::backend::{Error, LogStore, Result};
 use crate::model::LogEntry;
 
@@ -37,14 +37,7 @@ impl DynamoLogStore {
 
     /// Creates the table with its TTL attribute if it does not exist.
     pub async fn ensure_table(&self) -> Result<()> {
-        if self
-            .client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .is_ok()
-        {
+        if describe_table(&self.client, &self.table).await.is_ok() {
             return Ok(());
         }
         let key = |name: &str, kind| KeySchemaElement::builder().attribute_name(name).key_type(kind).build();
@@ -144,12 +137,6 @@ impl LogStore for DynamoLogStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.client
-            .describe_table()
-            .table_name(&self.table)
-            .send()
-            .await
-            .map_err(|e| unavailable("dynamodb describe_table", e))?;
-        Ok(())
+        describe_table(&self.client, &self.table).await
     }
 }

@@ -51,6 +51,17 @@ async fn dynamodb_client(settings: &AwsSettings) -> aws_sdk_dynamodb::Client {
     aws_sdk_dynamodb::Client::from_conf(conf.build())
 }
 
+/// Succeeds when the DynamoDB table exists and answers.
+async fn describe_table(client: &aws_sdk_dynamodb::Client, table: &str) -> Result<(), Error> {
+    client
+        .describe_table()
+        .table_name(table)
+        .send()
+        .await
+        .map_err(|e| unavailable("dynamodb describe_table", e))?;
+    Ok(())
+}
+
 /// Any SDK failure the caller does not match itself means "unavailable".
 /// (`SdkError` is one type shared by every AWS SDK crate.)
 fn unavailable<E, R>(what: &str, e: aws_sdk_s3::error::SdkError<E, R>) -> Error
