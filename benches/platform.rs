@@ -228,21 +228,30 @@ async fn measure(name: &str, base: &str) {
     summary(name, "warm invoke: handler's own time", own);
     summary(name, "warm invoke: platform overhead", overhead);
 
-    let (mut cold_total, mut cold_init) = (Vec::new(), Vec::new());
-    for i in 0..30 {
+    // Cold starts, split by how the instance came to be: with a pause the
+    // stem cells refill (stem starts); back to back they run out (fresh starts).
+    let mut cold: std::collections::BTreeMap<String, (Vec<f64>, Vec<f64>)> = Default::default();
+    for i in 0..60 {
         let fid = upload(
             &client,
             base,
             &format!("def handler(event, context):\n    return {i}\n"),
         )
         .await;
+        if i < 30 {
+            tokio::time::sleep(Duration::from_millis(150)).await;
+        }
         let (ms, body) = run_sync(&client, base, &fid).await;
         assert_eq!(body["coldStart"], true);
-        cold_total.push(ms);
-        cold_init.push(body["initMs"].as_f64().unwrap());
+        let kind = body["startKind"].as_str().unwrap_or("?").to_string();
+        let entry = cold.entry(kind).or_default();
+        entry.0.push(ms);
+        entry.1.push(body["initMs"].as_f64().unwrap());
     }
-    summary(name, "cold start: total", cold_total);
-    summary(name, "cold start: instance init", cold_init);
+    for (kind, (total, init)) in cold {
+        summary(name, &format!("cold start ({kind}): total"), total);
+        summary(name, &format!("cold start ({kind}): instance init"), init);
+    }
 
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();

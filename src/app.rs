@@ -320,17 +320,20 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
         hidden: vec![data_dir.to_path_buf()],
     });
     tracing::info!(isolation = Sandbox::describe(sandbox.is_some()), "function isolation");
-    Arc::new(Pool::new(
+    let pool = Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
             instances_dir,
             start_timeout: Duration::from_secs(10),
             sandbox,
+            stem_cells: cfg.stem_cells,
         },
         cfg.keep_alive,
         cfg.max_warm_instances,
         metrics.clone(),
-    ))
+    ));
+    pool.refill_stem_cells();
+    pool
 }
 
 fn ai_client(cfg: &AiConfig) -> AiClient {

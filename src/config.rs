@@ -94,6 +94,10 @@ pub struct PoolArgs {
     /// Python interpreter for function instances.
     #[arg(long, env = "PYTHON_BIN", default_value = "python3")]
     pub python: String,
+    /// Stem cells kept started per runtime: generic instances that take a
+    /// function's code when it has no warm instance (0 disables).
+    #[arg(long, env = "STEM_CELLS", default_value = "2")]
+    pub stem_cells: String,
     /// Function isolation: `bwrap` (bubblewrap sandbox, required), `none`,
     /// or `auto` (bwrap when it is installed and works here).
     #[arg(long, env = "SANDBOX", default_value = "auto")]
@@ -225,6 +229,7 @@ pub struct PoolConfig {
     pub python: PathBuf,
     /// The bubblewrap binary, when instances are sandboxed.
     pub bwrap: Option<PathBuf>,
+    pub stem_cells: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -466,6 +471,7 @@ impl PoolArgs {
                 }
             },
             python,
+            stem_cells: p.num("STEM_CELLS", &self.stem_cells, 0, 64, 2),
         }
     }
 
@@ -476,6 +482,7 @@ impl PoolArgs {
             max_warm_instances: "32".into(),
             python: "python3".into(),
             sandbox: "auto".into(),
+            stem_cells: "2".into(),
         }
     }
 }

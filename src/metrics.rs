@@ -2,7 +2,7 @@
 //! and status, cold vs warm starts, warm instances.
 
 use prometheus::{
-    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -12,7 +12,8 @@ pub struct Metrics {
     pub starts: IntCounterVec,
     pub warm_instances: IntGauge,
     pub busy_instances: IntGauge,
-    pub init_duration: Histogram,
+    pub init_duration: HistogramVec,
+    pub stem_cells: IntGauge,
     pub jobs_admitted: IntCounter,
     pub ai_calls: IntCounterVec,
     pub ai_tokens: IntCounterVec,
@@ -44,13 +45,17 @@ impl Metrics {
         )?;
         let warm_instances = IntGauge::new("infra_warm_instances", "Idle warm instances ready to serve")?;
         let busy_instances = IntGauge::new("infra_busy_instances", "Instances running an invocation")?;
-        let init_duration = Histogram::with_opts(
+        let init_duration = HistogramVec::new(
             HistogramOpts::new(
                 "infra_instance_init_seconds",
-                "Cold start: process start plus handler import",
+                "Cold start time by kind: stem (code given to a stem cell) or fresh (new process)",
             )
-            .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0]),
+            .buckets(vec![
+                0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
+            ]),
+            &["kind"],
         )?;
+        let stem_cells = IntGauge::new("infra_stem_cells", "Started stem cells waiting for a function")?;
         let jobs_admitted = IntCounter::new("infra_jobs_admitted_total", "Jobs accepted onto the queue")?;
         let ai_calls = IntCounterVec::new(
             Opts::new(
@@ -72,6 +77,7 @@ impl Metrics {
         registry.register(Box::new(warm_instances.clone()))?;
         registry.register(Box::new(busy_instances.clone()))?;
         registry.register(Box::new(init_duration.clone()))?;
+        registry.register(Box::new(stem_cells.clone()))?;
         registry.register(Box::new(jobs_admitted.clone()))?;
         registry.register(Box::new(ai_calls.clone()))?;
         registry.register(Box::new(ai_tokens.clone()))?;
@@ -83,6 +89,7 @@ impl Metrics {
             warm_instances,
             busy_instances,
             init_duration,
+            stem_cells,
             jobs_admitted,
             ai_calls,
             ai_tokens,

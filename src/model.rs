@@ -174,6 +174,9 @@ pub struct JobResult {
     pub peak_memory_bytes: u64,
     #[serde(default)]
     pub cold_start: bool,
+    /// `warm`, `stem` or `fresh` (see `runtime::StartKind`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_kind: Option<crate::runtime::StartKind>,
     /// Time the instance spent starting and importing the handler (cold starts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_ms: Option<f64>,
@@ -204,6 +207,7 @@ impl JobResult {
             duration_ms: 0.0,
             peak_memory_bytes: 0,
             cold_start: false,
+            start_kind: None,
             init_ms: None,
             attempt: 0,
             usage: None,

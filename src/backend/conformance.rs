@@ -75,6 +75,7 @@ fn sample_result(job: &Job, status: JobStatus, value: serde_json::Value) -> JobR
         duration_ms: 1.5,
         peak_memory_bytes: 1024,
         cold_start: true,
+        start_kind: None,
         init_ms: None,
         attempt: 1,
         usage: None,

@@ -28,6 +28,20 @@ pub struct RuntimeConfig {
     pub start_timeout: Duration,
     /// When set, instances run inside a bubblewrap sandbox.
     pub sandbox: Option<Sandbox>,
+    /// Generic instances kept started per runtime, ready to take any function.
+    pub stem_cells: usize,
+}
+
+/// The address-space ceiling of a stem cell until it learns its function's
+/// memory limit (the largest a function may have).
+const STEM_MEMORY_MB: u32 = crate::function::settings::MEMORY_MB_MAX;
+
+/// What is known about an instance when it starts: a function's (fresh
+/// start) or nothing yet (stem cell).
+struct Launch<'a> {
+    code_dir: Option<&'a Path>,
+    memory_mb: u32,
+    env: Option<&'a BTreeMap<String, String>>,
 }
 
 /// A bubblewrap sandbox: no network, a read-only system, private `/tmp`,
@@ -75,7 +89,7 @@ impl Sandbox {
         }
     }
 
-    fn command(&self, code_dir: &Path, workdir: &Path) -> Command {
+    fn command(&self, code_dir: Option<&Path>, workdir: &Path) -> Command {
         let mut cmd = Command::new(&self.bwrap);
         cmd.args([
             "--die-with-parent",
@@ -98,7 +112,10 @@ impl Sandbox {
         for dir in &self.hidden {
             cmd.arg("--tmpfs").arg(dir);
         }
-        cmd.arg("--ro-bind").arg(code_dir).arg(code_dir);
+        // A stem cell gets its code copied into its working dir later.
+        if let Some(code_dir) = code_dir {
+            cmd.arg("--ro-bind").arg(code_dir).arg(code_dir);
+        }
         cmd.arg("--bind").arg(workdir).arg(workdir);
         cmd.arg("--chdir").arg(workdir).arg("--");
         cmd
@@ -147,9 +164,32 @@ pub struct Instance {
 }
 
 impl Instance {
-    /// Starts a generic instance (a stem cell) with the memory limit and the
-    /// function's environment, and waits for its bootstrap to report ready.
+    /// Starts an instance for `spec` (memory limit, environment and code
+    /// known at start) and waits for its bootstrap to report ready.
     pub async fn spawn(cfg: &RuntimeConfig, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
+        let launch = Launch {
+            code_dir: Some(&spec.code_dir),
+            memory_mb: spec.memory_mb,
+            env: Some(&spec.env_vars),
+        };
+        Self::start(cfg, launch).await
+    }
+
+    /// Starts a stem cell: interpreter and bootstrap only; `load_stem` later
+    /// gives it a function's code, memory limit and environment.
+    pub async fn spawn_stem(cfg: &RuntimeConfig) -> Result<Instance, RuntimeError> {
+        Self::start(
+            cfg,
+            Launch {
+                code_dir: None,
+                memory_mb: STEM_MEMORY_MB,
+                env: None,
+            },
+        )
+        .await
+    }
+
+    async fn start(cfg: &RuntimeConfig, launch: Launch<'_>) -> Result<Instance, RuntimeError> {
         std::fs::create_dir_all(&cfg.instances_dir).map_err(RuntimeError::Workdir)?;
         let workdir = tempfile::Builder::new()
             .prefix("inst-")
@@ -157,11 +197,11 @@ impl Instance {
             .map_err(RuntimeError::Workdir)?;
         let (parent, child_end) = std::os::unix::net::UnixStream::pair().map_err(RuntimeError::Spawn)?;
         let child_fd = child_end.as_raw_fd();
-        let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+        let memory_bytes = u64::from(launch.memory_mb) * 1024 * 1024;
 
         let mut cmd = match &cfg.sandbox {
             Some(sandbox) => {
-                let mut cmd = sandbox.command(&spec.code_dir, workdir.path());
+                let mut cmd = sandbox.command(launch.code_dir, workdir.path());
                 cmd.arg(&cfg.python);
                 cmd
             }
@@ -180,7 +220,7 @@ impl Instance {
             .env("TMPDIR", workdir.path())
             .env("LANG", "C.UTF-8")
             .env("PYTHONDONTWRITEBYTECODE", "1")
-            .envs(&spec.env_vars)
+            .envs(launch.env.into_iter().flatten())
             .current_dir(workdir.path())
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -261,11 +301,44 @@ impl Instance {
     /// Imports the function's handler. On failure the outcome to report (the
     /// instance is then unusable).
     pub async fn load(&mut self, code_dir: &Path, handler: &Handler, timeout: Duration) -> Result<f64, Outcome> {
+        self.load_with(code_dir, handler, timeout, None).await
+    }
+
+    /// Turns a stem cell into `spec`'s instance: copies the code into the
+    /// instance's own directory (the only one its sandbox shows), then has the
+    /// bootstrap take the memory limit and environment before importing.
+    pub async fn load_stem(&mut self, spec: &InstanceSpec, timeout: Duration) -> Result<f64, Outcome> {
+        let target = self._workdir.path().join(".code");
+        let source = spec.code_dir.clone();
+        let copy_to = target.clone();
+        let copied = tokio::task::spawn_blocking(move || copy_tree(&source, &copy_to)).await;
+        if !matches!(copied, Ok(Ok(()))) {
+            self.kill();
+            return Err(Outcome::failed(
+                JobStatus::Crashed,
+                "CodeCopyFailed",
+                "cannot give the code to a stem cell",
+            ));
+        }
+        let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+        self.load_with(&target, &spec.handler, timeout, Some((memory_bytes, &spec.env_vars)))
+            .await
+    }
+
+    async fn load_with(
+        &mut self,
+        code_dir: &Path,
+        handler: &Handler,
+        timeout: Duration,
+        stem: Option<(u64, &BTreeMap<String, String>)>,
+    ) -> Result<f64, Outcome> {
         let code_dir = code_dir.to_string_lossy();
         let msg = ToInstance::Load {
             code_dir: &code_dir,
             module: &handler.module,
             function: &handler.function,
+            memory_bytes: stem.map(|(m, _)| m),
+            env: stem.map(|(_, e)| e),
         };
         if let Err(e) = write_frame(&mut self.chan, &msg).await {
             return Err(self.died_or(e).await);
@@ -445,6 +518,22 @@ impl Drop for Instance {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Copies a code tree (regular files and directories only).
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let kind = entry.file_type()?;
+        let target = to.join(entry.file_name());
+        if kind.is_dir() {
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), target)?;
+        }
+    }
+    Ok(())
 }
 
 /// Logs what the process writes outside a handler's captured output (e.g.

@@ -6,7 +6,7 @@ mod pool;
 pub mod protocol;
 
 pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox};
-pub use pool::{Invocation, Pool};
+pub use pool::{Invocation, Pool, StartKind};
 pub use protocol::{InvokeRequest, Outcome};
 
 /// The Python bootstrap, embedded in the binary (passed to `python3 -c`).

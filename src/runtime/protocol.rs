@@ -13,11 +13,17 @@ pub const MAX_FRAME: usize = 32 * 1024 * 1024;
 #[derive(Debug, Serialize)]
 #[serde(tag = "op", rename_all = "camelCase")]
 pub enum ToInstance<'a> {
+    /// Import the handler. A stem cell also gets its function's memory
+    /// limit and environment here.
     #[serde(rename_all = "camelCase")]
     Load {
         code_dir: &'a str,
         module: &'a str,
         function: &'a str,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        memory_bytes: Option<u64>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        env: Option<&'a std::collections::BTreeMap<String, String>>,
     },
     #[serde(rename_all = "camelCase")]
     Invoke {

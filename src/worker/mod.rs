@@ -319,6 +319,7 @@ impl Worker {
             duration_ms: o.duration_ms,
             peak_memory_bytes: o.peak_memory_bytes,
             cold_start: inv.cold_start,
+            start_kind: Some(inv.start_kind),
             init_ms: inv.init_ms,
             attempt: delivery.attempt,
             usage: ai.usage(),

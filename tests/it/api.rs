@@ -445,7 +445,8 @@ async fn functions_list_counts_invocations() {
 
 #[tokio::test]
 async fn metrics_expose_http_invocations_and_starts() {
-    let app = TestApp::start().await;
+    // No stem cells: the first start is deterministically a fresh process.
+    let app = TestApp::start_with(|a| a.pool.stem_cells = "0".into()).await;
     let id = app.upload_py(ECHO, &[]).await;
     app.run_ok(&id, json!({})).await;
     app.run_ok(&id, json!({})).await;
@@ -470,7 +471,7 @@ async fn metrics_expose_http_invocations_and_starts() {
     assert!(text.contains(&format!(
         r#"infra_invocations_total{{function="{id}",status="SUCCESS"}} 2"#
     )));
-    assert!(text.contains(r#"infra_instance_starts_total{kind="cold"} 1"#));
+    assert!(text.contains(r#"infra_instance_starts_total{kind="fresh"} 1"#));
     assert!(text.contains(r#"infra_instance_starts_total{kind="warm"} 1"#));
     assert!(text.contains("infra_warm_instances 1"));
 }

@@ -292,3 +292,70 @@ async fn concurrent_jobs_all_finish_with_one_result_each() {
         assert_eq!(body["attempt"], 1);
     }
 }
+
+#[tokio::test]
+async fn stem_cells_become_functions_with_their_own_limits_and_environment() {
+    let app = TestApp::start_with(|a| a.pool.stem_cells = "1".into()).await;
+    let wait_for_stem = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = app
+                .client
+                .get(app.url("/metrics"))
+                .send()
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("infra_stem_cells 1") {
+                return;
+            }
+            assert!(Instant::now() < deadline, "no stem cell became ready");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    };
+    let source = "import os\ndef handler(event, context):\n    if event.get('big'):\n        return len(bytearray(2 * context.memory_limit_in_mb * 1024 * 1024))\n    return {'env': sorted(os.environ), 'mine': os.environ.get('MINE'), 'cwd': os.getcwd()}\n";
+    let id = app
+        .upload_py(source, &[("envVars", r#"{"MINE":"stem"}"#), ("memoryMb", "128")])
+        .await;
+    wait_for_stem().await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["startKind"], "stem", "{body}");
+    assert_eq!(body["coldStart"], true);
+    assert!(body["initMs"].as_f64().unwrap() > 0.0);
+    let env: Vec<String> = serde_json::from_value(body["result"]["env"].clone()).unwrap();
+    assert_eq!(
+        env,
+        [
+            "HOME",
+            "LANG",
+            "MINE",
+            "PATH",
+            "PWD",
+            "PYTHONDONTWRITEBYTECODE",
+            "TMPDIR"
+        ]
+    );
+    assert_eq!(body["result"]["mine"], "stem");
+    // The next call is warm on the same instance.
+    assert_eq!(app.run_ok(&id, json!({})).await["startKind"], "warm");
+
+    // A second function from a (refilled) stem cell gets its own limit: 128 MB, not the stem's ceiling.
+    let other = app.upload_py(source, &[("memoryMb", "128")]).await;
+    wait_for_stem().await;
+    let oom = app.run_ok(&other, json!({"big": true})).await;
+    assert_eq!(oom["startKind"], "stem", "{oom}");
+    assert_eq!(oom["status"], "OOM", "{oom}");
+    let text = app
+        .client
+        .get(app.url("/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(text.contains(r#"infra_instance_starts_total{kind="stem"} 2"#), "{text}");
+    assert!(text.contains(r#"infra_instance_init_seconds_count{kind="stem"} 2"#));
+}

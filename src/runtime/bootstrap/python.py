@@ -8,6 +8,7 @@ import importlib
 import io
 import json
 import os
+import resource
 import socket
 import struct
 import sys
@@ -170,10 +171,27 @@ def _release():
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
+# What a stem cell keeps of its start-up environment when it becomes a function.
+_BASE_ENV = ("PATH", "HOME", "TMPDIR", "PWD", "LANG", "PYTHONDONTWRITEBYTECODE")
+
+
+def _become(msg):
+    """A stem cell takes its function's memory limit and environment."""
+    if msg.get("memoryBytes"):
+        limit = int(msg["memoryBytes"])
+        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
+    if msg.get("env") is not None:
+        base = {k: os.environ[k] for k in _BASE_ENV if k in os.environ}
+        os.environ.clear()
+        os.environ.update(base)
+        os.environ.update(msg["env"])
+
+
 def _load(msg):
     out, err = _capture()
     start = time.perf_counter()
     try:
+        _become(msg)
         sys.path.insert(0, msg["codeDir"])
         module = importlib.import_module(msg["module"])
         fn = getattr(module, msg["function"], None)
