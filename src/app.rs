@@ -28,7 +28,7 @@ use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, PoolConfig, Up
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
-use crate::runtime::{Pool, RuntimeConfig, Sandbox};
+use crate::runtime::{Pool, RuntimeConfig, Sandbox, UidPool};
 use crate::worker::cache::ArtifactCache;
 use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 
@@ -130,7 +130,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         limiter,
         directory: directory.clone(),
         logs: Some(logs.clone()),
-        isolation: Some(Sandbox::describe(cfg.pool.bwrap.is_some())),
+        isolation: Some(isolation(&cfg.pool, &cfg.data_dir)),
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
@@ -213,7 +213,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         Backend::ResultBus(bus.clone()),
     ];
     checks.extend(logs.clone().map(Backend::Logs));
-    let isolation = Some(Sandbox::describe(cfg.pool.bwrap.is_some()));
+    let isolation = Some(isolation(&cfg.pool, &cfg.data_dir));
     let probe = Arc::new(Probe {
         checks,
         metrics: metrics.clone(),
@@ -249,6 +249,9 @@ async fn logs_store(cloud: &CloudConfig) -> Option<Arc<dyn LogStore>> {
 async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::aio::ConnectionManager), AppError> {
     let (client, conn) = connect(&cloud.redis_url).await?;
     let bus = RedisResultBus::new(client, conn.clone(), cloud.job_ttl, &cloud.redis_key_prefix);
+    if !bus.ready(Duration::from_secs(5)).await {
+        tracing::warn!("the Redis result subscription is not connected yet; /health says so until it is");
+    }
     Ok((Arc::new(bus), conn))
 }
 
@@ -319,7 +322,14 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
         bwrap,
         hidden: vec![data_dir.to_path_buf()],
     });
-    tracing::info!(isolation = Sandbox::describe(sandbox.is_some()), "function isolation");
+    let uids = match instance_uids(cfg, data_dir) {
+        Ok(pool) => Some(pool),
+        Err(why) => {
+            tracing::warn!(reason = why, "function instances run as the worker's user");
+            None
+        }
+    };
+    tracing::info!(isolation = isolation(cfg, data_dir), "function isolation");
     let pool = Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
@@ -327,6 +337,7 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
             start_timeout: Duration::from_secs(10),
             sandbox,
             stem_cells: cfg.stem_cells,
+            uids,
         },
         cfg.keep_alive,
         cfg.max_warm_instances,
@@ -334,6 +345,51 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
     ));
     pool.refill_stem_cells();
     pool
+}
+
+/// How many unprivileged uids instances may use at once.
+const INSTANCE_UIDS: u32 = 1024;
+
+/// Unprivileged uids for instances, or why they cannot be used here.
+fn instance_uids(cfg: &PoolConfig, data_dir: &Path) -> Result<UidPool, String> {
+    if cfg.instance_uid_base == 0 {
+        return Err("INSTANCE_UID_BASE is 0".into());
+    }
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        return Err("the worker is not root, so instances keep its user".into());
+    }
+    // An instance (and bwrap, which runs as its user) must reach the
+    // interpreter and its own directories.
+    for path in [cfg.python.as_path(), data_dir] {
+        if !reachable_by_others(path) {
+            return Err(format!(
+                "{} is not reachable by other users (a parent lacks o+x)",
+                path.display()
+            ));
+        }
+    }
+    Ok(UidPool::new(cfg.instance_uid_base, INSTANCE_UIDS))
+}
+
+/// Every ancestor directory is searchable and the path itself readable by others.
+fn reachable_by_others(path: &Path) -> bool {
+    use std::os::unix::fs::PermissionsExt;
+    let Ok(path) = path.canonicalize() else { return false };
+    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
+    path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0) && mode(&path) & 0o005 != 0
+}
+
+/// What `/health` and the start-up log say about function isolation.
+fn isolation(cfg: &PoolConfig, data_dir: &Path) -> &'static str {
+    match (cfg.bwrap.is_some(), instance_uids(cfg, data_dir).is_ok()) {
+        (true, true) => {
+            "bwrap: no network, read-only system, private /tmp, data dir hidden; own unprivileged uid per instance with process and file-size limits; rlimits"
+        }
+        (true, false) => "bwrap: no network, read-only system, private /tmp, data dir hidden; rlimits (as the worker's user)",
+        (false, true) => "own unprivileged uid per instance with process and file-size limits; rlimits; no sandbox",
+        (false, false) => "none: process limits only (rlimits, own session, clean environment)",
+    }
 }
 
 fn ai_client(cfg: &AiConfig) -> AiClient {

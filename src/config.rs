@@ -98,6 +98,10 @@ pub struct PoolArgs {
     /// function's code when it has no warm instance (0 disables).
     #[arg(long, env = "STEM_CELLS", default_value = "2")]
     pub stem_cells: String,
+    /// When running as root: first of 1024 unprivileged uids given to
+    /// instances, one each (0 keeps instances as root).
+    #[arg(long, env = "INSTANCE_UID_BASE", default_value = "100000")]
+    pub instance_uid_base: String,
     /// Function isolation: `bwrap` (bubblewrap sandbox, required), `none`,
     /// or `auto` (bwrap when it is installed and works here).
     #[arg(long, env = "SANDBOX", default_value = "auto")]
@@ -230,6 +234,8 @@ pub struct PoolConfig {
     /// The bubblewrap binary, when instances are sandboxed.
     pub bwrap: Option<PathBuf>,
     pub stem_cells: usize,
+    /// 0: instances keep the worker's user.
+    pub instance_uid_base: u32,
 }
 
 #[derive(Debug, Clone)]
@@ -472,6 +478,7 @@ impl PoolArgs {
             },
             python,
             stem_cells: p.num("STEM_CELLS", &self.stem_cells, 0, 64, 2),
+            instance_uid_base: p.num("INSTANCE_UID_BASE", &self.instance_uid_base, 0, 4_000_000_000, 100_000),
         }
     }
 
@@ -483,6 +490,7 @@ impl PoolArgs {
             python: "python3".into(),
             sandbox: "auto".into(),
             stem_cells: "2".into(),
+            instance_uid_base: "100000".into(),
         }
     }
 }

@@ -1,11 +1,12 @@
 //! One runtime process. It starts generic (interpreter + bootstrap), is given
 //! one function's code with `load`, then serves `invoke`s one at a time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
@@ -30,6 +31,53 @@ pub struct RuntimeConfig {
     pub sandbox: Option<Sandbox>,
     /// Generic instances kept started per runtime, ready to take any function.
     pub stem_cells: usize,
+    /// When set (the worker runs as root), each instance runs as its own
+    /// unprivileged uid from this pool, with process and file-size limits.
+    pub uids: Option<UidPool>,
+}
+
+/// Most processes one instance may have (a fork bomb stops here).
+pub const INSTANCE_MAX_PROCESSES: u64 = 128;
+/// Largest file an instance may write.
+pub const INSTANCE_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+
+/// Unprivileged uids for instances, one per live instance, so per-uid limits
+/// (RLIMIT_NPROC) are per instance. Handed out first-in first-out, so a uid
+/// comes back only after all the others were used.
+#[derive(Debug, Clone)]
+pub struct UidPool {
+    free: Arc<Mutex<VecDeque<u32>>>,
+}
+
+impl UidPool {
+    pub fn new(base: u32, count: u32) -> UidPool {
+        UidPool {
+            free: Arc::new(Mutex::new((base..base.saturating_add(count)).collect())),
+        }
+    }
+
+    fn lease(&self) -> Option<UidLease> {
+        let uid = self.free.lock().ok()?.pop_front()?;
+        Some(UidLease {
+            uid,
+            pool: self.free.clone(),
+        })
+    }
+}
+
+/// A uid in use; returned to its pool when the instance is dropped.
+#[derive(Debug)]
+struct UidLease {
+    uid: u32,
+    pool: Arc<Mutex<VecDeque<u32>>>,
+}
+
+impl Drop for UidLease {
+    fn drop(&mut self) {
+        if let Ok(mut free) = self.pool.lock() {
+            free.push_back(self.uid);
+        }
+    }
 }
 
 /// The address-space ceiling of a stem cell until it learns its function's
@@ -89,7 +137,8 @@ impl Sandbox {
         }
     }
 
-    fn command(&self, code_dir: Option<&Path>, workdir: &Path) -> Command {
+    /// `root` is the instance's private directory (its `work` and `code`).
+    fn command(&self, code_dir: Option<&Path>, root: &Path, workdir: &Path) -> Command {
         let mut cmd = Command::new(&self.bwrap);
         cmd.args([
             "--die-with-parent",
@@ -116,17 +165,9 @@ impl Sandbox {
         if let Some(code_dir) = code_dir {
             cmd.arg("--ro-bind").arg(code_dir).arg(code_dir);
         }
-        cmd.arg("--bind").arg(workdir).arg(workdir);
+        cmd.arg("--bind").arg(root).arg(root);
         cmd.arg("--chdir").arg(workdir).arg("--");
         cmd
-    }
-
-    /// What `/health` and the start-up log say about isolation.
-    pub fn describe(sandboxed: bool) -> &'static str {
-        match sandboxed {
-            true => "bwrap: no network, read-only system, private /tmp, data dir hidden; rlimits",
-            false => "none: process limits only (rlimits, own session, clean environment)",
-        }
     }
 }
 
@@ -160,7 +201,11 @@ pub struct Instance {
     pid: i32,
     chan: UnixStream,
     // Removed when the instance is dropped.
-    _workdir: tempfile::TempDir,
+    /// The instance's private root: `work/` (cwd, HOME, TMPDIR) and, for
+    /// stem cells, `code/`. Removed when the instance is dropped.
+    root: tempfile::TempDir,
+    // Declared last: returned to the pool after the process is killed (Drop).
+    _uid: Option<UidLease>,
 }
 
 impl Instance {
@@ -191,17 +236,36 @@ impl Instance {
 
     async fn start(cfg: &RuntimeConfig, launch: Launch<'_>) -> Result<Instance, RuntimeError> {
         std::fs::create_dir_all(&cfg.instances_dir).map_err(RuntimeError::Workdir)?;
-        let workdir = tempfile::Builder::new()
+        let root = tempfile::Builder::new()
             .prefix("inst-")
             .tempdir_in(&cfg.instances_dir)
             .map_err(RuntimeError::Workdir)?;
+        let workdir = root.path().join("work");
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::create_dir(&workdir).map_err(RuntimeError::Workdir)?;
+            std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
+                .map_err(RuntimeError::Workdir)?;
+            // Searchable but not listable, so an instance user can reach its own dirs.
+            std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))
+                .map_err(RuntimeError::Workdir)?;
+        }
         let (parent, child_end) = std::os::unix::net::UnixStream::pair().map_err(RuntimeError::Spawn)?;
         let child_fd = child_end.as_raw_fd();
         let memory_bytes = u64::from(launch.memory_mb) * 1024 * 1024;
+        let lease = match &cfg.uids {
+            Some(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
+            None => None,
+        };
+        let uid = lease.as_ref().map(|l| l.uid);
+        if let Some(uid) = uid {
+            // The instance's own directory is the only place it may write.
+            std::os::unix::fs::chown(&workdir, Some(uid), Some(uid)).map_err(RuntimeError::Workdir)?;
+        }
 
         let mut cmd = match &cfg.sandbox {
             Some(sandbox) => {
-                let mut cmd = sandbox.command(launch.code_dir, workdir.path());
+                let mut cmd = sandbox.command(launch.code_dir, root.path(), &workdir);
                 cmd.arg(&cfg.python);
                 cmd
             }
@@ -214,14 +278,14 @@ impl Instance {
             // A clean environment: the platform's few basics, then the function's own.
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", workdir.path())
+            .env("HOME", &workdir)
             // bwrap sets PWD; set it unsandboxed too, so both environments match.
-            .env("PWD", workdir.path())
-            .env("TMPDIR", workdir.path())
+            .env("PWD", &workdir)
+            .env("TMPDIR", &workdir)
             .env("LANG", "C.UTF-8")
             .env("PYTHONDONTWRITEBYTECODE", "1")
             .envs(launch.env.into_iter().flatten())
-            .current_dir(workdir.path())
+            .current_dir(&workdir)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -254,7 +318,19 @@ impl Instance {
                 if limit(libc::RLIMIT_AS, memory_bytes) != 0 || limit(libc::RLIMIT_CORE, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
-                // Die with the worker rather than linger as an orphan.
+                if let Some(uid) = uid {
+                    // Per-uid limits hold only for unprivileged users: drop root.
+                    if limit(libc::RLIMIT_NPROC, INSTANCE_MAX_PROCESSES) != 0
+                        || limit(libc::RLIMIT_FSIZE, INSTANCE_MAX_FILE_BYTES) != 0
+                        || libc::setgroups(0, std::ptr::null()) != 0
+                        || libc::setgid(uid) != 0
+                        || libc::setuid(uid) != 0
+                    {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Die with the worker rather than linger as an orphan (after
+                // setuid, which clears this setting).
                 libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
                 Ok(())
             });
@@ -270,7 +346,8 @@ impl Instance {
             child,
             pid,
             chan,
-            _workdir: workdir,
+            root,
+            _uid: lease,
         };
 
         match tokio::time::timeout(cfg.start_timeout, read_frame(&mut instance.chan)).await {
@@ -308,7 +385,7 @@ impl Instance {
     /// instance's own directory (the only one its sandbox shows), then has the
     /// bootstrap take the memory limit and environment before importing.
     pub async fn load_stem(&mut self, spec: &InstanceSpec, timeout: Duration) -> Result<f64, Outcome> {
-        let target = self._workdir.path().join(".code");
+        let target = self.root.path().join("code");
         let source = spec.code_dir.clone();
         let copy_to = target.clone();
         let copied = tokio::task::spawn_blocking(move || copy_tree(&source, &copy_to)).await;
@@ -425,6 +502,7 @@ impl Instance {
                     stderr,
                     duration_ms,
                     peak_memory_bytes,
+                    strays,
                 }))) => {
                     let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
                     let outcome = Outcome {
@@ -437,8 +515,10 @@ impl Instance {
                         peak_memory_bytes,
                         exit_code: (status == JobStatus::Success).then_some(0),
                     };
-                    // An instance that hit its memory limit may be left in a bad state.
-                    (outcome, status != JobStatus::Oom)
+                    // An instance that hit its memory limit may be left in a bad state;
+                    // one with processes still running (a fork bomb, a forgotten
+                    // child) is never handed to the next invocation.
+                    (outcome, status != JobStatus::Oom && strays == 0)
                 }
                 Ok(Ok(Some(other))) => {
                     self.kill();

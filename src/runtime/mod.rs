@@ -5,7 +5,7 @@ mod instance;
 mod pool;
 pub mod protocol;
 
-pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox};
+pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox, UidPool};
 pub use pool::{Invocation, Pool, StartKind};
 pub use protocol::{InvokeRequest, Outcome};
 
@@ -22,6 +22,8 @@ pub enum RuntimeError {
     Protocol(String),
     #[error("instance exited during start-up ({0})")]
     Exited(String),
+    #[error("no unprivileged uid is free for another instance")]
+    NoUid,
     #[error("instance did not become ready within {0:?}")]
     StartTimeout(std::time::Duration),
 }

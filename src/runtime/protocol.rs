@@ -67,6 +67,9 @@ pub enum FromInstance {
         stderr: String,
         duration_ms: f64,
         peak_memory_bytes: u64,
+        /// Child processes still alive after the handler returned.
+        #[serde(default)]
+        strays: u32,
     },
     #[serde(rename_all = "camelCase")]
     ProtocolError { message: String },

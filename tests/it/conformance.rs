@@ -188,7 +188,10 @@ mod redis {
         let server = RedisServer::start();
         let (client, conn) = connect(&server.url()).await.unwrap();
         let bus = RedisResultBus::new(client, conn, Duration::from_secs(3600), "");
-        wait_listening(&bus).await;
+        assert!(
+            bus.ready(Duration::from_secs(5)).await,
+            "result bus never connected its subscriber"
+        );
         conformance::result_bus(&bus).await;
     }
 
@@ -204,17 +207,6 @@ mod redis {
         let server = RedisServer::start();
         let (_, conn) = connect(&server.url()).await.unwrap();
         conformance::worker_directory(&RedisDirectory::new(conn, "")).await;
-    }
-
-    pub async fn wait_listening(bus: &RedisResultBus) {
-        use infra_controller::backend::ResultBus;
-        for _ in 0..100 {
-            if bus.ping().await.is_ok() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        panic!("result bus never connected its subscriber");
     }
 }
 

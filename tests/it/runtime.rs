@@ -359,3 +359,143 @@ async fn stem_cells_become_functions_with_their_own_limits_and_environment() {
     assert!(text.contains(r#"infra_instance_starts_total{kind="stem"} 2"#), "{text}");
     assert!(text.contains(r#"infra_instance_init_seconds_count{kind="stem"} 2"#));
 }
+
+#[tokio::test]
+async fn a_forked_child_never_answers_for_its_parent() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import os, time\ndef handler(event, context):\n    pid = os.fork()\n    if pid == 0:\n        return 'child'\n    os.waitpid(pid, 0)\n    return 'parent %d' % event['n']\n",
+            &[],
+        )
+        .await;
+    for n in 0..3 {
+        let body = app.run_ok(&id, json!({"n": n})).await;
+        assert_eq!(body["result"], format!("parent {n}"), "{body}");
+    }
+}
+
+#[tokio::test]
+async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
+    let system_python = std::path::Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root (to hand out uids) and /usr/bin/python3 (reachable by other users)");
+        return;
+    }
+    let app = TestApp::start_with(|a| {
+        use std::os::unix::fs::PermissionsExt;
+        a.pool.python = "/usr/bin/python3".into();
+        // Instance users must reach their directories.
+        std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+    })
+    .await;
+    let health: Value = app
+        .client
+        .get(app.url("/health"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        health["isolation"].as_str().unwrap().contains("unprivileged uid"),
+        "{health}"
+    );
+
+    let who = app
+        .upload_py(
+            "import os\ndef handler(event, context):\n    return [os.getuid(), os.getgid(), os.getgroups()]\n",
+            &[],
+        )
+        .await;
+    let body = app.run_ok(&who, json!({})).await;
+    let uid = body["result"][0].as_u64().unwrap();
+    assert!((100_000..101_024).contains(&uid), "{body}");
+    assert_eq!(body["result"][1], uid);
+    assert_eq!(body["result"][2], json!([]), "no supplementary groups");
+
+    let bomb = app
+        .upload_py(
+            "import os\ndef handler(event, context):\n    while True:\n        os.fork()\n",
+            &[("timeoutMs", "3000")],
+        )
+        .await;
+    let body = app.run_ok(&bomb, json!({})).await;
+    assert!(matches!(body["status"].as_str(), Some("ERROR" | "TIMEOUT")), "{body}");
+    // The platform survives and serves on.
+    assert_eq!(app.run_ok(&who, json!({})).await["status"], "SUCCESS");
+    // Nothing of the bomb is left: no instance uid holds more than a few processes.
+    let per_uid = || {
+        let mut counts = std::collections::HashMap::<u64, usize>::new();
+        for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+            let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+            let uid = status
+                .lines()
+                .find(|l| l.starts_with("Uid:"))
+                .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
+            if let Some(uid) = uid.filter(|u| (100_000..101_024).contains(u)) {
+                *counts.entry(uid).or_default() += 1;
+            }
+        }
+        counts.values().copied().max().unwrap_or(0)
+    };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while per_uid() > 3 {
+        if Instant::now() >= deadline {
+            let mut left = Vec::new();
+            for entry in std::fs::read_dir("/proc").unwrap().flatten() {
+                let status = std::fs::read_to_string(entry.path().join("status")).unwrap_or_default();
+                let field = |k: &str| {
+                    status
+                        .lines()
+                        .find(|l| l.starts_with(k))
+                        .map(|l| l[k.len()..].trim().to_string())
+                };
+                if field("Uid:")
+                    .and_then(|u| u.split_whitespace().next()?.parse::<u64>().ok())
+                    .is_some_and(|u| u >= 100_000)
+                {
+                    left.push(format!(
+                        "{:?} {:?} {:?} ppid {:?}",
+                        entry.file_name(),
+                        field("Name:"),
+                        field("State:"),
+                        field("PPid:")
+                    ));
+                }
+            }
+            panic!(
+                "fork bomb processes outlived their invocation: {} left, e.g. {:?}",
+                left.len(),
+                &left[..left.len().min(8)]
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn an_instance_that_leaves_processes_behind_is_not_reused() {
+    let app = TestApp::start_with(|a| a.pool.stem_cells = "0".into()).await;
+    let id = app
+        .upload_py(
+            "import subprocess, sys\ndef handler(event, context):\n    if event.get('leave'):\n        subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)'])\n    return 'ok'\n",
+            &[],
+        )
+        .await;
+    assert_eq!(app.run_ok(&id, json!({})).await["startKind"], "fresh");
+    assert_eq!(
+        app.run_ok(&id, json!({})).await["startKind"],
+        "warm",
+        "a clean instance is reused"
+    );
+    let left = app.run_ok(&id, json!({"leave": true})).await;
+    assert_eq!(left["status"], "SUCCESS");
+    assert_eq!(
+        app.run_ok(&id, json!({})).await["startKind"],
+        "fresh",
+        "the instance with a stray child was discarded"
+    );
+}

@@ -84,6 +84,19 @@ impl RedisResultBus {
         }
     }
 
+    /// Waits until the shared subscriber is connected (at most `within`), so a
+    /// process reports healthy only once results can reach its callers.
+    pub async fn ready(&self, within: Duration) -> bool {
+        let deadline = tokio::time::Instant::now() + within;
+        while !self.listening.load(Ordering::Relaxed) {
+            if tokio::time::Instant::now() >= deadline {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        true
+    }
+
     fn job_key(&self, id: &str) -> String {
         format!("{}job:{id}", self.prefix)
     }

@@ -18,6 +18,25 @@ import traceback
 import types
 
 _CHANNEL = socket.socket(fileno=3)
+# Only this process may speak on the channel: a handler's forked children
+# that come back out of the handler must not answer (or read) in its place.
+_PID = os.getpid()
+
+
+def _child_leaves():
+    if os.getpid() != _PID:
+        os._exit(0)
+
+
+def _become_subreaper():
+    # Orphaned descendants (a fork bomb's grandchildren) are re-parented to us,
+    # so _strays() sees every process the handler left behind.
+    try:
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)  # PR_SET_CHILD_SUBREAPER
+    except Exception:  # noqa: BLE001 - without it, only direct children are seen
+        pass
 _OUTPUT_LIMIT = 256 * 1024
 
 
@@ -161,6 +180,25 @@ def _peak_bytes():
     return 0
 
 
+def _strays():
+    """Reaps finished children; returns how many are still alive."""
+    while True:
+        try:
+            pid, _ = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return 0
+        if pid == 0:
+            break
+    alive = 0
+    try:
+        for tid in os.listdir("/proc/self/task"):
+            with open("/proc/self/task/%s/children" % tid) as f:
+                alive += len(f.read().split())
+    except OSError:
+        pass
+    return alive
+
+
 def _capture():
     out, err = _Capture(_OUTPUT_LIMIT), _Capture(_OUTPUT_LIMIT)
     sys.stdout, sys.stderr = out, err
@@ -217,6 +255,7 @@ def _invoke(fn, msg):
     start = time.perf_counter()
     try:
         value = fn(msg.get("event"), Context(msg))
+        _child_leaves()
         duration = (time.perf_counter() - start) * 1000.0
         try:
             value_json = json.dumps(value, allow_nan=False)
@@ -226,9 +265,11 @@ def _invoke(fn, msg):
                 "message": "the handler returned a value that is not JSON-serializable: %s" % e,
             }
     except MemoryError as e:
+        _child_leaves()
         duration = (time.perf_counter() - start) * 1000.0
         status, error = "OOM", _error(e)
     except BaseException as e:  # noqa: B036 - SystemExit and friends are the handler's errors too
+        _child_leaves()
         duration = (time.perf_counter() - start) * 1000.0
         status, error = "ERROR", _error(e)
     _release()
@@ -241,10 +282,12 @@ def _invoke(fn, msg):
         "stderr": err.getvalue(),
         "durationMs": duration,
         "peakMemoryBytes": _peak_bytes(),
+        "strays": _strays(),
     })
 
 
 def main():
+    _become_subreaper()
     fn = None
     _write({"op": "ready", "pid": os.getpid()})
     while True:
