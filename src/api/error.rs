@@ -51,15 +51,14 @@ impl ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let this = self;
-        let mut body = json!({ "error": this.message, "requestId": current_request_id() });
-        if !this.details.is_empty() {
-            body["details"] = json!(this.details);
+        let mut body = json!({ "error": self.message, "requestId": current_request_id() });
+        if !self.details.is_empty() {
+            body["details"] = json!(self.details);
         }
-        if let Some(job_id) = this.job_id {
+        if let Some(job_id) = self.job_id {
             body["jobId"] = json!(job_id);
         }
-        (this.status, Json(body)).into_response()
+        (self.status, Json(body)).into_response()
     }
 }
 

@@ -143,15 +143,7 @@ async fn a_handler_asks_the_model_and_usage_reaches_result_and_metrics() {
     assert_eq!(body["usage"]["promptEvalCount"], 5, "words in the prompt");
     assert_eq!(body["usage"]["evalCount"], 6, "words in the reply");
     assert_eq!(body["usage"]["models"]["llama3:8b"]["calls"], 1);
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(
         metrics.contains(r#"infra_ai_tokens_total{kind="prompt",model="llama3:8b"} 5"#),
         "{metrics}"
@@ -328,15 +320,7 @@ async fn an_unknown_model_named_in_the_sdk_fails_inside_the_function() {
             .contains("model 'nope:1b' not found"),
         "{body}"
     );
-    let metrics = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = app.metrics().await;
     assert!(metrics.contains(r#"infra_ai_calls_total{model="nope:1b",status="error"} 1"#));
 }
 

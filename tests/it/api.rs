@@ -451,15 +451,7 @@ async fn metrics_expose_http_invocations_and_starts() {
     app.run_ok(&id, json!({})).await;
     app.run_ok(&id, json!({})).await;
     let _ = app.get("/functions/missing").send().await.unwrap();
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(
         text.contains(r#"http_request_duration_seconds_count{method="POST",route="/run",status="200"} 2"#),
         "{text}"
@@ -532,15 +524,7 @@ async fn models_come_from_the_ai_node_or_a_marked_fallback() {
 #[tokio::test]
 async fn openapi_document_matches_the_served_routes() {
     let app = TestApp::start().await;
-    let doc: Value = app
-        .client
-        .get(app.url("/openapi.json"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let doc: Value = app.public_json("/openapi.json").await;
     assert!(doc["openapi"].as_str().unwrap().starts_with("3."));
     let paths = doc["paths"].as_object().unwrap();
     let mut listed: Vec<_> = paths.keys().cloned().collect();

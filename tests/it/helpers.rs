@@ -46,6 +46,30 @@ impl TestApp {
         format!("{}{}", self.base, path)
     }
 
+    /// An unauthenticated GET (probes, OpenAPI) decoded as JSON.
+    pub async fn public_json(&self, path: &str) -> Value {
+        self.client
+            .get(self.url(path))
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
+    /// The Prometheus text of `/metrics`.
+    pub async fn metrics(&self) -> String {
+        self.client
+            .get(self.url("/metrics"))
+            .send()
+            .await
+            .expect("request")
+            .text()
+            .await
+            .expect("text")
+    }
+
     pub fn get(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.get(self.url(path)).header("x-api-key", KEY)
     }

@@ -102,15 +102,7 @@ async fn sandboxed_functions_see_neither_other_functions_nor_the_network() {
         return;
     }
     let app = TestApp::start().await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.public_json("/health").await;
     assert!(health["isolation"].as_str().unwrap().starts_with("bwrap"), "{health}");
 
     let secret = app
@@ -299,15 +291,7 @@ async fn stem_cells_become_functions_with_their_own_limits_and_environment() {
     let wait_for_stem = || async {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {
-            let text = app
-                .client
-                .get(app.url("/metrics"))
-                .send()
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
+            let text = app.metrics().await;
             if text.contains("infra_stem_cells 1") {
                 return;
             }
@@ -347,15 +331,7 @@ async fn stem_cells_become_functions_with_their_own_limits_and_environment() {
     let oom = app.run_ok(&other, json!({"big": true})).await;
     assert_eq!(oom["startKind"], "stem", "{oom}");
     assert_eq!(oom["status"], "OOM", "{oom}");
-    let text = app
-        .client
-        .get(app.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics().await;
     assert!(text.contains(r#"infra_instance_starts_total{kind="stem"} 2"#), "{text}");
     assert!(text.contains(r#"infra_instance_init_seconds_count{kind="stem"} 2"#));
 }
@@ -390,15 +366,7 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
         std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     })
     .await;
-    let health: Value = app
-        .client
-        .get(app.url("/health"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let health: Value = app.public_json("/health").await;
     assert!(
         health["isolation"].as_str().unwrap().contains("unprivileged uid"),
         "{health}"
