@@ -200,17 +200,30 @@ pub async fn run(
             StatusCode::SERVICE_UNAVAILABLE,
             &"result bus closed the subscription",
         )),
-        Err(_) => Err(ApiError {
-            job_id: Some(job.request_id.clone()),
-            ..ApiError::new(
-                StatusCode::GATEWAY_TIMEOUT,
-                format!(
-                    "no result within {} ms; the job continues: poll /status/{}",
-                    wait.as_millis(),
-                    job.request_id
-                ),
-            )
-        }),
+        Err(_) => {
+            // A notification can be missed (a subscriber reconnecting): the
+            // stored record is the truth, so look once before giving up.
+            if let Ok(Some(record)) = state.bus.get(&job.request_id).await {
+                if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
+                    return Ok(Json(FinishedJob {
+                        job_id: job.request_id,
+                        result,
+                    })
+                    .into_response());
+                }
+            }
+            Err(ApiError {
+                job_id: Some(job.request_id.clone()),
+                ..ApiError::new(
+                    StatusCode::GATEWAY_TIMEOUT,
+                    format!(
+                        "no result within {} ms; the job continues: poll /status/{}",
+                        wait.as_millis(),
+                        job.request_id
+                    ),
+                )
+            })
+        }
     }
 }
 
