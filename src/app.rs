@@ -133,16 +133,19 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         isolation: Some(isolation(&cfg.pool, &cfg.data_dir)),
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
-    let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
-    let settings = worker_settings(&cfg.pool, &cfg.ai, cfg.visibility_timeout, Duration::from_secs(1));
-    let cache = cache(&cfg.data_dir, artifacts);
     let backends = WorkerBackends {
         queue,
         bus,
         directory,
         logs: Some(logs),
     };
-    let worker = Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics));
+    let runner = Runner {
+        pool: &cfg.pool,
+        ai: &cfg.ai,
+        data_dir: &cfg.data_dir,
+        visibility: cfg.visibility_timeout,
+    };
+    let (worker, pool) = runner.build(Duration::from_secs(1), backends, artifacts, metrics);
     let parts = Parts {
         router: Some(router),
         worker: Some(worker),
@@ -219,17 +222,20 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         metrics: metrics.clone(),
         isolation,
     });
-    let pool = pool(&cfg.pool, &cfg.data_dir, &metrics);
-    // SQS long polling: one request waits up to 20 s for work.
-    let settings = worker_settings(&cfg.pool, &cfg.ai, cfg.visibility_timeout, Duration::from_secs(20));
-    let cache = cache(&cfg.data_dir, artifacts);
     let backends = WorkerBackends {
         queue,
         bus,
         directory,
         logs,
     };
-    let worker = Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics));
+    let runner = Runner {
+        pool: &cfg.pool,
+        ai: &cfg.ai,
+        data_dir: &cfg.data_dir,
+        visibility: cfg.visibility_timeout,
+    };
+    // SQS long polling: one request waits up to 20 s for work.
+    let (worker, pool) = runner.build(Duration::from_secs(20), backends, artifacts, metrics);
     let parts = Parts {
         router: Some(probe_router(probe)),
         worker: Some(worker),
@@ -396,19 +402,37 @@ fn ai_client(cfg: &AiConfig) -> AiClient {
     AiClient::new(cfg.node_url.clone(), cfg.default_model.clone())
 }
 
-fn worker_settings(cfg: &PoolConfig, ai: &AiConfig, visibility: Duration, receive_wait: Duration) -> WorkerSettings {
-    WorkerSettings {
-        concurrency: cfg.worker_concurrency,
-        receive_wait,
-        visibility,
-        max_attempts: MAX_ATTEMPTS,
-        ai: ai_client(ai),
-        ai_max_calls: ai.max_calls,
-    }
+/// What a role needs to run functions: the worker and its warm pool.
+struct Runner<'a> {
+    pool: &'a PoolConfig,
+    ai: &'a AiConfig,
+    data_dir: &'a Path,
+    visibility: Duration,
 }
 
-fn cache(data_dir: &Path, artifacts: Arc<dyn ArtifactStore>) -> ArtifactCache {
-    ArtifactCache::new(data_dir.join("cache"), artifacts)
+impl Runner<'_> {
+    fn build(
+        &self,
+        receive_wait: Duration,
+        backends: WorkerBackends,
+        artifacts: Arc<dyn ArtifactStore>,
+        metrics: Arc<Metrics>,
+    ) -> (Arc<Worker>, Arc<Pool>) {
+        let pool = pool(self.pool, self.data_dir, &metrics);
+        let settings = WorkerSettings {
+            concurrency: self.pool.worker_concurrency,
+            receive_wait,
+            visibility: self.visibility,
+            max_attempts: MAX_ATTEMPTS,
+            ai: ai_client(self.ai),
+            ai_max_calls: self.ai.max_calls,
+        };
+        let cache = ArtifactCache::new(self.data_dir.join("cache"), artifacts);
+        (
+            Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics)),
+            pool,
+        )
+    }
 }
 
 async fn launch(listen: SocketAddr, parts: Parts, drain: Duration) -> Result<Running, AppError> {
