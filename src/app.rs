@@ -28,7 +28,7 @@ use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, PoolConfig, Up
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
-use crate::runtime::{Pool, RuntimeConfig, Sandbox, UidPool};
+use crate::runtime::{Pool, PoolLimits, RuntimeConfig, Sandbox, UidPool};
 use crate::worker::cache::ArtifactCache;
 use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 
@@ -138,6 +138,8 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         bus,
         directory,
         logs: Some(logs),
+        registry: Some(functions.registry().clone()),
+        changes: Some(functions.changes()),
     };
     let runner = Runner {
         pool: &cfg.pool,
@@ -222,11 +224,17 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         metrics: metrics.clone(),
         isolation,
     });
+    let registry = match &cfg.table {
+        Some(table) => Some(Arc::new(DynamoRegistry::new(aws, table).await) as Arc<dyn FunctionRegistry>),
+        None => None,
+    };
     let backends = WorkerBackends {
         queue,
         bus,
         directory,
         logs,
+        registry,
+        changes: None,
     };
     let runner = Runner {
         pool: &cfg.pool,
@@ -339,14 +347,18 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
     let pool = Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
+            node: cfg.node.clone(),
             instances_dir,
             start_timeout: Duration::from_secs(10),
             sandbox,
             stem_cells: cfg.stem_cells,
             uids,
         },
-        cfg.keep_alive,
-        cfg.max_warm_instances,
+        PoolLimits {
+            keep_alive: cfg.keep_alive,
+            max_idle: cfg.max_warm_instances,
+            memory_mb: cfg.memory_mb,
+        },
         metrics.clone(),
     ));
     pool.refill_stem_cells();
@@ -526,6 +538,8 @@ async fn housekeeping(
         n += 1;
         if let Some(pool) = &pool {
             let evicted = pool.evict_expired();
+            // Stem cells skipped while the pool was full come back as memory frees up.
+            pool.refill_stem_cells();
             if evicted > 0 {
                 tracing::debug!(evicted, "stopped idle instances past their keep-alive");
             }

@@ -94,6 +94,14 @@ pub struct PoolArgs {
     /// Python interpreter for function instances.
     #[arg(long, env = "PYTHON_BIN", default_value = "python3")]
     pub python: String,
+    /// Node.js binary for function instances (`auto`: `node` on PATH when
+    /// installed; Node.js functions fail with a clear error otherwise).
+    #[arg(long, env = "NODE_BIN", default_value = "auto")]
+    pub node: String,
+    /// Memory (MB) the warm pool may give to function instances on this
+    /// host, the sum of their memoryMb; `auto` is 80% of physical memory.
+    #[arg(long, env = "WORKER_MEMORY_MB", default_value = "auto")]
+    pub memory_mb: String,
     /// Stem cells kept started per runtime: generic instances that take a
     /// function's code when it has no warm instance (0 disables).
     #[arg(long, env = "STEM_CELLS", default_value = "2")]
@@ -193,6 +201,10 @@ pub struct WorkerArgs {
     pub ai: AiArgs,
     #[command(flatten)]
     pub cloud: CloudArgs,
+    /// DynamoDB table of function records: the worker keeps each
+    /// function's minWarm instances started (unset: no pre-warming).
+    #[arg(long, env = "TABLE_NAME")]
+    pub table_name: Option<String>,
     /// Local cache of function code and instance working dirs.
     #[arg(long, env = "WORKER_DATA_DIR", default_value = ".infra-worker")]
     pub data_dir: PathBuf,
@@ -231,6 +243,10 @@ pub struct PoolConfig {
     pub max_warm_instances: usize,
     /// Resolved interpreter path.
     pub python: PathBuf,
+    /// Resolved Node.js binary, when there is one.
+    pub node: Option<PathBuf>,
+    /// The pool's memory capacity in MB.
+    pub memory_mb: u64,
     /// The bubblewrap binary, when instances are sandboxed.
     pub bwrap: Option<PathBuf>,
     pub stem_cells: usize,
@@ -281,6 +297,8 @@ pub struct WorkerConfig {
     pub listen: SocketAddr,
     pub shutdown_timeout: Duration,
     pub visibility_timeout: Duration,
+    /// Function records, for the warm-pool spec (pre-warming off without).
+    pub table: Option<String>,
 }
 
 /// Every configuration problem found.
@@ -477,6 +495,15 @@ impl PoolArgs {
                 }
             },
             python,
+            node: match self.node.trim() {
+                "auto" => resolve_node("node").ok(),
+                "" | "none" => None,
+                bin => resolve_node(bin).map_err(|e| p.0.push(format!("NODE_BIN: {e}"))).ok(),
+            },
+            memory_mb: match self.memory_mb.trim() {
+                "auto" => host_memory_mb().map(|m| m * 4 / 5).unwrap_or(4096),
+                raw => p.num("WORKER_MEMORY_MB", raw, 128, 16 * 1024 * 1024, 4096),
+            },
             stem_cells: p.num("STEM_CELLS", &self.stem_cells, 0, 64, 2),
             instance_uid_base: p.num("INSTANCE_UID_BASE", &self.instance_uid_base, 0, 4_000_000_000, 100_000),
         }
@@ -488,6 +515,8 @@ impl PoolArgs {
             keep_alive_seconds: "300".into(),
             max_warm_instances: "32".into(),
             python: "python3".into(),
+            node: "auto".into(),
+            memory_mb: "auto".into(),
             sandbox: "auto".into(),
             stem_cells: "2".into(),
             instance_uid_base: "100000".into(),
@@ -628,8 +657,37 @@ impl WorkerArgs {
             listen,
             shutdown_timeout: Duration::from_secs(shutdown),
             visibility_timeout: Duration::from_secs(visibility),
+            table: self.table_name.clone().filter(|t| !t.trim().is_empty()),
         })
     }
+}
+
+/// The real path of a Node.js 18+ binary.
+fn resolve_node(node: &str) -> Result<PathBuf, String> {
+    let out = std::process::Command::new(node)
+        .args([
+            "-e",
+            "if (+process.versions.node.split('.')[0] < 18) process.exit(2); console.log(process.execPath)",
+        ])
+        .output()
+        .map_err(|e| format!("cannot run {node:?}: {e}"))?;
+    if !out.status.success() {
+        return Err(format!("{node:?} is not a usable Node.js 18+ binary"));
+    }
+    Ok(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
+}
+
+/// Physical memory in MB.
+fn host_memory_mb() -> Option<u64> {
+    let info = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let kb: u64 = info
+        .lines()
+        .find(|l| l.starts_with("MemTotal:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
 }
 
 /// Finds the real interpreter behind `python` (version managers install shims

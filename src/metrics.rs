@@ -2,7 +2,8 @@
 //! and status, cold vs warm starts, warm instances.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    TextEncoder,
 };
 
 pub struct Metrics {
@@ -17,6 +18,12 @@ pub struct Metrics {
     pub jobs_admitted: IntCounter,
     pub ai_calls: IntCounterVec,
     pub ai_tokens: IntCounterVec,
+    pub pool_capacity_mb: IntGauge,
+    pub pool_reserved_mb: IntGauge,
+    pub pool_peak_mb: IntGauge,
+    pub pool_idle: IntGaugeVec,
+    pub pool_wanted_slots: IntGaugeVec,
+    pub pool_wanted_mb: IntGaugeVec,
 }
 
 impl Metrics {
@@ -71,6 +78,42 @@ impl Metrics {
             ),
             &["model", "kind"],
         )?;
+        let pool_capacity_mb = IntGauge::new(
+            "infra_pool_memory_capacity_mb",
+            "Memory the warm pool may reserve on this worker (WORKER_MEMORY_MB)",
+        )?;
+        let pool_reserved_mb = IntGauge::new(
+            "infra_pool_memory_reserved_mb",
+            "Memory reserved by live instances (their memoryMb) and stem cells",
+        )?;
+        let pool_peak_mb = IntGauge::new(
+            "infra_pool_memory_peak_mb",
+            "Highest memory reservation of the warm pool since start",
+        )?;
+        let pool_idle = IntGaugeVec::new(
+            Opts::new("infra_pool_idle_instances", "Idle warm instances by runtime and function"),
+            &["runtime", "function"],
+        )?;
+        let pool_wanted_slots = IntGaugeVec::new(
+            Opts::new(
+                "infra_warm_pool_wanted_instances",
+                "Warm-pool spec: instances wanted per worker by runtime (minWarm sums plus stem cells)",
+            ),
+            &["runtime"],
+        )?;
+        let pool_wanted_mb = IntGaugeVec::new(
+            Opts::new(
+                "infra_warm_pool_wanted_memory_mb",
+                "Warm-pool spec: memory wanted per worker by runtime (minWarm x memoryMb)",
+            ),
+            &["runtime"],
+        )?;
+        registry.register(Box::new(pool_capacity_mb.clone()))?;
+        registry.register(Box::new(pool_reserved_mb.clone()))?;
+        registry.register(Box::new(pool_peak_mb.clone()))?;
+        registry.register(Box::new(pool_idle.clone()))?;
+        registry.register(Box::new(pool_wanted_slots.clone()))?;
+        registry.register(Box::new(pool_wanted_mb.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
         registry.register(Box::new(invocations.clone()))?;
         registry.register(Box::new(starts.clone()))?;
@@ -93,6 +136,12 @@ impl Metrics {
             jobs_admitted,
             ai_calls,
             ai_tokens,
+            pool_capacity_mb,
+            pool_reserved_mb,
+            pool_peak_mb,
+            pool_idle,
+            pool_wanted_slots,
+            pool_wanted_mb,
         })
     }
 

@@ -17,14 +17,16 @@ use utoipa::ToSchema;
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
     Python,
+    Nodejs,
 }
 
 impl Runtime {
-    pub const ALL: &'static [Runtime] = &[Runtime::Python];
+    pub const ALL: &'static [Runtime] = &[Runtime::Python, Runtime::Nodejs];
 
     pub fn parse(s: &str) -> Option<Runtime> {
         match s.trim().to_ascii_lowercase().as_str() {
             "python" | "python3" => Some(Runtime::Python),
+            "nodejs" | "node" => Some(Runtime::Nodejs),
             _ => None,
         }
     }
@@ -32,6 +34,27 @@ impl Runtime {
     pub fn as_str(self) -> &'static str {
         match self {
             Runtime::Python => "python",
+            Runtime::Nodejs => "nodejs",
+        }
+    }
+
+    /// The runtime a single uploaded source file is written in, by extension.
+    pub fn of_file(name: &str) -> Option<Runtime> {
+        let lower = name.to_ascii_lowercase();
+        if lower.ends_with(".py") {
+            Some(Runtime::Python)
+        } else if lower.ends_with(".js") || lower.ends_with(".mjs") || lower.ends_with(".cjs") {
+            Some(Runtime::Nodejs)
+        } else {
+            None
+        }
+    }
+
+    /// `module.function` used when a function names none.
+    pub fn default_handler(self) -> &'static str {
+        match self {
+            Runtime::Python => "main.handler",
+            Runtime::Nodejs => "index.handler",
         }
     }
 }
@@ -40,6 +63,24 @@ impl std::fmt::Display for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
     }
+}
+
+/// How many initialized instances of a function workers keep, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPool {
+    /// Instances each worker keeps initialized (handler imported) at all
+    /// times, so the first request is warm.
+    #[serde(default)]
+    pub min_warm: u32,
+    /// Most idle instances of this function a worker keeps (default: the
+    /// worker's MAX_WARM_INSTANCES).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_warm: Option<u32>,
+    /// How long an idle instance beyond `minWarm` is kept (default: the
+    /// worker's WARM_KEEP_ALIVE_SECONDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keep_alive_seconds: Option<u64>,
 }
 
 /// A registered function, as stored in the `FunctionRegistry`.
@@ -67,6 +108,8 @@ pub struct FunctionRecord {
     pub updated_at: Option<DateTime<Utc>>,
     #[serde(default)]
     pub invocations: u64,
+    #[serde(default)]
+    pub warm_pool: WarmPool,
     /// Set when a Kubernetes `Function` resource owns this function
     /// (`namespace/name`); such functions are read-only over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -95,6 +138,8 @@ pub struct Job {
     pub handler: String,
     #[serde(default)]
     pub sha256: String,
+    #[serde(default)]
+    pub warm_pool: WarmPool,
     /// The HTTP `x-request-id` of the call that created the job, for tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -336,6 +381,9 @@ pub struct WorkerStatus {
     pub warm_instances: usize,
     /// Idle warm instances per function id.
     pub pools: BTreeMap<String, usize>,
+    /// The warm pool's memory and instances.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pool: Option<crate::runtime::PoolStats>,
 }
 
 #[cfg(test)]
@@ -357,6 +405,7 @@ mod tests {
             env_vars: BTreeMap::new(),
             handler: default_handler(),
             sha256: String::new(),
+            warm_pool: WarmPool::default(),
             trace_id: None,
             submitted_at: Utc::now(),
         };
@@ -417,5 +466,7 @@ mod tests {
     fn runtime_parse_is_lenient_on_case_only() {
         assert_eq!(Runtime::parse("Python"), Some(Runtime::Python));
         assert_eq!(Runtime::parse("ruby"), None);
+        assert_eq!(Runtime::parse("node"), Some(Runtime::Nodejs));
+        assert_eq!(Runtime::of_file("index.MJS"), Some(Runtime::Nodejs));
     }
 }

@@ -48,6 +48,10 @@ ensure_bwrap() {
     command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 }
 
+ensure_node() {
+    command -v node >/dev/null 2>&1 || apt_install nodejs
+}
+
 ensure_redis() {
     command -v redis-server >/dev/null 2>&1 || apt_install redis-server
     export INFRA_TEST_REDIS_SERVER

@@ -20,19 +20,21 @@ use crate::function::SettingsDraft;
 use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
-const ACCEPTED_FIELDS: &str = "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars";
+const ACCEPTED_FIELDS: &str =
+    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds";
 
 /// Multipart fields of `POST /upload` (also accepted as query parameters;
 /// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct UploadForm {
-    /// A `.py` file (stored as the handler's module) or a `.zip` holding the handler module.
+    /// A `.py`, `.js` or `.mjs` file (stored as the handler's module; its
+    /// extension sets the runtime when none is given) or a `.zip` holding the handler module.
     #[schema(value_type = String, format = Binary)]
     file: Vec<u8>,
     name: Option<String>,
     description: Option<String>,
-    /// `python`.
+    /// `python` or `nodejs`.
     runtime: Option<String>,
     /// 128 to 10240.
     #[schema(value_type = Option<u32>)]
@@ -40,10 +42,19 @@ pub struct UploadForm {
     /// 100 to 900000.
     #[schema(value_type = Option<u64>)]
     timeout_ms: Option<String>,
-    /// `module.function`, default `main.handler`.
+    /// `module.function`, default `main.handler` (Python) or `index.handler` (Node.js).
     handler: Option<String>,
     /// A JSON object of strings, e.g. `{"GREETING":"hi"}`.
     env_vars: Option<String>,
+    /// Instances each worker keeps initialized, 0 to 100.
+    #[schema(value_type = Option<u32>)]
+    min_warm: Option<String>,
+    /// Most idle instances per worker, 1 to 100.
+    #[schema(value_type = Option<u32>)]
+    max_warm: Option<String>,
+    /// Idle time before an instance beyond minWarm stops, 1 to 86400.
+    #[schema(value_type = Option<u64>)]
+    keep_alive_seconds: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -81,6 +92,12 @@ pub struct UpdateRequest {
     handler: Option<String>,
     #[schema(value_type = Option<Object>)]
     env_vars: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    min_warm: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    max_warm: Option<serde_json::Value>,
+    #[schema(value_type = Option<u64>)]
+    keep_alive_seconds: Option<serde_json::Value>,
 }
 
 fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
@@ -92,6 +109,9 @@ fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Opt
         "timeoutMs" | "timeout_ms" => &mut draft.timeout_ms,
         "handler" => &mut draft.handler,
         "envVars" | "env_vars" | "env" => &mut draft.env_vars,
+        "minWarm" => &mut draft.min_warm,
+        "maxWarm" => &mut draft.max_warm,
+        "keepAliveSeconds" => &mut draft.keep_alive_seconds,
         _ => return None,
     })
 }
@@ -304,6 +324,8 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
     let scalar = |v: Option<serde_json::Value>| {
         v.map(|v| match v {
             serde_json::Value::String(s) => s,
+            // null clears an optional setting.
+            serde_json::Value::Null => String::new(),
             other => other.to_string(),
         })
     };
@@ -320,6 +342,9 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
         timeout_ms: scalar(body.timeout_ms),
         handler: body.handler,
         env_vars,
+        min_warm: scalar(body.min_warm),
+        max_warm: scalar(body.max_warm),
+        keep_alive_seconds: scalar(body.keep_alive_seconds),
     })
 }
 

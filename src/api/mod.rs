@@ -104,6 +104,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::metrics))
         .routes(routes!(system::models))
         .routes(routes!(system::system_status))
+        .routes(routes!(system::warm_pool))
         .routes(routes!(functions::list_logs))
         .routes(routes!(functions::get_log))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

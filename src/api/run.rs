@@ -150,6 +150,7 @@ pub async fn run(
         env_vars: function.env_vars.clone(),
         handler: function.handler.clone(),
         sha256: function.sha256.clone(),
+        warm_pool: function.warm_pool,
         trace_id: current_request_id(),
         submitted_at: Utc::now(),
     };

@@ -16,6 +16,7 @@ use super::ApiState;
 use crate::ai::ModelsResponse;
 use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus};
 use crate::metrics::Metrics;
+use crate::function::{warm_pool_spec, WarmPoolSpec};
 use crate::model::WorkerStatus;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -208,5 +209,44 @@ pub async fn system_status(State(state): State<Arc<ApiState>>) -> Result<Json<Sy
         status: if workers.is_empty() { "offline" } else { "online" },
         totals,
         workers,
+    }))
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WorkerCapacity {
+    workers: usize,
+    /// Sum of the workers' pool memory (WORKER_MEMORY_MB).
+    capacity_mb: u64,
+    reserved_mb: u64,
+}
+
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPoolView {
+    /// What each worker should keep started (from the functions' warmPool settings).
+    spec: WarmPoolSpec,
+    /// What the workers that reported recently offer.
+    capacity: WorkerCapacity,
+}
+
+/// The warm-pool spec every worker follows, with per-runtime totals (slots and
+/// memory per worker) for sizing the worker group, and the capacity on hand.
+#[utoipa::path(
+    get, path = "/warm-pool", tag = "system",
+    responses((status = 200, body = WarmPoolView), (status = 503, body = super::ErrorBody))
+)]
+pub async fn warm_pool(State(state): State<Arc<ApiState>>) -> Result<Json<WarmPoolView>, super::error::ApiError> {
+    let functions = state.functions.list().await?;
+    let workers = state.directory.list().await?;
+    let pools = workers.iter().filter_map(|w| w.pool.as_ref());
+    let stem_cells = pools.clone().map(|p| p.stem_cells_per_runtime).max().unwrap_or(0);
+    Ok(Json(WarmPoolView {
+        spec: warm_pool_spec(&functions, stem_cells),
+        capacity: WorkerCapacity {
+            workers: workers.len(),
+            capacity_mb: pools.clone().map(|p| p.capacity_mb).sum(),
+            reserved_mb: pools.map(|p| p.reserved_mb).sum(),
+        },
     }))
 }

@@ -35,6 +35,11 @@ pub fn sample_function(id: &str) -> FunctionRecord {
         uploaded_at: Utc::now(),
         updated_at: None,
         invocations: 0,
+        warm_pool: crate::model::WarmPool {
+            min_warm: 1,
+            max_warm: Some(3),
+            keep_alive_seconds: None,
+        },
         owner: None,
     }
 }
@@ -53,6 +58,7 @@ pub fn sample_job(function_id: &str) -> Job {
         env_vars: Default::default(),
         handler: "main.handler".into(),
         sha256: String::new(),
+        warm_pool: Default::default(),
         trace_id: None,
         submitted_at: Utc::now(),
     }
@@ -307,6 +313,7 @@ fn sample_worker(id: &str, active: usize) -> WorkerStatus {
         active_jobs: active,
         warm_instances: 1,
         pools: [("f".to_string(), 1)].into(),
+        pool: None,
     }
 }
 

@@ -5,7 +5,9 @@
 pub mod package;
 pub mod service;
 pub mod settings;
+pub mod warm_pool;
 
 pub use package::{Artifact, PackageError};
 pub use service::{FunctionService, ServiceError};
 pub use settings::{FunctionSettings, SettingsDraft, ValidationErrors};
+pub use warm_pool::{warm_pool_spec, WarmPoolSpec};

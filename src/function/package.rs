@@ -10,8 +10,9 @@ use zip::write::SimpleFileOptions;
 use zip::{CompressionMethod, ZipArchive, ZipWriter};
 
 use super::settings::Handler;
+use crate::model::Runtime;
 
-/// Largest accepted upload (a `.py` file or a `.zip`).
+/// Largest accepted upload (a source file or a `.zip`).
 pub const MAX_UPLOAD_BYTES: usize = 50 * 1024 * 1024;
 /// Largest total uncompressed size of an archive (AWS Lambda's limit).
 pub const MAX_UNZIPPED_BYTES: u64 = 250 * 1024 * 1024;
@@ -19,8 +20,10 @@ pub const MAX_ENTRIES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error, PartialEq)]
 pub enum PackageError {
-    #[error("unsupported file type {0:?}: upload a .py file or a .zip archive")]
+    #[error("unsupported file type {0:?}: upload a .py, .js or .mjs file, or a .zip archive")]
     UnsupportedType(String),
+    #[error("{file} does not match the function's runtime {runtime}")]
+    WrongRuntime { file: String, runtime: Runtime },
     #[error("the uploaded file is empty")]
     Empty,
     #[error("the uploaded file is {size} bytes; the limit is {max} bytes")]
@@ -75,7 +78,7 @@ impl Artifact {
 
 /// Packages an upload: a `.py` file becomes `{module}.py` in a deterministic
 /// zip; a `.zip` is checked and stored as it is.
-pub fn package(file_name: &str, data: &[u8], handler: &Handler) -> Result<Artifact, PackageError> {
+pub fn package(file_name: &str, data: &[u8], handler: &Handler, runtime: Runtime) -> Result<Artifact, PackageError> {
     if data.is_empty() {
         return Err(PackageError::Empty);
     }
@@ -86,14 +89,20 @@ pub fn package(file_name: &str, data: &[u8], handler: &Handler) -> Result<Artifa
         });
     }
     let lower = file_name.to_ascii_lowercase();
-    if lower.ends_with(".py") {
+    if let Some(file_runtime) = Runtime::of_file(file_name) {
+        if file_runtime != runtime {
+            return Err(PackageError::WrongRuntime {
+                file: file_name.to_string(),
+                runtime,
+            });
+        }
         if std::str::from_utf8(data).is_err() {
             return Err(PackageError::NotUtf8(file_name.to_string()));
         }
-        let module_file = &handler.module_files()[0];
-        Ok(Artifact::new(single_file_zip(module_file, data)?))
+        let module_file = handler.single_file_name(file_name, runtime);
+        Ok(Artifact::new(single_file_zip(&module_file, data)?))
     } else if lower.ends_with(".zip") {
-        check_zip(data, handler)?;
+        check_zip(data, handler, runtime)?;
         Ok(Artifact::new(data.to_vec()))
     } else {
         let ext = Path::new(file_name)
@@ -146,12 +155,12 @@ fn is_symlink(mode: Option<u32>) -> bool {
 
 /// Checks an archive without extracting it: well-formed, safe entry names, no
 /// links, bounded entries and size, and the handler module present.
-pub fn check_zip(data: &[u8], handler: &Handler) -> Result<(), PackageError> {
+pub fn check_zip(data: &[u8], handler: &Handler, runtime: Runtime) -> Result<(), PackageError> {
     let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
     if archive.len() > MAX_ENTRIES {
         return Err(PackageError::TooManyEntries);
     }
-    let expected = handler.module_files();
+    let expected = handler.module_files(runtime);
     let mut found = false;
     let mut total: u64 = 0;
     for i in 0..archive.len() {
@@ -241,8 +250,8 @@ mod tests {
 
     #[test]
     fn py_files_are_packaged_deterministically() {
-        let a = package("hello.py", b"def handler(e, c): return 1\n", &handler()).unwrap();
-        let b = package("other.py", b"def handler(e, c): return 1\n", &handler()).unwrap();
+        let a = package("hello.py", b"def handler(e, c): return 1\n", &handler(), Runtime::Python).unwrap();
+        let b = package("other.py", b"def handler(e, c): return 1\n", &handler(), Runtime::Python).unwrap();
         assert_eq!(a.sha256, b.sha256, "same code, same artifact");
         assert_eq!(a.key("f1"), format!("functions/f1/{}.zip", a.sha256));
         let dir = tempfile::tempdir().unwrap();
@@ -256,17 +265,33 @@ mod tests {
     #[test]
     fn zips_need_the_handler_module() {
         let ok = zip_of(&[("main.py", b"def handler(e,c): pass"), ("lib/util.py", b"")]);
-        assert!(package("f.zip", &ok, &handler()).is_ok());
+        assert!(package("f.zip", &ok, &handler(), Runtime::Python).is_ok());
         let pkg = zip_of(&[("app/__init__.py", b"def run(e,c): pass")]);
-        assert!(package("f.zip", &pkg, &Handler::parse("app.run").unwrap()).is_ok());
+        assert!(package("f.zip", &pkg, &Handler::parse("app.run").unwrap(), Runtime::Python).is_ok());
         let missing = zip_of(&[("other.py", b"")]);
-        let e = package("f.zip", &missing, &handler()).unwrap_err();
+        let e = package("f.zip", &missing, &handler(), Runtime::Python).unwrap_err();
         assert!(e.to_string().contains("main.py"), "{e}");
         let nested = zip_of(&[("src/main.py", b"")]);
         assert!(matches!(
-            package("f.zip", &nested, &handler()),
+            package("f.zip", &nested, &handler(), Runtime::Python),
             Err(PackageError::MissingHandler { .. })
         ));
+    }
+
+    #[test]
+    fn node_sources_keep_their_module_system() {
+        let h = Handler::parse("index.handler").unwrap();
+        for (file, stored) in [("app.js", "index.js"), ("app.mjs", "index.mjs"), ("app.cjs", "index.cjs")] {
+            let a = package(file, b"exports.handler = () => 1;", &h, Runtime::Nodejs).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            extract_zip(&a.bytes, dir.path()).unwrap();
+            assert!(dir.path().join(stored).exists(), "{file}");
+        }
+        let wrong = package("main.py", b"x", &h, Runtime::Nodejs).unwrap_err();
+        assert!(wrong.to_string().contains("runtime nodejs"), "{wrong}");
+        let esm = zip_of(&[("index.mjs", b"export const handler = () => 1;")]);
+        assert!(check_zip(&esm, &h, Runtime::Nodejs).is_ok());
+        assert!(check_zip(&esm, &h, Runtime::Python).is_err());
     }
 
     #[test]
@@ -274,7 +299,7 @@ mod tests {
         for name in ["../x", "a/../../x", "/etc/passwd", "a\\..\\b"] {
             let z = zip_of(&[("main.py", b""), (name, b"x")]);
             assert!(
-                matches!(package("f.zip", &z, &handler()), Err(PackageError::UnsafePath(_))),
+                matches!(package("f.zip", &z, &handler(), Runtime::Python), Err(PackageError::UnsafePath(_))),
                 "{name}"
             );
         }
@@ -283,18 +308,18 @@ mod tests {
 
     #[test]
     fn bad_inputs_have_precise_errors() {
-        assert_eq!(package("x.py", b"", &handler()).unwrap_err(), PackageError::Empty);
-        assert!(matches!(package("x.txt", b"x", &handler()), Err(PackageError::UnsupportedType(e)) if e == ".txt"));
+        assert_eq!(package("x.py", b"", &handler(), Runtime::Python).unwrap_err(), PackageError::Empty);
+        assert!(matches!(package("x.txt", b"x", &handler(), Runtime::Python), Err(PackageError::UnsupportedType(e)) if e == ".txt"));
         assert!(matches!(
-            package("x.zip", b"not a zip", &handler()),
+            package("x.zip", b"not a zip", &handler(), Runtime::Python),
             Err(PackageError::BadZip(_))
         ));
         assert!(matches!(
-            package("x.py", &[0xff, 0xfe], &handler()),
+            package("x.py", &[0xff, 0xfe], &handler(), Runtime::Python),
             Err(PackageError::NotUtf8(_))
         ));
         let big = vec![b'#'; MAX_UPLOAD_BYTES + 1];
-        assert!(package("x.py", &big, &handler()).unwrap_err().is_too_large());
+        assert!(package("x.py", &big, &handler(), Runtime::Python).unwrap_err().is_too_large());
     }
 
     #[test]

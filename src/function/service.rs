@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::package::{self, Artifact, PackageError};
 use super::settings::{self, FunctionSettings, SettingsDraft, ValidationErrors};
 use crate::backend::{self, ArtifactStore, FunctionRegistry};
-use crate::model::FunctionRecord;
+use crate::model::{FunctionRecord, Runtime};
 
 /// How long a looked-up record may be served from memory. Local writes
 /// invalidate at once; the TTL bounds staleness across API processes.
@@ -51,6 +51,8 @@ pub struct FunctionService {
     registry: Arc<dyn FunctionRegistry>,
     cache: Mutex<HashMap<String, (Instant, Arc<FunctionRecord>)>>,
     invocations: Mutex<HashMap<String, u64>>,
+    /// Signalled after every change (in-process workers follow at once).
+    changes: Arc<tokio::sync::Notify>,
 }
 
 impl FunctionService {
@@ -60,7 +62,12 @@ impl FunctionService {
             registry,
             cache: Mutex::new(HashMap::new()),
             invocations: Mutex::new(HashMap::new()),
+            changes: Arc::new(tokio::sync::Notify::new()),
         }
+    }
+
+    pub fn changes(&self) -> Arc<tokio::sync::Notify> {
+        self.changes.clone()
     }
 
     pub fn artifacts(&self) -> &Arc<dyn ArtifactStore> {
@@ -78,8 +85,20 @@ impl FunctionService {
         code: CodeUpload,
         owner: Option<String>,
     ) -> Result<FunctionRecord> {
+        // A lone source file says its runtime when the caller does not.
+        let inferred;
+        let draft = match (&draft.runtime, Runtime::of_file(&code.file_name)) {
+            (None, Some(runtime)) => {
+                inferred = SettingsDraft {
+                    runtime: Some(runtime.as_str().to_string()),
+                    ..draft.clone()
+                };
+                &inferred
+            }
+            _ => draft,
+        };
         let settings = settings::validate(draft, None, &code.file_name)?;
-        let artifact = package::package(&code.file_name, &code.data, &settings.handler)?;
+        let artifact = package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?;
         let id = uuid::Uuid::new_v4().to_string();
         self.store(&id, settings, artifact, &code.file_name, None, owner).await
     }
@@ -99,14 +118,14 @@ impl FunctionService {
         let settings = settings::validate(draft, Some(&base), &current.name)?;
         let (artifact, original_name) = match code {
             Some(code) => (
-                package::package(&code.file_name, &code.data, &settings.handler)?,
+                package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?,
                 code.file_name,
             ),
             None => {
                 // Settings only: the stored code must still hold the (maybe new) handler.
                 let bytes = self.artifacts.get(&current.s3_key).await?;
-                if settings.handler != base.handler {
-                    package::check_zip(&bytes, &settings.handler)?;
+                if settings.handler != base.handler || settings.runtime != base.runtime {
+                    package::check_zip(&bytes, &settings.handler, settings.runtime)?;
                 }
                 (
                     Artifact {
@@ -153,6 +172,7 @@ impl FunctionService {
             uploaded_at: previous.as_ref().map(|p| p.uploaded_at).unwrap_or(now),
             updated_at: previous.as_ref().map(|_| now),
             invocations: previous.as_ref().map(|p| p.invocations).unwrap_or(0),
+            warm_pool: settings.warm_pool,
             owner,
         };
         self.registry.put(&record).await?;
@@ -217,6 +237,8 @@ impl FunctionService {
         if let Ok(mut cache) = self.cache.lock() {
             cache.remove(id);
         }
+        // A stored permit: the follower sees the change even if it is busy now.
+        self.changes.notify_one();
     }
 
     /// Counts an invocation in memory; `flush_invocations` writes the sums, so

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{FunctionRecord, Runtime};
+use crate::model::{FunctionRecord, Runtime, WarmPool};
 
 pub const MEMORY_MB_MIN: u32 = 128;
 pub const MEMORY_MB_MAX: u32 = 10240;
@@ -13,6 +13,9 @@ pub const DEFAULT_MEMORY_MB: u32 = 128;
 pub const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 /// AWS Lambda's limit on the total size of environment variables.
 pub const ENV_VARS_MAX_BYTES: usize = 4096;
+/// Most instances of one function a worker keeps warm.
+pub const WARM_MAX: u32 = 100;
+pub const KEEP_ALIVE_MAX_SECONDS: u64 = 86_400;
 const NAME_MAX: usize = 128;
 const DESCRIPTION_MAX: usize = 1024;
 
@@ -27,6 +30,9 @@ pub struct SettingsDraft {
     pub handler: Option<String>,
     /// A JSON object of string values.
     pub env_vars: Option<String>,
+    pub min_warm: Option<String>,
+    pub max_warm: Option<String>,
+    pub keep_alive_seconds: Option<String>,
 }
 
 impl SettingsDraft {
@@ -40,6 +46,9 @@ impl SettingsDraft {
             timeout_ms: self.timeout_ms.or(other.timeout_ms),
             handler: self.handler.or(other.handler),
             env_vars: self.env_vars.or(other.env_vars),
+            min_warm: self.min_warm.or(other.min_warm),
+            max_warm: self.max_warm.or(other.max_warm),
+            keep_alive_seconds: self.keep_alive_seconds.or(other.keep_alive_seconds),
         }
     }
 
@@ -51,6 +60,9 @@ impl SettingsDraft {
             && self.timeout_ms.is_none()
             && self.handler.is_none()
             && self.env_vars.is_none()
+            && self.min_warm.is_none()
+            && self.max_warm.is_none()
+            && self.keep_alive_seconds.is_none()
     }
 }
 
@@ -64,6 +76,7 @@ pub struct FunctionSettings {
     pub timeout_ms: u64,
     pub handler: Handler,
     pub env_vars: BTreeMap<String, String>,
+    pub warm_pool: WarmPool,
 }
 
 impl FunctionSettings {
@@ -77,6 +90,7 @@ impl FunctionSettings {
             timeout_ms: r.timeout_ms,
             handler: Handler::parse(&r.handler).map_err(|e| ValidationErrors(vec![e]))?,
             env_vars: r.env_vars.clone(),
+            warm_pool: r.warm_pool,
         })
     }
 }
@@ -108,15 +122,37 @@ impl Handler {
             })
         } else {
             Err(format!(
-                "handler {s:?} must be dotted Python identifiers, like main.handler"
+                "handler {s:?} must be dotted identifiers, like main.handler or index.handler"
             ))
         }
     }
 
-    /// The file that must exist in the archive for the module to import.
-    pub fn module_files(&self) -> [String; 2] {
+    /// The files, one of which must exist in the archive for the module to
+    /// load; the first is the name a single uploaded file is stored under.
+    pub fn module_files(&self, runtime: Runtime) -> Vec<String> {
         let path = self.module.replace('.', "/");
-        [format!("{path}.py"), format!("{path}/__init__.py")]
+        match runtime {
+            Runtime::Python => vec![format!("{path}.py"), format!("{path}/__init__.py")],
+            Runtime::Nodejs => vec![
+                format!("{path}.js"),
+                format!("{path}.mjs"),
+                format!("{path}.cjs"),
+                format!("{path}/index.js"),
+            ],
+        }
+    }
+
+    /// The module file a single uploaded source file is stored as.
+    pub fn single_file_name(&self, file_name: &str, runtime: Runtime) -> String {
+        let path = self.module.replace('.', "/");
+        let lower = file_name.to_ascii_lowercase();
+        match runtime {
+            Runtime::Python => format!("{path}.py"),
+            // Keep the module system the author chose (.mjs is ESM, .cjs CommonJS).
+            Runtime::Nodejs if lower.ends_with(".mjs") => format!("{path}.mjs"),
+            Runtime::Nodejs if lower.ends_with(".cjs") => format!("{path}.cjs"),
+            Runtime::Nodejs => format!("{path}.js"),
+        }
     }
 }
 
@@ -195,9 +231,13 @@ pub fn validate(
     let handler = match draft.handler.as_deref() {
         Some(h) => Handler::parse(h).unwrap_or_else(|e| {
             errors.push(e);
-            default_handler()
+            default_handler(runtime)
         }),
-        None => base.map(|b| b.handler.clone()).unwrap_or_else(default_handler),
+        None => match base {
+            // A runtime change without a handler moves to the new runtime's default.
+            Some(b) if b.runtime == runtime => b.handler.clone(),
+            _ => default_handler(runtime),
+        },
     };
     let env_vars = match draft.env_vars.as_deref() {
         Some(raw) => parse_env_vars(raw).unwrap_or_else(|e| {
@@ -205,6 +245,46 @@ pub fn validate(
             BTreeMap::new()
         }),
         None => base.map(|b| b.env_vars.clone()).unwrap_or_default(),
+    };
+
+    let base_pool = base.map(|b| b.warm_pool).unwrap_or_default();
+    let mut count = |field: &str, raw: Option<&str>, min: u64, max: u64| -> Option<Option<u64>> {
+        // "" clears an optional setting back to the worker's default.
+        match raw.map(str::trim) {
+            None => None,
+            Some("") => Some(None),
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => Some(Some(n)),
+                _ => {
+                    errors.push(format!("{field} must be an integer from {min} to {max}, got {v:?}"));
+                    Some(None)
+                }
+            },
+        }
+    };
+    let warm_max = u64::from(WARM_MAX);
+    let min_warm = count("minWarm", draft.min_warm.as_deref(), 0, warm_max)
+        .map(|v| v.unwrap_or(0) as u32)
+        .unwrap_or(base_pool.min_warm);
+    let max_warm = count("maxWarm", draft.max_warm.as_deref(), 1, warm_max)
+        .map(|v| v.map(|n| n as u32))
+        .unwrap_or(base_pool.max_warm);
+    let keep_alive_seconds = count(
+        "keepAliveSeconds",
+        draft.keep_alive_seconds.as_deref(),
+        1,
+        KEEP_ALIVE_MAX_SECONDS,
+    )
+    .unwrap_or(base_pool.keep_alive_seconds);
+    if let Some(max) = max_warm {
+        if min_warm > max {
+            errors.push(format!("minWarm ({min_warm}) must not exceed maxWarm ({max})"));
+        }
+    }
+    let warm_pool = WarmPool {
+        min_warm,
+        max_warm,
+        keep_alive_seconds,
     };
 
     if errors.is_empty() {
@@ -216,16 +296,18 @@ pub fn validate(
             timeout_ms,
             handler,
             env_vars,
+            warm_pool,
         })
     } else {
         Err(ValidationErrors(errors))
     }
 }
 
-fn default_handler() -> Handler {
+fn default_handler(runtime: Runtime) -> Handler {
+    let (module, function) = runtime.default_handler().split_once('.').unwrap_or(("main", "handler"));
     Handler {
-        module: "main".into(),
-        function: "handler".into(),
+        module: module.into(),
+        function: function.into(),
     }
 }
 
@@ -324,7 +406,7 @@ mod tests {
         assert_eq!(e.0.len(), 7, "{e:?}");
         assert!(e
             .to_string()
-            .contains("runtime \"ruby\" is not supported (supported: python)"));
+            .contains("runtime \"ruby\" is not supported (supported: python, nodejs)"));
         assert!(e.to_string().contains("memoryMb must be an integer from 128 to 10240"));
     }
 
@@ -354,8 +436,66 @@ mod tests {
     }
 
     #[test]
+    fn warm_pool_settings() {
+        let d = SettingsDraft {
+            min_warm: Some("2".into()),
+            max_warm: Some("4".into()),
+            keep_alive_seconds: Some("60".into()),
+            ..draft()
+        };
+        let s = validate(&d, None, "f").unwrap();
+        assert_eq!(
+            s.warm_pool,
+            WarmPool {
+                min_warm: 2,
+                max_warm: Some(4),
+                keep_alive_seconds: Some(60)
+            }
+        );
+        // Unchanged on an update that does not mention it; "" clears.
+        let kept = validate(&draft(), Some(&s), "f").unwrap();
+        assert_eq!(kept.warm_pool, s.warm_pool);
+        let cleared = validate(
+            &SettingsDraft {
+                max_warm: Some("".into()),
+                ..draft()
+            },
+            Some(&s),
+            "f",
+        )
+        .unwrap();
+        assert_eq!(cleared.warm_pool.max_warm, None);
+        let bad = SettingsDraft {
+            min_warm: Some("5".into()),
+            max_warm: Some("2".into()),
+            keep_alive_seconds: Some("0".into()),
+            ..draft()
+        };
+        let e = validate(&bad, None, "f").unwrap_err();
+        assert_eq!(e.0.len(), 2, "{e:?}");
+        assert!(e.to_string().contains("minWarm (5) must not exceed maxWarm (2)"));
+    }
+
+    #[test]
+    fn node_functions_default_to_index_handler() {
+        let d = SettingsDraft {
+            runtime: Some("nodejs".into()),
+            ..draft()
+        };
+        let s = validate(&d, None, "f").unwrap();
+        assert_eq!(s.handler.to_string(), "index.handler");
+    }
+
+    #[test]
     fn handlers() {
-        assert_eq!(Handler::parse("pkg.mod.run").unwrap().module_files()[0], "pkg/mod.py");
+        assert_eq!(
+            Handler::parse("pkg.mod.run").unwrap().module_files(Runtime::Python)[0],
+            "pkg/mod.py"
+        );
+        assert_eq!(
+            Handler::parse("index.handler").unwrap().module_files(Runtime::Nodejs)[1],
+            "index.mjs"
+        );
         for bad in [
             "",
             "main",

@@ -14,7 +14,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 use super::protocol::{read_frame, write_frame, FromInstance, InvokeRequest, Outcome, ToInstance};
-use super::{RuntimeError, PYTHON_BOOTSTRAP};
+use super::{RuntimeError, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP};
 use crate::ai::AiSession;
 use crate::function::settings::Handler;
 use crate::model::{JobStatus, Runtime};
@@ -24,6 +24,8 @@ use crate::model::{JobStatus, Runtime};
 pub struct RuntimeConfig {
     /// The Python interpreter (resolved to a real path, not a shim).
     pub python: PathBuf,
+    /// The Node.js binary, when this worker has one.
+    pub node: Option<PathBuf>,
     /// Parent of every instance's private working directory.
     pub instances_dir: PathBuf,
     pub start_timeout: Duration,
@@ -87,6 +89,7 @@ const STEM_MEMORY_MB: u32 = crate::function::settings::MEMORY_MB_MAX;
 /// What is known about an instance when it starts: a function's (fresh
 /// start) or nothing yet (stem cell).
 struct Launch<'a> {
+    runtime: Runtime,
     code_dir: Option<&'a Path>,
     memory_mb: u32,
     env: Option<&'a BTreeMap<String, String>>,
@@ -197,6 +200,7 @@ impl InstanceSpec {
 }
 
 pub struct Instance {
+    runtime: Runtime,
     child: Child,
     pid: i32,
     chan: UnixStream,
@@ -204,6 +208,9 @@ pub struct Instance {
     /// The instance's private root: `work/` (cwd, HOME, TMPDIR) and, for
     /// stem cells, `code/`. Removed when the instance is dropped.
     root: tempfile::TempDir,
+    /// The end of what the process wrote to stderr outside invocations (a
+    /// runtime's fatal error message).
+    stderr_tail: Arc<Mutex<String>>,
     // Declared last: returned to the pool after the process is killed (Drop).
     _uid: Option<UidLease>,
 }
@@ -213,6 +220,7 @@ impl Instance {
     /// known at start) and waits for its bootstrap to report ready.
     pub async fn spawn(cfg: &RuntimeConfig, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let launch = Launch {
+            runtime: spec.runtime,
             code_dir: Some(&spec.code_dir),
             memory_mb: spec.memory_mb,
             env: Some(&spec.env_vars),
@@ -222,10 +230,11 @@ impl Instance {
 
     /// Starts a stem cell: interpreter and bootstrap only; `load_stem` later
     /// gives it a function's code, memory limit and environment.
-    pub async fn spawn_stem(cfg: &RuntimeConfig) -> Result<Instance, RuntimeError> {
+    pub async fn spawn_stem(cfg: &RuntimeConfig, runtime: Runtime) -> Result<Instance, RuntimeError> {
         Self::start(
             cfg,
             Launch {
+                runtime,
                 code_dir: None,
                 memory_mb: STEM_MEMORY_MB,
                 env: None,
@@ -235,6 +244,24 @@ impl Instance {
     }
 
     async fn start(cfg: &RuntimeConfig, launch: Launch<'_>) -> Result<Instance, RuntimeError> {
+        let (program, args, memory_resource) = match launch.runtime {
+            Runtime::Python => (
+                cfg.python.clone(),
+                vec!["-I", "-u", "-c", PYTHON_BOOTSTRAP],
+                libc::RLIMIT_AS,
+            ),
+            // V8 reserves far more address space than it uses, so an address-space
+            // limit stops Node from starting: limit the data segment instead.
+            Runtime::Nodejs => match &cfg.node {
+                Some(node) => (node.clone(), vec!["-e", NODE_BOOTSTRAP], libc::RLIMIT_DATA),
+                None => {
+                    return Err(RuntimeError::Unavailable(
+                        Runtime::Nodejs,
+                        "no node binary (NODE_BIN)".to_string(),
+                    ))
+                }
+            },
+        };
         std::fs::create_dir_all(&cfg.instances_dir).map_err(RuntimeError::Workdir)?;
         let root = tempfile::Builder::new()
             .prefix("inst-")
@@ -266,15 +293,12 @@ impl Instance {
         let mut cmd = match &cfg.sandbox {
             Some(sandbox) => {
                 let mut cmd = sandbox.command(launch.code_dir, root.path(), &workdir);
-                cmd.arg(&cfg.python);
+                cmd.arg(&program);
                 cmd
             }
-            None => Command::new(&cfg.python),
+            None => Command::new(&program),
         };
-        cmd.arg("-I")
-            .arg("-u")
-            .arg("-c")
-            .arg(PYTHON_BOOTSTRAP)
+        cmd.args(args)
             // A clean environment: the platform's few basics, then the function's own.
             .env_clear()
             .env("PATH", "/usr/local/bin:/usr/bin:/bin")
@@ -314,8 +338,8 @@ impl Instance {
                     };
                     libc::setrlimit(resource, &rl)
                 };
-                // Address-space limit: the memory limit where no cgroup is available.
-                if limit(libc::RLIMIT_AS, memory_bytes) != 0 || limit(libc::RLIMIT_CORE, 0) != 0 {
+                // The memory limit where no cgroup is available.
+                if limit(memory_resource, memory_bytes) != 0 || limit(libc::RLIMIT_CORE, 0) != 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 if let Some(uid) = uid {
@@ -338,15 +362,18 @@ impl Instance {
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
         drop(child_end);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
-        drain_output(child.stdout.take(), pid, "stdout");
-        drain_output(child.stderr.take(), pid, "stderr");
+        let stderr_tail = Arc::new(Mutex::new(String::new()));
+        drain_output(child.stdout.take(), pid, "stdout", None);
+        drain_output(child.stderr.take(), pid, "stderr", Some(stderr_tail.clone()));
         parent.set_nonblocking(true).map_err(RuntimeError::Spawn)?;
         let chan = UnixStream::from_std(parent).map_err(RuntimeError::Spawn)?;
         let mut instance = Instance {
+            runtime: launch.runtime,
             child,
             pid,
             chan,
             root,
+            stderr_tail,
             _uid: lease,
         };
 
@@ -398,6 +425,17 @@ impl Instance {
             ));
         }
         let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+        if self.runtime == Runtime::Nodejs {
+            // Node cannot lower its own limits: set them on the process from here.
+            if let Err(e) = limit_tree(self.pid, libc::RLIMIT_DATA, memory_bytes) {
+                self.kill();
+                return Err(Outcome::failed(
+                    JobStatus::Crashed,
+                    "MemoryLimitFailed",
+                    format!("cannot set the memory limit on a stem cell: {e}"),
+                ));
+            }
+        }
         self.load_with(&target, &spec.handler, timeout, Some((memory_bytes, &spec.env_vars)))
             .await
     }
@@ -503,6 +541,7 @@ impl Instance {
                     duration_ms,
                     peak_memory_bytes,
                     strays,
+                    discard,
                 }))) => {
                     let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
                     let outcome = Outcome {
@@ -518,7 +557,7 @@ impl Instance {
                     // An instance that hit its memory limit may be left in a bad state;
                     // one with processes still running (a fork bomb, a forgotten
                     // child) is never handed to the next invocation.
-                    (outcome, status != JobStatus::Oom && strays == 0)
+                    (outcome, status != JobStatus::Oom && strays == 0 && !discard)
                 }
                 Ok(Ok(Some(other))) => {
                     self.kill();
@@ -569,11 +608,19 @@ impl Instance {
 
     async fn crashed(&mut self) -> Outcome {
         let (code, how) = self.exit_status().await;
-        let mut o = Outcome::failed(
-            JobStatus::Crashed,
-            "InstanceExited",
-            format!("the function process {how}"),
-        );
+        // Give the stderr reader a moment to take the last words.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
+        // V8 aborts the process when its heap cannot grow within the limit.
+        let mut o = if tail.contains("out of memory") || tail.contains("Allocation failed") {
+            Outcome::failed(
+                JobStatus::Oom,
+                "OutOfMemory",
+                "the function ran out of memory (its memoryMb limit) and was stopped",
+            )
+        } else {
+            Outcome::failed(JobStatus::Crashed, "InstanceExited", format!("the function process {how}"))
+        };
         o.exit_code = code;
         o
     }
@@ -618,7 +665,13 @@ fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
 
 /// Logs what the process writes outside a handler's captured output (e.g.
 /// C-level writes), so the pipe never fills up and blocks the instance.
-fn drain_output<R: AsyncReadExt + Unpin + Send + 'static>(pipe: Option<R>, pid: i32, stream: &'static str) {
+fn drain_output<R: AsyncReadExt + Unpin + Send + 'static>(
+    pipe: Option<R>,
+    pid: i32,
+    stream: &'static str,
+    tail: Option<Arc<Mutex<String>>>,
+) {
+    const TAIL: usize = 4096;
     let Some(mut pipe) = pipe else { return };
     tokio::spawn(async move {
         let mut buf = vec![0u8; 8192];
@@ -626,9 +679,42 @@ fn drain_output<R: AsyncReadExt + Unpin + Send + 'static>(pipe: Option<R>, pid: 
             match pipe.read(&mut buf).await {
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
+                    if let Some(Ok(mut t)) = tail.as_ref().map(|t| t.lock()) {
+                        t.push_str(&String::from_utf8_lossy(&buf[..n]));
+                        if t.len() > TAIL {
+                            let mut cut = t.len() - TAIL;
+                            while !t.is_char_boundary(cut) {
+                                cut += 1;
+                            }
+                            t.drain(..cut);
+                        }
+                    }
                     tracing::debug!(pid, stream, output = %String::from_utf8_lossy(&buf[..n]), "instance output");
                 }
             }
         }
     });
+}
+
+/// Sets a resource limit on a process and all its descendants (a sandboxed
+/// runtime sits below bubblewrap's own processes).
+fn limit_tree(pid: i32, resource: libc::__rlimit_resource_t, value: u64) -> std::io::Result<()> {
+    let rl = libc::rlimit {
+        rlim_cur: value as libc::rlim_t,
+        rlim_max: value as libc::rlim_t,
+    };
+    let mut pending = vec![pid];
+    while let Some(p) = pending.pop() {
+        // SAFETY: plain syscall on a pid we started (or its descendants); rl outlives the call.
+        if unsafe { libc::prlimit(p, resource, &rl, std::ptr::null_mut()) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        if let Ok(tasks) = std::fs::read_dir(format!("/proc/{p}/task")) {
+            for task in tasks.flatten() {
+                let children = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+                pending.extend(children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()));
+            }
+        }
+    }
+    Ok(())
 }

@@ -6,11 +6,13 @@ mod pool;
 pub mod protocol;
 
 pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox, UidPool};
-pub use pool::{Invocation, Pool, StartKind};
+pub use pool::{Invocation, Pool, PoolLimits, PoolStats, StartKind, WarmTarget};
 pub use protocol::{InvokeRequest, Outcome};
 
 /// The Python bootstrap, embedded in the binary (passed to `python3 -c`).
 pub const PYTHON_BOOTSTRAP: &str = include_str!("bootstrap/python.py");
+/// The Node.js bootstrap (passed to `node -e`).
+pub const NODE_BOOTSTRAP: &str = include_str!("bootstrap/node.js");
 
 #[derive(Debug, thiserror::Error)]
 pub enum RuntimeError {
@@ -24,6 +26,8 @@ pub enum RuntimeError {
     Exited(String),
     #[error("no unprivileged uid is free for another instance")]
     NoUid,
+    #[error("the {0} runtime is not available on this worker ({1})")]
+    Unavailable(crate::model::Runtime, String),
     #[error("instance did not become ready within {0:?}")]
     StartTimeout(std::time::Duration),
 }

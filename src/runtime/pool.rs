@@ -1,25 +1,34 @@
 //! The warm pool: a function's instances are kept after an invocation and
-//! reused by the next one (a warm start) until their keep-alive lapses.
+//! reused by the next one (a warm start) until their keep-alive lapses;
+//! functions with `minWarm` have instances started before any request; stem
+//! cells per runtime make the remaining cold starts cheap. Every live
+//! instance holds a memory reservation (its function's memoryMb, a fixed
+//! share for a stem cell), and reservations never exceed the capacity.
 
-use std::collections::HashMap;
-use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use tokio::sync::Notify;
 
 use super::instance::{Instance, InstanceSpec, RuntimeConfig};
 use super::protocol::{InvokeRequest, Outcome};
 use crate::ai::AiSession;
 use crate::metrics::Metrics;
-use crate::model::JobStatus;
+use crate::model::{JobStatus, Runtime, WarmPool};
 
 /// Shortest time a handler import may take before it counts as hung.
 const MIN_LOAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest a job waits for pool memory before it ends with a clear error.
+const CAPACITY_WAIT: Duration = Duration::from_secs(60);
 
-struct Idle {
-    instance: Instance,
-    since: Instant,
+/// Memory set aside for one stem cell (an idle interpreter with the bootstrap).
+fn stem_reserve_mb(runtime: Runtime) -> u64 {
+    match runtime {
+        Runtime::Python => 32,
+        Runtime::Nodejs => 64,
+    }
 }
 
 /// How the instance that ran a job came to be.
@@ -54,98 +63,238 @@ pub struct Invocation {
     pub init_ms: Option<f64>,
 }
 
+/// Limits of the whole pool.
+#[derive(Debug, Clone, Copy)]
+pub struct PoolLimits {
+    /// Default idle time before an instance stops.
+    pub keep_alive: Duration,
+    /// Most idle instances over all functions.
+    pub max_idle: usize,
+    /// Memory (MB) all live instances together may reserve.
+    pub memory_mb: u64,
+}
+
+/// A function the pool keeps warm: its instance spec and pool settings.
+#[derive(Debug, Clone)]
+pub struct WarmTarget {
+    pub spec: InstanceSpec,
+    pub warm_pool: WarmPool,
+}
+
+/// A snapshot of the pool, for `/health`, heartbeats and metrics.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PoolStats {
+    pub capacity_mb: u64,
+    pub reserved_mb: u64,
+    /// Stem cells this worker keeps per runtime (STEM_CELLS).
+    pub stem_cells_per_runtime: usize,
+    /// Highest reservation since the worker started.
+    pub peak_reserved_mb: u64,
+    pub idle_instances: usize,
+    pub busy_instances: usize,
+    /// Ready stem cells per runtime.
+    pub stem_cells: BTreeMap<String, usize>,
+    /// Idle instances per function id.
+    pub idle_by_function: BTreeMap<String, usize>,
+    /// Functions below their minWarm (capacity too small, or starting).
+    pub short_of_min_warm: BTreeMap<String, u32>,
+}
+
+struct Idle {
+    instance: Instance,
+    since: Instant,
+    memory_mb: u64,
+    keep_alive: Duration,
+    function_id: String,
+    runtime: Runtime,
+}
+
+#[derive(Default)]
+struct State {
+    idle: HashMap<String, Vec<Idle>>,
+    stems: HashMap<Runtime, Vec<Instance>>,
+    stems_starting: HashMap<Runtime, usize>,
+    /// Pre-warm starts under way per pool key.
+    prewarming: HashMap<String, usize>,
+    /// minWarm per pool key of the current targets: these instances are
+    /// neither expired nor evicted for other functions.
+    protected: HashMap<String, u32>,
+    short: BTreeMap<String, u32>,
+    reserved_mb: u64,
+    peak_mb: u64,
+    busy: usize,
+}
+
+impl State {
+    fn reserve(&mut self, mb: u64, capacity: u64) -> bool {
+        if self.reserved_mb + mb > capacity {
+            return false;
+        }
+        self.reserved_mb += mb;
+        self.peak_mb = self.peak_mb.max(self.reserved_mb);
+        true
+    }
+
+    fn idle_count(&self) -> usize {
+        self.idle.values().map(Vec::len).sum()
+    }
+
+    /// Stops the least recently used idle instance that is not protected by
+    /// a minWarm (or any, with `any`); returns whether one was stopped.
+    fn evict_lru(&mut self, any: bool) -> bool {
+        let candidate = self
+            .idle
+            .iter()
+            .filter(|(key, list)| any || list.len() > self.protected.get(*key).copied().unwrap_or(0) as usize)
+            .flat_map(|(key, list)| list.iter().enumerate().map(move |(i, e)| (e.since, key.clone(), i)))
+            .min_by_key(|(since, _, _)| *since);
+        let Some((_, key, i)) = candidate else { return false };
+        self.remove_idle(&key, i);
+        true
+    }
+
+    fn remove_idle(&mut self, key: &str, i: usize) {
+        if let Some(list) = self.idle.get_mut(key) {
+            if i < list.len() {
+                let gone = list.remove(i);
+                self.reserved_mb = self.reserved_mb.saturating_sub(gone.memory_mb);
+            }
+            if list.is_empty() {
+                self.idle.remove(key);
+            }
+        }
+    }
+}
+
 pub struct Pool {
     cfg: RuntimeConfig,
-    keep_alive: Duration,
-    max_idle: usize,
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
-    stems: Arc<Mutex<Vec<Instance>>>,
-    /// Stem cells being started right now.
-    stems_starting: Arc<AtomicUsize>,
+    limits: PoolLimits,
+    state: Arc<Mutex<State>>,
+    /// Signalled whenever memory is released or an instance becomes idle.
+    freed: Arc<Notify>,
     metrics: Arc<Metrics>,
 }
 
 impl Pool {
-    pub fn new(cfg: RuntimeConfig, keep_alive: Duration, max_idle: usize, metrics: Arc<Metrics>) -> Self {
+    pub fn new(cfg: RuntimeConfig, limits: PoolLimits, metrics: Arc<Metrics>) -> Self {
+        metrics.pool_capacity_mb.set(limits.memory_mb as i64);
         Pool {
             cfg,
-            keep_alive,
-            max_idle,
-            idle: Mutex::new(HashMap::new()),
-            stems: Arc::new(Mutex::new(Vec::new())),
-            stems_starting: Arc::new(AtomicUsize::new(0)),
+            limits,
+            state: Arc::new(Mutex::new(State::default())),
+            freed: Arc::new(Notify::new()),
             metrics,
         }
     }
 
-    /// Starts stem cells in the background until `stem_cells` are ready or starting.
+    fn lock(&self) -> MutexGuard<'_, State> {
+        // A panic while holding the lock leaves plain counters behind: keep going.
+        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    pub fn stem_cells(&self) -> usize {
+        self.cfg.stem_cells
+    }
+
+    pub fn has_runtime(&self, runtime: Runtime) -> bool {
+        self.runtimes().contains(&runtime)
+    }
+
+    /// The runtimes this worker can start.
+    fn runtimes(&self) -> Vec<Runtime> {
+        let mut r = vec![Runtime::Python];
+        if self.cfg.node.is_some() {
+            r.push(Runtime::Nodejs);
+        }
+        r
+    }
+
+    /// Starts stem cells in the background until `stem_cells` per runtime are
+    /// ready or starting (as far as memory allows).
     pub fn refill_stem_cells(&self) {
-        let ready = self.stems.lock().map(|s| s.len()).unwrap_or(0);
-        let missing = self
-            .cfg
-            .stem_cells
-            .saturating_sub(ready + self.stems_starting.load(Ordering::Relaxed));
-        for _ in 0..missing {
-            self.stems_starting.fetch_add(1, Ordering::Relaxed);
-            let (cfg, stems, starting, metrics) = (
+        for runtime in self.runtimes() {
+            self.refill(runtime);
+        }
+    }
+
+    fn refill(&self, runtime: Runtime) {
+        let reserve = stem_reserve_mb(runtime);
+        loop {
+            {
+                let mut st = self.lock();
+                let have = st.stems.get(&runtime).map_or(0, Vec::len) + st.stems_starting.get(&runtime).copied().unwrap_or(0);
+                if have >= self.cfg.stem_cells || !st.reserve(reserve, self.limits.memory_mb) {
+                    return;
+                }
+                *st.stems_starting.entry(runtime).or_default() += 1;
+            }
+            let (cfg, state, metrics, freed) = (
                 self.cfg.clone(),
-                self.stems.clone(),
-                self.stems_starting.clone(),
+                self.state.clone(),
                 self.metrics.clone(),
+                self.freed.clone(),
             );
             tokio::spawn(async move {
-                match Instance::spawn_stem(&cfg).await {
-                    Ok(stem) => {
-                        if let Ok(mut s) = stems.lock() {
-                            s.push(stem);
-                            metrics.stem_cells.set(s.len() as i64);
-                        }
-                    }
-                    Err(e) => tracing::warn!(error = %e, "could not start a stem cell"),
+                let started = Instance::spawn_stem(&cfg, runtime).await;
+                let mut st = state.lock().unwrap_or_else(|p| p.into_inner());
+                if let Some(n) = st.stems_starting.get_mut(&runtime) {
+                    *n = n.saturating_sub(1);
                 }
-                starting.fetch_sub(1, Ordering::Relaxed);
+                match started {
+                    Ok(stem) => st.stems.entry(runtime).or_default().push(stem),
+                    Err(e) => {
+                        st.reserved_mb = st.reserved_mb.saturating_sub(reserve);
+                        freed.notify_waiters();
+                        tracing::warn!(runtime = runtime.as_str(), error = %e, "could not start a stem cell");
+                    }
+                }
+                metrics.stem_cells.set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
             });
         }
     }
 
-    fn take_stem(&self) -> Option<Instance> {
-        let stem = self.stems.lock().ok().and_then(|mut s| {
-            let stem = s.pop();
-            self.metrics.stem_cells.set(s.len() as i64);
+    /// A stem cell of `runtime`, its reservation turned into `memory_mb`
+    /// (already reserved by the caller, so the stem's share is released).
+    fn take_stem(&self, runtime: Runtime) -> Option<Instance> {
+        let stem = {
+            let mut st = self.lock();
+            let stem = st.stems.get_mut(&runtime).and_then(Vec::pop);
+            if stem.is_some() {
+                st.reserved_mb = st.reserved_mb.saturating_sub(stem_reserve_mb(runtime));
+            }
+            self.metrics.stem_cells.set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
             stem
-        });
+        };
         if stem.is_some() {
-            self.refill_stem_cells();
+            self.refill(runtime);
         }
         stem
     }
 
     /// Runs the request on a warm instance of `spec` if one is idle, else on a
-    /// fresh one; keeps the instance afterwards unless it broke a limit.
-    pub async fn invoke(&self, spec: &InstanceSpec, req: &InvokeRequest, ai: &mut AiSession) -> Invocation {
+    /// stem cell or a fresh instance, once the pool has memory for it; keeps
+    /// the instance afterwards unless it broke a limit.
+    pub async fn invoke(
+        &self,
+        spec: &InstanceSpec,
+        warm_pool: &WarmPool,
+        req: &InvokeRequest,
+        ai: &mut AiSession,
+    ) -> Invocation {
         let key = spec.pool_key();
-        let (mut instance, start_kind, init_ms) = match self.take_idle(&key) {
-            Some(instance) => (instance, StartKind::Warm, None),
-            None => {
+        let (mut instance, start_kind, init_ms) = match self.acquire(spec, &key).await {
+            Ok(Some(instance)) => (instance, StartKind::Warm, None),
+            Ok(None) => {
                 let t0 = Instant::now();
                 let load_timeout = Duration::from_millis(req.timeout_ms).max(MIN_LOAD_TIMEOUT);
-                let started = match self.take_stem() {
-                    Some(mut stem) => stem
-                        .load_stem(spec, load_timeout)
-                        .await
-                        .map(|_| (stem, StartKind::Stem)),
-                    None => self.start(spec, load_timeout).await.map(|i| (i, StartKind::Fresh)),
-                };
-                match started {
+                match self.start_instance(spec, load_timeout).await {
                     Ok((instance, kind)) => {
                         let init = t0.elapsed().as_secs_f64();
-                        self.metrics
-                            .init_duration
-                            .with_label_values(&[kind.as_str()])
-                            .observe(init);
                         (instance, kind, Some(init * 1000.0))
                     }
                     Err(outcome) => {
+                        self.release(u64::from(spec.memory_mb));
                         self.metrics.starts.with_label_values(&["fresh"]).inc();
                         return Invocation {
                             outcome,
@@ -156,15 +305,25 @@ impl Pool {
                     }
                 }
             }
+            Err(outcome) => {
+                return Invocation {
+                    outcome,
+                    start_kind: StartKind::Fresh,
+                    cold_start: true,
+                    init_ms: None,
+                }
+            }
         };
         let cold_start = start_kind != StartKind::Warm;
         self.metrics.starts.with_label_values(&[start_kind.as_str()]).inc();
-        self.metrics.busy_instances.inc();
+        self.set_busy(1);
         let (outcome, reusable) = instance.invoke(req, ai).await;
-        self.metrics.busy_instances.dec();
+        self.set_busy(-1);
         if reusable {
-            self.put_idle(key, instance);
+            self.put_idle(key, spec, warm_pool, instance);
         } else {
+            drop(instance);
+            self.release(u64::from(spec.memory_mb));
             tracing::info!(
                 function_id = spec.function_id,
                 status = outcome.status.as_str(),
@@ -179,6 +338,106 @@ impl Pool {
         }
     }
 
+    fn gauges(&self, st: &State) {
+        self.metrics.pool_reserved_mb.set(st.reserved_mb as i64);
+        self.metrics.pool_peak_mb.set(st.peak_mb as i64);
+    }
+
+    fn set_busy(&self, delta: isize) {
+        let mut st = self.lock();
+        st.busy = st.busy.saturating_add_signed(delta);
+        self.metrics.busy_instances.set(st.busy as i64);
+    }
+
+    /// An idle instance of `key`, or (None) memory reserved for a new one:
+    /// idle instances of other functions are stopped to make room, and
+    /// failing that the job waits for running ones to finish.
+    async fn acquire(&self, spec: &InstanceSpec, key: &str) -> Result<Option<Instance>, Outcome> {
+        let need = u64::from(spec.memory_mb);
+        if need > self.limits.memory_mb {
+            return Err(Outcome::failed(
+                JobStatus::Error,
+                "CapacityExceeded",
+                format!(
+                    "the function needs {need} MB but this worker's pool has {} MB (WORKER_MEMORY_MB)",
+                    self.limits.memory_mb
+                ),
+            ));
+        }
+        let deadline = tokio::time::Instant::now() + CAPACITY_WAIT;
+        loop {
+            let freed = self.freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if let Some(list) = st.idle.get_mut(key) {
+                    // Most recently used first: it is the most likely to be hot in cache.
+                    if let Some(idle) = list.pop() {
+                        if list.is_empty() {
+                            st.idle.remove(key);
+                        }
+                        self.metrics.warm_instances.set(st.idle_count() as i64);
+                        return Ok(Some(idle.instance));
+                    }
+                }
+                loop {
+                    if st.reserve(need, self.limits.memory_mb) {
+                        self.gauges(&st);
+                        return Ok(None);
+                    }
+                    // Room is made from idle instances: first those beyond
+                    // any minWarm, then (a running job wins) protected ones.
+                    if !(st.evict_lru(false) || st.evict_lru(true)) {
+                        break;
+                    }
+                    self.metrics.warm_instances.set(st.idle_count() as i64);
+                }
+            }
+            if tokio::time::timeout_at(deadline, freed).await.is_err() {
+                let st = self.lock();
+                return Err(Outcome::failed(
+                    JobStatus::Error,
+                    "CapacityExceeded",
+                    format!(
+                        "no pool memory for {need} MB within {} s ({} of {} MB held by running instances)",
+                        CAPACITY_WAIT.as_secs(),
+                        st.reserved_mb,
+                        self.limits.memory_mb
+                    ),
+                ));
+            }
+        }
+    }
+
+    fn release(&self, mb: u64) {
+        let mut st = self.lock();
+        st.reserved_mb = st.reserved_mb.saturating_sub(mb);
+        self.gauges(&st);
+        drop(st);
+        self.freed.notify_waiters();
+    }
+
+    /// A new instance for `spec` (memory already reserved): a stem cell given
+    /// the code, or a fresh process.
+    async fn start_instance(&self, spec: &InstanceSpec, load_timeout: Duration) -> Result<(Instance, StartKind), Outcome> {
+        let t0 = Instant::now();
+        let started = match self.take_stem(spec.runtime) {
+            Some(mut stem) => stem
+                .load_stem(spec, load_timeout)
+                .await
+                .map(|_| (stem, StartKind::Stem)),
+            None => self.start(spec, load_timeout).await.map(|i| (i, StartKind::Fresh)),
+        };
+        if let Ok((_, kind)) = &started {
+            self.metrics
+                .init_duration
+                .with_label_values(&[kind.as_str()])
+                .observe(t0.elapsed().as_secs_f64());
+        }
+        started
+    }
+
     async fn start(&self, spec: &InstanceSpec, load_timeout: Duration) -> Result<Instance, Outcome> {
         let mut instance = Instance::spawn(&self.cfg, spec).await.map_err(|e| {
             tracing::error!(function_id = spec.function_id, error = %e, "instance failed to start");
@@ -188,87 +447,181 @@ impl Pool {
         Ok(instance)
     }
 
-    fn take_idle(&self, key: &str) -> Option<Instance> {
-        let mut idle = self.idle.lock().ok()?;
-        let list = idle.get_mut(key)?;
-        // Most recently used first: it is the most likely to be hot in cache.
-        let taken = list.pop().map(|i| i.instance);
-        if list.is_empty() {
-            idle.remove(key);
-        }
-        if taken.is_some() {
-            self.metrics.warm_instances.dec();
-        }
-        taken
-    }
-
-    fn put_idle(&self, key: String, instance: Instance) {
-        let Ok(mut idle) = self.idle.lock() else { return };
-        idle.entry(key).or_default().push(Idle {
+    fn put_idle(&self, key: String, spec: &InstanceSpec, warm_pool: &WarmPool, instance: Instance) {
+        let mut st = self.lock();
+        let list = st.idle.entry(key.clone()).or_default();
+        list.push(Idle {
             instance,
             since: Instant::now(),
+            memory_mb: u64::from(spec.memory_mb),
+            keep_alive: warm_pool
+                .keep_alive_seconds
+                .map(Duration::from_secs)
+                .unwrap_or(self.limits.keep_alive),
+            function_id: spec.function_id.clone(),
+            runtime: spec.runtime,
         });
-        self.metrics.warm_instances.inc();
-        let total: usize = idle.values().map(Vec::len).sum();
-        if total > self.max_idle {
-            // Over capacity: drop the least recently used instance.
-            let oldest = idle
-                .iter()
-                .flat_map(|(k, v)| v.iter().enumerate().map(move |(i, e)| (e.since, k.clone(), i)))
-                .min_by_key(|(since, _, _)| *since);
-            if let Some((_, k, i)) = oldest {
-                if let Some(list) = idle.get_mut(&k) {
-                    list.remove(i);
-                    self.metrics.warm_instances.dec();
-                    if list.is_empty() {
-                        idle.remove(&k);
+        // Beyond the function's maxWarm: the oldest of its instances goes.
+        let max_warm = warm_pool.max_warm.map(|m| m as usize).unwrap_or(usize::MAX);
+        if list.len() > max_warm {
+            st.remove_idle(&key, 0);
+        }
+        // Beyond the pool's idle cap: the least recently used of any function goes.
+        while st.idle_count() > self.limits.max_idle {
+            if !(st.evict_lru(false) || st.evict_lru(true)) {
+                break;
+            }
+        }
+        self.metrics.warm_instances.set(st.idle_count() as i64);
+        self.gauges(&st);
+        drop(st);
+        self.freed.notify_waiters();
+    }
+
+    /// Makes the pool follow the warm-pool spec: each target keeps
+    /// `minWarm` idle instances (started now if missing, within capacity).
+    /// Targets no longer listed lose their protection, and their idle
+    /// instances of other code versions are stopped. Returns the functions
+    /// still short of their minWarm.
+    pub async fn set_targets(&self, targets: &[WarmTarget]) -> BTreeMap<String, u32> {
+        let wanted: HashMap<String, u32> = targets
+            .iter()
+            .filter(|t| t.warm_pool.min_warm > 0)
+            .map(|t| (t.spec.pool_key(), t.warm_pool.min_warm))
+            .collect();
+        let mut starts = Vec::new();
+        let mut short = BTreeMap::new();
+        {
+            let mut st = self.lock();
+            let stale: Vec<String> = st.protected.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+            st.protected = wanted.clone();
+            for key in stale {
+                // An old version or a function that no longer wants warm instances.
+                while st.idle.contains_key(&key) {
+                    st.remove_idle(&key, 0);
+                }
+            }
+            for target in targets.iter().filter(|t| t.warm_pool.min_warm > 0) {
+                let key = target.spec.pool_key();
+                let have = st.idle.get(&key).map_or(0, Vec::len) + st.prewarming.get(&key).copied().unwrap_or(0);
+                let missing = (target.warm_pool.min_warm as usize).saturating_sub(have);
+                let mut started = 0;
+                for _ in 0..missing {
+                    let need = u64::from(target.spec.memory_mb);
+                    let mut ok = st.reserve(need, self.limits.memory_mb);
+                    // Make room from instances nobody asked to keep.
+                    while !ok && st.evict_lru(false) {
+                        ok = st.reserve(need, self.limits.memory_mb);
                     }
+                    if !ok {
+                        break;
+                    }
+                    *st.prewarming.entry(key.clone()).or_default() += 1;
+                    starts.push(target.clone());
+                    started += 1;
+                }
+                if missing > started {
+                    short.insert(target.spec.function_id.clone(), (missing - started) as u32);
+                }
+            }
+            st.short = short.clone();
+            self.gauges(&st);
+        }
+        let prewarm = starts.iter().map(|target| async move {
+            let key = target.spec.pool_key();
+            let started = self.start_instance(&target.spec, MIN_LOAD_TIMEOUT).await;
+            {
+                let mut st = self.lock();
+                if let Some(n) = st.prewarming.get_mut(&key) {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            match started {
+                Ok((instance, _)) => self.put_idle(key, &target.spec, &target.warm_pool, instance),
+                Err(o) => {
+                    self.release(u64::from(target.spec.memory_mb));
+                    tracing::warn!(
+                        function_id = target.spec.function_id,
+                        error = ?o.error,
+                        "could not pre-warm an instance"
+                    );
+                }
+            }
+        });
+        futures::future::join_all(prewarm).await;
+        short
+    }
+
+    /// Stops instances idle for longer than their keep-alive (keeping each
+    /// function's minWarm); returns how many.
+    pub fn evict_expired(&self) -> usize {
+        let mut st = self.lock();
+        let mut expired = Vec::new();
+        for (key, list) in &st.idle {
+            let keep = st.protected.get(key).copied().unwrap_or(0) as usize;
+            // Oldest first; the newest `keep` stay whatever their age.
+            let removable = list.len().saturating_sub(keep);
+            for (i, idle) in list.iter().enumerate().take(removable) {
+                if idle.since.elapsed() >= idle.keep_alive {
+                    expired.push((key.clone(), i));
                 }
             }
         }
+        // Remove from the back so earlier indexes stay valid.
+        expired.sort_by(|a, b| b.1.cmp(&a.1));
+        for (key, i) in &expired {
+            st.remove_idle(key, *i);
+        }
+        self.metrics.warm_instances.set(st.idle_count() as i64);
+        self.gauges(&st);
+        drop(st);
+        if !expired.is_empty() {
+            self.freed.notify_waiters();
+        }
+        expired.len()
     }
 
-    /// Stops instances idle for longer than the keep-alive; returns how many.
-    pub fn evict_expired(&self) -> usize {
-        let Ok(mut idle) = self.idle.lock() else { return 0 };
-        let mut evicted = 0;
-        idle.retain(|_, list| {
-            let before = list.len();
-            list.retain(|i| i.since.elapsed() < self.keep_alive);
-            evicted += before - list.len();
-            !list.is_empty()
-        });
-        self.metrics.warm_instances.sub(evicted as i64);
-        evicted
-    }
-
-    /// Idle warm instances per function id.
-    pub fn idle_by_function(&self) -> std::collections::BTreeMap<String, usize> {
-        let mut out = std::collections::BTreeMap::new();
-        if let Ok(idle) = self.idle.lock() {
-            for (key, list) in idle.iter() {
-                // Pool keys start with the function id (see InstanceSpec::pool_key).
-                let function = key.split('|').next().unwrap_or_default().to_string();
-                *out.entry(function).or_insert(0) += list.len();
+    pub fn stats(&self) -> PoolStats {
+        let st = self.lock();
+        let mut idle_by_function = BTreeMap::new();
+        let mut by_runtime: BTreeMap<(String, String), i64> = BTreeMap::new();
+        for list in st.idle.values() {
+            for idle in list {
+                *idle_by_function.entry(idle.function_id.clone()).or_insert(0) += 1;
+                *by_runtime
+                    .entry((idle.runtime.as_str().to_string(), idle.function_id.clone()))
+                    .or_insert(0) += 1;
             }
         }
-        out
-    }
-
-    pub fn idle_count(&self) -> usize {
-        self.idle.lock().map(|i| i.values().map(Vec::len).sum()).unwrap_or(0)
+        self.metrics.pool_idle.reset();
+        for ((runtime, function), n) in by_runtime {
+            self.metrics.pool_idle.with_label_values(&[&runtime, &function]).set(n);
+        }
+        self.metrics.pool_peak_mb.set(st.peak_mb as i64);
+        PoolStats {
+            capacity_mb: self.limits.memory_mb,
+            reserved_mb: st.reserved_mb,
+            stem_cells_per_runtime: self.cfg.stem_cells,
+            peak_reserved_mb: st.peak_mb,
+            idle_instances: st.idle_count(),
+            busy_instances: st.busy,
+            stem_cells: st
+                .stems
+                .iter()
+                .map(|(r, s)| (r.as_str().to_string(), s.len()))
+                .collect(),
+            idle_by_function,
+            short_of_min_warm: st.short.clone(),
+        }
     }
 
     /// Stops every idle instance and stem cell (at shutdown).
     pub fn clear(&self) {
-        if let Ok(mut stems) = self.stems.lock() {
-            stems.clear();
-            self.metrics.stem_cells.set(0);
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            let n: usize = idle.values().map(Vec::len).sum();
-            idle.clear();
-            self.metrics.warm_instances.sub(n as i64);
-        }
+        let mut st = self.lock();
+        st.stems.clear();
+        st.idle.clear();
+        st.protected.clear();
+        self.metrics.stem_cells.set(0);
+        self.metrics.warm_instances.set(0);
     }
 }

@@ -70,6 +70,10 @@ pub enum FromInstance {
         /// Child processes still alive after the handler returned.
         #[serde(default)]
         strays: u32,
+        /// The runtime saw state it cannot vouch for (an error that escaped
+        /// the handler): the instance must not be reused.
+        #[serde(default)]
+        discard: bool,
     },
     #[serde(rename_all = "camelCase")]
     ProtocolError { message: String },

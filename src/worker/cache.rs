@@ -9,7 +9,6 @@ use sha2::{Digest, Sha256};
 
 use crate::backend::{self, ArtifactStore};
 use crate::function::package::{self, ExtractError};
-use crate::model::Job;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
@@ -47,26 +46,26 @@ impl ArtifactCache {
 
     /// The directory holding the job's code, fetching and extracting it on a miss.
     /// Returns the directory and the code version (sha256).
-    pub async fn code_dir(&self, job: &Job) -> Result<(PathBuf, String), CacheError> {
-        if !job.sha256.is_empty() {
+    pub async fn code_dir(&self, s3_key: &str, sha256: &str) -> Result<(PathBuf, String), CacheError> {
+        if !sha256.is_empty() {
             // The version becomes a path: accept only a real sha256.
-            if !is_sha256_hex(&job.sha256) {
-                return Err(CacheError::BadVersion(job.sha256.clone()));
+            if !is_sha256_hex(sha256) {
+                return Err(CacheError::BadVersion(sha256.to_string()));
             }
-            let dir = self.dir.join(&job.sha256);
-            if self.ready.lock().is_ok_and(|r| r.contains(&job.sha256)) {
-                return Ok((dir, job.sha256.clone()));
+            let dir = self.dir.join(sha256);
+            if self.ready.lock().is_ok_and(|r| r.contains(sha256)) {
+                return Ok((dir, sha256.to_string()));
             }
             if tokio::fs::metadata(&dir).await.is_ok_and(|m| m.is_dir()) {
-                self.mark_ready(&job.sha256);
-                return Ok((dir, job.sha256.clone()));
+                self.mark_ready(sha256);
+                return Ok((dir, sha256.to_string()));
             }
         }
-        let bytes = self.store.get(&job.s3_key).await.map_err(CacheError::Fetch)?;
+        let bytes = self.store.get(s3_key).await.map_err(CacheError::Fetch)?;
         let actual = hex::encode(Sha256::digest(&bytes));
-        if !job.sha256.is_empty() && actual != job.sha256 {
+        if !sha256.is_empty() && actual != sha256 {
             return Err(CacheError::Checksum {
-                expected: job.sha256.clone(),
+                expected: sha256.to_string(),
                 actual,
             });
         }

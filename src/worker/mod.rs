@@ -13,11 +13,11 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ai::{AiClient, AiSession};
-use crate::backend::{Delivery, JobQueue, LogStore, ResultBus, WorkerDirectory};
+use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, ResultBus, WorkerDirectory};
 use crate::function::settings::Handler;
 use crate::metrics::Metrics;
-use crate::model::{JobRecord, JobResult, JobStatus, LogEntry, WorkerStatus};
-use crate::runtime::{InstanceSpec, InvokeRequest, Pool};
+use crate::model::{FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
+use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
 
 #[derive(Clone)]
@@ -46,7 +46,16 @@ pub struct WorkerBackends {
     pub directory: Arc<dyn WorkerDirectory>,
     /// Where invocation logs go, when enabled.
     pub logs: Option<Arc<dyn LogStore>>,
+    /// The function records, whose warm-pool settings the worker follows
+    /// (no pre-warming without it).
+    pub registry: Option<Arc<dyn FunctionRegistry>>,
+    /// Signalled when functions change, to follow at once rather than at
+    /// the next poll (in-process registries).
+    pub changes: Option<Arc<tokio::sync::Notify>>,
 }
+
+/// How often a worker re-reads the warm-pool spec from the registry.
+const WARM_POOL_POLL: Duration = Duration::from_secs(5);
 
 /// How often a worker reports itself, and how long a report counts.
 const HEARTBEAT: Duration = Duration::from_secs(5);
@@ -58,6 +67,8 @@ pub struct Worker {
     started_at: chrono::DateTime<Utc>,
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
+    registry: Option<Arc<dyn FunctionRegistry>>,
+    changes: Option<Arc<tokio::sync::Notify>>,
     queue: Arc<dyn JobQueue>,
     bus: Arc<dyn ResultBus>,
     cache: ArtifactCache,
@@ -78,6 +89,8 @@ impl Worker {
             bus,
             directory,
             logs,
+            registry,
+            changes,
         } = backends;
         Worker {
             cfg,
@@ -85,6 +98,8 @@ impl Worker {
             started_at: Utc::now(),
             directory,
             logs,
+            registry,
+            changes,
             queue,
             bus,
             cache,
@@ -94,7 +109,8 @@ impl Worker {
     }
 
     fn status(&self, free_slots: usize) -> WorkerStatus {
-        let pools = self.pool.idle_by_function();
+        let stats = self.pool.stats();
+        let pools = stats.idle_by_function.clone();
         WorkerStatus {
             worker_id: self.id.clone(),
             hostname: hostname(),
@@ -104,6 +120,7 @@ impl Worker {
             active_jobs: self.cfg.concurrency.saturating_sub(free_slots),
             warm_instances: pools.values().sum(),
             pools,
+            pool: Some(stats),
         }
     }
 
@@ -134,6 +151,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let beat_stop = CancellationToken::new();
         let beat = tokio::spawn(self.clone().heartbeat(slots.clone(), beat_stop.clone()));
+        let follow = tokio::spawn(self.clone().follow_warm_pool(beat_stop.clone()));
         let mut tasks = JoinSet::new();
         loop {
             let first = tokio::select! {
@@ -184,9 +202,78 @@ impl Worker {
             tasks.abort_all();
             while tasks.join_next().await.is_some() {}
         }
-        self.pool.clear();
         beat_stop.cancel();
+        let _ = follow.await;
+        self.pool.clear();
         let _ = beat.await;
+    }
+
+    /// Keeps the pool in line with the warm-pool spec: every function's
+    /// minWarm instances, re-read every few seconds and on each change.
+    async fn follow_warm_pool(self: Arc<Self>, stop: CancellationToken) {
+        let Some(registry) = self.registry.clone() else {
+            tracing::info!("no function registry configured: minWarm pre-warming is off on this worker");
+            return;
+        };
+        let never = Arc::new(tokio::sync::Notify::new());
+        let changes = self.changes.clone().unwrap_or(never);
+        loop {
+            match registry.list().await {
+                Ok(functions) => {
+                    let spec = crate::function::warm_pool_spec(&functions, self.pool.stem_cells());
+                    spec.export(&self.metrics);
+                    let targets = self.targets(&functions).await;
+                    let short = tokio::select! {
+                        s = self.pool.set_targets(&targets) => s,
+                        _ = stop.cancelled() => return,
+                    };
+                    // Refreshes the pool gauges.
+                    self.pool.stats();
+                    if !short.is_empty() {
+                        tracing::warn!(?short, "not enough pool memory for every function's minWarm");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot read the warm-pool spec"),
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(WARM_POOL_POLL) => {}
+                _ = changes.notified() => {}
+                _ = stop.cancelled() => return,
+            }
+        }
+    }
+
+    /// Instance specs of the functions that want warm instances and that
+    /// this worker can run.
+    async fn targets(&self, functions: &[FunctionRecord]) -> Vec<WarmTarget> {
+        let mut targets = Vec::new();
+        for f in functions.iter().filter(|f| f.warm_pool.min_warm > 0) {
+            if f.runtime == Runtime::Nodejs && !self.pool.has_runtime(Runtime::Nodejs) {
+                continue;
+            }
+            let (code_dir, version) = match self.cache.code_dir(&f.s3_key, &f.sha256).await {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(function_id = f.function_id, error = %e, "cannot pre-warm: no code");
+                    continue;
+                }
+            };
+            let Ok(handler) = Handler::parse(&f.handler) else { continue };
+            targets.push(WarmTarget {
+                spec: InstanceSpec {
+                    function_id: f.function_id.clone(),
+                    function_name: f.function_id.clone(),
+                    runtime: f.runtime,
+                    code_dir,
+                    handler,
+                    memory_mb: f.memory_mb,
+                    env_vars: f.env_vars.clone(),
+                    version,
+                },
+                warm_pool: f.warm_pool,
+            });
+        }
+        targets
     }
 
     async fn handle(&self, delivery: Delivery) {
@@ -269,7 +356,7 @@ impl Worker {
 
     async fn execute(&self, delivery: &Delivery) -> JobResult {
         let job = &delivery.job;
-        let (code_dir, version) = match self.cache.code_dir(job).await {
+        let (code_dir, version) = match self.cache.code_dir(&job.s3_key, &job.sha256).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare function code");
@@ -305,7 +392,7 @@ impl Worker {
             self.cfg.ai_max_calls,
             self.metrics.clone(),
         );
-        let inv = self.pool.invoke(&spec, &req, &mut ai).await;
+        let inv = self.pool.invoke(&spec, &job.warm_pool, &req, &mut ai).await;
         let o = inv.outcome;
         JobResult {
             request_id: job.request_id.clone(),

@@ -542,7 +542,8 @@ async fn openapi_document_matches_the_served_routes() {
             "/run",
             "/status/{jobId}",
             "/system/status",
-            "/upload"
+            "/upload",
+            "/warm-pool"
         ]
     );
     // Every documented operation is served, at both prefixes.

@@ -101,7 +101,12 @@ impl TestApp {
 
     /// Uploads Python source as `main.py`; returns the function id.
     pub async fn upload_py(&self, source: &str, fields: &[(&str, &str)]) -> String {
-        let resp = self.upload_raw("main.py", source.as_bytes().to_vec(), fields).await;
+        self.upload_file("main.py", source, fields).await
+    }
+
+    /// Uploads one source file (its extension picks the runtime); returns the function id.
+    pub async fn upload_file(&self, file_name: &str, source: &str, fields: &[(&str, &str)]) -> String {
+        let resp = self.upload_raw(file_name, source.as_bytes().to_vec(), fields).await;
         let status = resp.status();
         let body: Value = resp.json().await.expect("json");
         assert_eq!(status, 201, "upload failed: {body}");

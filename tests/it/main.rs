@@ -7,6 +7,8 @@ mod binary;
 mod conformance;
 mod examples;
 mod helpers;
+mod node;
+mod pool;
 mod production;
 mod runtime;
 mod services;

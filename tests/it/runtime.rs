@@ -287,7 +287,12 @@ async fn concurrent_jobs_all_finish_with_one_result_each() {
 
 #[tokio::test]
 async fn stem_cells_become_functions_with_their_own_limits_and_environment() {
-    let app = TestApp::start_with(|a| a.pool.stem_cells = "1".into()).await;
+    let app = TestApp::start_with(|a| {
+        a.pool.stem_cells = "1".into();
+        // Python stem cells only, so the gauge counts them alone.
+        a.pool.node = "none".into();
+    })
+    .await;
     let wait_for_stem = || async {
         let deadline = Instant::now() + Duration::from_secs(10);
         loop {

@@ -181,6 +181,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         env_vars: Default::default(),
         handler: String::new(),
         sha256: String::new(),
+        warm_pool: Default::default(),
         trace_id: None,
         submitted_at: chrono::Utc::now(),
     };
