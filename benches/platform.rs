@@ -12,7 +12,12 @@
 //!   moto at INFRA_TEST_AWS_ENDPOINT (S3, DynamoDB, SQS);
 //! - `cloud-fast-sqs`: the same, SQS at BENCH_FAST_SQS_ENDPOINT (fauxqs).
 //!
-//! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5).
+//! - `runtimes`: Python and Node.js side by side under `infra up`: a fresh
+//!   interpreter per invoke (STEM_CELLS=0, one new function each), a stem
+//!   cell cold start (a new function while stem cells are ready), and a
+//!   warm invoke.
+//!
+//! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5), BENCH_COLD (40 per kind).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -162,6 +167,7 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
         listen: "127.0.0.1:0".parse().unwrap(),
         shutdown_timeout: Duration::ZERO,
         visibility_timeout: Duration::from_secs(30),
+        table: None,
     })
     .await
     .unwrap();
@@ -174,9 +180,13 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
 }
 
 async fn upload(client: &reqwest::Client, base: &str, source: &str) -> String {
+    upload_file(client, base, "main.py", source).await
+}
+
+async fn upload_file(client: &reqwest::Client, base: &str, file_name: &str, source: &str) -> String {
     let form = reqwest::multipart::Form::new().part(
         "file",
-        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
+        reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name(file_name.to_string()),
     );
     let r = client
         .post(format!("{base}/upload"))
@@ -295,6 +305,94 @@ async fn measure(name: &str, base: &str) {
     summary(name, "async admission: latency", all);
 }
 
+/// `infra up` with `stem_cells` per runtime.
+async fn embedded_with(stem_cells: &str) -> Deployment {
+    let dir = tempfile::tempdir().unwrap();
+    let mut args = local_args(dir.path());
+    args.pool.stem_cells = stem_cells.into();
+    let running = app::start_up(args.validate().unwrap()).await.unwrap();
+    Deployment {
+        base: format!("http://{}", running.addr),
+        roles: vec![running],
+        redis: None,
+        _dirs: vec![dir],
+    }
+}
+
+async fn stem_cells_ready(client: &reqwest::Client, base: &str, n: usize) {
+    let want = format!("infra_stem_cells {n}");
+    loop {
+        let text = client
+            .get(format!("{base}/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains(&want) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// (a) fresh, (b) stem cell, (c) warm, per runtime, in one run.
+async fn runtimes() {
+    let client = reqwest::Client::new();
+    let cold_n = env_num("BENCH_COLD", 40) as usize;
+    let invokes = env_num("BENCH_INVOKES", 2000) as usize;
+    let handlers = [
+        ("python", "main.py", "def handler(event, context):\n    return event\n"),
+        ("nodejs", "index.js", "exports.handler = (event) => event;\n"),
+    ];
+    let fresh = embedded_with("0").await;
+    let stem = embedded_with("2").await;
+    for (runtime, file, source) in handlers {
+        let mut lines: Vec<(String, Vec<f64>)> = Vec::new();
+        for (kind, deployment) in [("fresh", &fresh), ("stem", &stem)] {
+            let (mut total, mut init) = (Vec::new(), Vec::new());
+            for i in 0..cold_n {
+                // A distinct function (and code version) per cold start.
+                let comment = if runtime == "python" { "#" } else { "//" };
+                let src = format!("{source}{comment} {i}\n");
+                let id = upload_file(&client, &deployment.base, file, &src).await;
+                if kind == "stem" {
+                    // Both runtimes' stem cells are back before each cold start.
+                    stem_cells_ready(&client, &deployment.base, 4).await;
+                } else {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                let (ms, body) = run_sync(&client, &deployment.base, &id).await;
+                assert_eq!(body["status"], "SUCCESS", "{body}");
+                assert_eq!(body["startKind"], kind, "{body}");
+                total.push(ms);
+                init.push(body["initMs"].as_f64().unwrap());
+            }
+            lines.push((format!("{runtime} cold start ({kind}): total"), total));
+            lines.push((format!("{runtime} cold start ({kind}): instance init"), init));
+        }
+        let id = upload_file(&client, &stem.base, file, source).await;
+        for _ in 0..50 {
+            run_sync(&client, &stem.base, &id).await;
+        }
+        let (mut total, mut overhead) = (Vec::new(), Vec::new());
+        for _ in 0..invokes {
+            let (ms, body) = run_sync(&client, &stem.base, &id).await;
+            assert_eq!(body["startKind"], "warm", "{body}");
+            total.push(ms);
+            overhead.push(ms - body["durationMs"].as_f64().unwrap());
+        }
+        lines.push((format!("{runtime} warm invoke: total"), total));
+        lines.push((format!("{runtime} warm invoke: platform overhead"), overhead));
+        for (name, v) in lines {
+            summary("runtimes", &name, v);
+        }
+    }
+    fresh.stop().await;
+    stem.stop().await;
+}
+
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -307,6 +405,10 @@ fn main() {
         );
         let which = std::env::var("BENCH_DEPLOYMENTS").unwrap_or_else(|_| "embedded".into());
         for name in which.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            if name == "runtimes" {
+                runtimes().await;
+                continue;
+            }
             let deployment = match name {
                 "embedded" => embedded().await,
                 "cloud" => cloud(None).await,

@@ -278,7 +278,7 @@ struct ApiParts {
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
     /// How functions are isolated, when this process runs them.
-    isolation: Option<&'static str>,
+    isolation: Option<String>,
 }
 
 fn api_state(
@@ -344,6 +344,9 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
         }
     };
     tracing::info!(isolation = isolation(cfg, data_dir), "function isolation");
+    if let Some(cg) = &cfg.cgroups {
+        tracing::info!(version = ?cg.version(), "instances get their own memory cgroup");
+    }
     let pool = Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
@@ -353,6 +356,7 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
             sandbox,
             stem_cells: cfg.stem_cells,
             uids,
+            cgroups: cfg.cgroups.clone(),
         },
         PoolLimits {
             keep_alive: cfg.keep_alive,
@@ -399,7 +403,16 @@ fn reachable_by_others(path: &Path) -> bool {
 }
 
 /// What `/health` and the start-up log say about function isolation.
-fn isolation(cfg: &PoolConfig, data_dir: &Path) -> &'static str {
+fn isolation(cfg: &PoolConfig, data_dir: &Path) -> String {
+    let memory = match cfg.cgroups.as_ref().map(|c| c.version()) {
+        Some(crate::runtime::cgroup::Version::V2) => "memory: cgroup v2 per instance, plus rlimits",
+        Some(crate::runtime::cgroup::Version::V1) => "memory: cgroup v1 per instance, plus rlimits",
+        None => "memory: rlimits only (no memory cgroup)",
+    };
+    format!("{}; {memory}", sandboxing(cfg, data_dir))
+}
+
+fn sandboxing(cfg: &PoolConfig, data_dir: &Path) -> &'static str {
     match (cfg.bwrap.is_some(), instance_uids(cfg, data_dir).is_ok()) {
         (true, true) => {
             "bwrap: no network, read-only system, private /tmp, data dir hidden; own unprivileged uid per instance with process and file-size limits; rlimits"

@@ -114,6 +114,10 @@ pub struct PoolArgs {
     /// or `auto` (bwrap when it is installed and works here).
     #[arg(long, env = "SANDBOX", default_value = "auto")]
     pub sandbox: String,
+    /// Memory cgroup per instance: `auto` (when this process may create
+    /// cgroups: v2 delegated, or v1), `required`, or `off` (rlimits only).
+    #[arg(long, env = "MEMORY_CGROUPS", default_value = "auto")]
+    pub cgroups: String,
 }
 
 /// Where the production backends are.
@@ -252,6 +256,7 @@ pub struct PoolConfig {
     pub stem_cells: usize,
     /// 0: instances keep the worker's user.
     pub instance_uid_base: u32,
+    pub cgroups: Option<crate::runtime::cgroup::CgroupRoot>,
 }
 
 #[derive(Debug, Clone)]
@@ -504,6 +509,19 @@ impl PoolArgs {
                 "auto" => host_memory_mb().map(|m| m * 4 / 5).unwrap_or(4096),
                 raw => p.num("WORKER_MEMORY_MB", raw, 128, 16 * 1024 * 1024, 4096),
             },
+            cgroups: match self.cgroups.trim() {
+                "off" => None,
+                "auto" => crate::runtime::cgroup::CgroupRoot::detect()
+                    .map_err(|why| tracing::debug!(why, "no memory cgroups"))
+                    .ok(),
+                "required" => crate::runtime::cgroup::CgroupRoot::detect()
+                    .map_err(|e| p.0.push(format!("MEMORY_CGROUPS=required: {e}")))
+                    .ok(),
+                other => {
+                    p.0.push(format!("MEMORY_CGROUPS must be auto, required or off, got {other:?}"));
+                    None
+                }
+            },
             stem_cells: p.num("STEM_CELLS", &self.stem_cells, 0, 64, 2),
             instance_uid_base: p.num("INSTANCE_UID_BASE", &self.instance_uid_base, 0, 4_000_000_000, 100_000),
         }
@@ -518,6 +536,7 @@ impl PoolArgs {
             node: "auto".into(),
             memory_mb: "auto".into(),
             sandbox: "auto".into(),
+            cgroups: "auto".into(),
             stem_cells: "2".into(),
             instance_uid_base: "100000".into(),
         }

@@ -2,8 +2,7 @@
 //! and status, cold vs warm starts, warm instances.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 pub struct Metrics {
@@ -91,7 +90,10 @@ impl Metrics {
             "Highest memory reservation of the warm pool since start",
         )?;
         let pool_idle = IntGaugeVec::new(
-            Opts::new("infra_pool_idle_instances", "Idle warm instances by runtime and function"),
+            Opts::new(
+                "infra_pool_idle_instances",
+                "Idle warm instances by runtime and function",
+            ),
             &["runtime", "function"],
         )?;
         let pool_wanted_slots = IntGaugeVec::new(

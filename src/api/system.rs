@@ -15,8 +15,8 @@ use utoipa::ToSchema;
 use super::ApiState;
 use crate::ai::ModelsResponse;
 use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus};
-use crate::metrics::Metrics;
 use crate::function::{warm_pool_spec, WarmPoolSpec};
+use crate::metrics::Metrics;
 use crate::model::WorkerStatus;
 
 const CHECK_TIMEOUT: Duration = Duration::from_secs(2);
@@ -61,7 +61,7 @@ pub struct Probe {
     pub checks: Vec<Backend>,
     pub metrics: Arc<Metrics>,
     /// How functions run here, for processes that run them.
-    pub isolation: Option<&'static str>,
+    pub isolation: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -81,7 +81,7 @@ pub struct Health {
     checks: BTreeMap<&'static str, Check>,
     /// How function processes are isolated here (absent where none run).
     #[serde(skip_serializing_if = "Option::is_none")]
-    isolation: Option<&'static str>,
+    isolation: Option<String>,
 }
 
 async fn check(backend: &Backend) -> (&'static str, Check) {
@@ -124,7 +124,7 @@ impl Probe {
             Json(Health {
                 status: if healthy { "ok" } else { "degraded" },
                 checks,
-                isolation: self.isolation,
+                isolation: self.isolation.clone(),
             }),
         )
     }

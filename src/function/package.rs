@@ -250,8 +250,20 @@ mod tests {
 
     #[test]
     fn py_files_are_packaged_deterministically() {
-        let a = package("hello.py", b"def handler(e, c): return 1\n", &handler(), Runtime::Python).unwrap();
-        let b = package("other.py", b"def handler(e, c): return 1\n", &handler(), Runtime::Python).unwrap();
+        let a = package(
+            "hello.py",
+            b"def handler(e, c): return 1\n",
+            &handler(),
+            Runtime::Python,
+        )
+        .unwrap();
+        let b = package(
+            "other.py",
+            b"def handler(e, c): return 1\n",
+            &handler(),
+            Runtime::Python,
+        )
+        .unwrap();
         assert_eq!(a.sha256, b.sha256, "same code, same artifact");
         assert_eq!(a.key("f1"), format!("functions/f1/{}.zip", a.sha256));
         let dir = tempfile::tempdir().unwrap();
@@ -281,7 +293,11 @@ mod tests {
     #[test]
     fn node_sources_keep_their_module_system() {
         let h = Handler::parse("index.handler").unwrap();
-        for (file, stored) in [("app.js", "index.js"), ("app.mjs", "index.mjs"), ("app.cjs", "index.cjs")] {
+        for (file, stored) in [
+            ("app.js", "index.js"),
+            ("app.mjs", "index.mjs"),
+            ("app.cjs", "index.cjs"),
+        ] {
             let a = package(file, b"exports.handler = () => 1;", &h, Runtime::Nodejs).unwrap();
             let dir = tempfile::tempdir().unwrap();
             extract_zip(&a.bytes, dir.path()).unwrap();
@@ -299,7 +315,10 @@ mod tests {
         for name in ["../x", "a/../../x", "/etc/passwd", "a\\..\\b"] {
             let z = zip_of(&[("main.py", b""), (name, b"x")]);
             assert!(
-                matches!(package("f.zip", &z, &handler(), Runtime::Python), Err(PackageError::UnsafePath(_))),
+                matches!(
+                    package("f.zip", &z, &handler(), Runtime::Python),
+                    Err(PackageError::UnsafePath(_))
+                ),
                 "{name}"
             );
         }
@@ -308,8 +327,13 @@ mod tests {
 
     #[test]
     fn bad_inputs_have_precise_errors() {
-        assert_eq!(package("x.py", b"", &handler(), Runtime::Python).unwrap_err(), PackageError::Empty);
-        assert!(matches!(package("x.txt", b"x", &handler(), Runtime::Python), Err(PackageError::UnsupportedType(e)) if e == ".txt"));
+        assert_eq!(
+            package("x.py", b"", &handler(), Runtime::Python).unwrap_err(),
+            PackageError::Empty
+        );
+        assert!(
+            matches!(package("x.txt", b"x", &handler(), Runtime::Python), Err(PackageError::UnsupportedType(e)) if e == ".txt")
+        );
         assert!(matches!(
             package("x.zip", b"not a zip", &handler(), Runtime::Python),
             Err(PackageError::BadZip(_))
@@ -319,7 +343,9 @@ mod tests {
             Err(PackageError::NotUtf8(_))
         ));
         let big = vec![b'#'; MAX_UPLOAD_BYTES + 1];
-        assert!(package("x.py", &big, &handler(), Runtime::Python).unwrap_err().is_too_large());
+        assert!(package("x.py", &big, &handler(), Runtime::Python)
+            .unwrap_err()
+            .is_too_large());
     }
 
     #[test]

@@ -87,8 +87,14 @@ impl WarmPoolSpec {
     /// Sets the `infra_warm_pool_wanted_*` gauges.
     pub fn export(&self, metrics: &Metrics) {
         for (runtime, d) in &self.runtimes {
-            metrics.pool_wanted_slots.with_label_values(&[runtime]).set(d.slots as i64);
-            metrics.pool_wanted_mb.with_label_values(&[runtime]).set(d.warm_memory_mb as i64);
+            metrics
+                .pool_wanted_slots
+                .with_label_values(&[runtime])
+                .set(d.slots as i64);
+            metrics
+                .pool_wanted_mb
+                .with_label_values(&[runtime])
+                .set(d.warm_memory_mb as i64);
         }
     }
 }
@@ -117,7 +123,10 @@ mod tests {
         c.warm_pool = WarmPool::default();
         let spec = warm_pool_spec(&[c, b, a], 2);
         assert_eq!(
-            spec.functions.iter().map(|f| f.function_id.as_str()).collect::<Vec<_>>(),
+            spec.functions
+                .iter()
+                .map(|f| f.function_id.as_str())
+                .collect::<Vec<_>>(),
             ["a", "b"]
         );
         let py = &spec.runtimes["python"];

@@ -36,6 +36,9 @@ pub struct RuntimeConfig {
     /// When set (the worker runs as root), each instance runs as its own
     /// unprivileged uid from this pool, with process and file-size limits.
     pub uids: Option<UidPool>,
+    /// When set, each instance gets its own memory cgroup (limit on the
+    /// resident memory of its whole process tree).
+    pub cgroups: Option<super::cgroup::CgroupRoot>,
 }
 
 /// Most processes one instance may have (a fork bomb stops here).
@@ -211,6 +214,8 @@ pub struct Instance {
     /// The end of what the process wrote to stderr outside invocations (a
     /// runtime's fatal error message).
     stderr_tail: Arc<Mutex<String>>,
+    /// Removed when dropped, after the processes are killed (Drop).
+    cgroup: Option<super::cgroup::Cgroup>,
     // Declared last: returned to the pool after the process is killed (Drop).
     _uid: Option<UidLease>,
 }
@@ -285,6 +290,14 @@ impl Instance {
             None => None,
         };
         let uid = lease.as_ref().map(|l| l.uid);
+        let cgroup = match &cfg.cgroups {
+            Some(root) => Some(root.create(memory_bytes).map_err(RuntimeError::Cgroup)?),
+            None => None,
+        };
+        let procs = match &cgroup {
+            Some(cg) => Some(cg.procs_file().map_err(RuntimeError::Cgroup)?),
+            None => None,
+        };
         if let Some(uid) = uid {
             // The instance's own directory is the only place it may write.
             std::os::unix::fs::chown(&workdir, Some(uid), Some(uid)).map_err(RuntimeError::Workdir)?;
@@ -318,6 +331,11 @@ impl Instance {
         // async-signal-safe system calls (dup2, fcntl, setsid, setrlimit, prctl).
         unsafe {
             cmd.pre_exec(move || {
+                // Join the instance's cgroup before anything else runs, so
+                // every later process of the instance is inside it.
+                if let Some(procs) = &procs {
+                    super::cgroup::join_from_child(procs)?;
+                }
                 if child_fd == 3 {
                     // dup2 onto itself would keep close-on-exec set.
                     let flags = libc::fcntl(3, libc::F_GETFD);
@@ -374,6 +392,7 @@ impl Instance {
             chan,
             root,
             stderr_tail,
+            cgroup,
             _uid: lease,
         };
 
@@ -425,6 +444,16 @@ impl Instance {
             ));
         }
         let memory_bytes = u64::from(spec.memory_mb) * 1024 * 1024;
+        if let Some(cg) = &self.cgroup {
+            if let Err(e) = cg.set_limit(memory_bytes) {
+                self.kill();
+                return Err(Outcome::failed(
+                    JobStatus::Crashed,
+                    "MemoryLimitFailed",
+                    format!("cannot set the memory limit on a stem cell: {e}"),
+                ));
+            }
+        }
         if self.runtime == Runtime::Nodejs {
             // Node cannot lower its own limits: set them on the process from here.
             if let Err(e) = limit_tree(self.pid, libc::RLIMIT_DATA, memory_bytes) {
@@ -544,6 +573,24 @@ impl Instance {
                     discard,
                 }))) => {
                     let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
+                    // The kernel stopped one of the instance's processes (a
+                    // child the handler started) for exceeding the limit.
+                    // (A new cgroup starts at 0, and an OOM retires the instance.)
+                    let oom_killed = self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > 0);
+                    let (status, error) = if oom_killed && status != JobStatus::Oom {
+                        (
+                            JobStatus::Oom,
+                            Some(crate::model::ErrorInfo {
+                                error_type: "OutOfMemory".into(),
+                                message:
+                                    "the function's processes together exceeded its memoryMb; the kernel stopped one"
+                                        .into(),
+                                traceback: None,
+                            }),
+                        )
+                    } else {
+                        (status, error)
+                    };
                     let outcome = Outcome {
                         status,
                         value,
@@ -611,15 +658,21 @@ impl Instance {
         // Give the stderr reader a moment to take the last words.
         tokio::time::sleep(Duration::from_millis(20)).await;
         let tail = self.stderr_tail.lock().map(|t| t.clone()).unwrap_or_default();
-        // V8 aborts the process when its heap cannot grow within the limit.
-        let mut o = if tail.contains("out of memory") || tail.contains("Allocation failed") {
+        // V8 aborts the process when its heap cannot grow within the limit;
+        // the kernel kills it when the cgroup's limit is reached.
+        let oom_killed = self.cgroup.as_ref().is_some_and(|cg| cg.oom_kills() > 0);
+        let mut o = if oom_killed || tail.contains("out of memory") || tail.contains("Allocation failed") {
             Outcome::failed(
                 JobStatus::Oom,
                 "OutOfMemory",
                 "the function ran out of memory (its memoryMb limit) and was stopped",
             )
         } else {
-            Outcome::failed(JobStatus::Crashed, "InstanceExited", format!("the function process {how}"))
+            Outcome::failed(
+                JobStatus::Crashed,
+                "InstanceExited",
+                format!("the function process {how}"),
+            )
         };
         o.exit_code = code;
         o

@@ -1,6 +1,7 @@
 //! Running functions: instance processes speaking the bootstrap protocol, and
 //! the warm pool that keeps them for reuse.
 
+pub mod cgroup;
 mod instance;
 mod pool;
 pub mod protocol;
@@ -24,6 +25,8 @@ pub enum RuntimeError {
     Protocol(String),
     #[error("instance exited during start-up ({0})")]
     Exited(String),
+    #[error("cannot set up the instance's memory cgroup: {0}")]
+    Cgroup(#[source] std::io::Error),
     #[error("no unprivileged uid is free for another instance")]
     NoUid,
     #[error("the {0} runtime is not available on this worker ({1})")]

@@ -223,7 +223,8 @@ impl Pool {
         loop {
             {
                 let mut st = self.lock();
-                let have = st.stems.get(&runtime).map_or(0, Vec::len) + st.stems_starting.get(&runtime).copied().unwrap_or(0);
+                let have =
+                    st.stems.get(&runtime).map_or(0, Vec::len) + st.stems_starting.get(&runtime).copied().unwrap_or(0);
                 if have >= self.cfg.stem_cells || !st.reserve(reserve, self.limits.memory_mb) {
                     return;
                 }
@@ -249,7 +250,9 @@ impl Pool {
                         tracing::warn!(runtime = runtime.as_str(), error = %e, "could not start a stem cell");
                     }
                 }
-                metrics.stem_cells.set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
+                metrics
+                    .stem_cells
+                    .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
             });
         }
     }
@@ -263,7 +266,9 @@ impl Pool {
             if stem.is_some() {
                 st.reserved_mb = st.reserved_mb.saturating_sub(stem_reserve_mb(runtime));
             }
-            self.metrics.stem_cells.set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
+            self.metrics
+                .stem_cells
+                .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
             stem
         };
         if stem.is_some() {
@@ -420,7 +425,11 @@ impl Pool {
 
     /// A new instance for `spec` (memory already reserved): a stem cell given
     /// the code, or a fresh process.
-    async fn start_instance(&self, spec: &InstanceSpec, load_timeout: Duration) -> Result<(Instance, StartKind), Outcome> {
+    async fn start_instance(
+        &self,
+        spec: &InstanceSpec,
+        load_timeout: Duration,
+    ) -> Result<(Instance, StartKind), Outcome> {
         let t0 = Instant::now();
         let started = match self.take_stem(spec.runtime) {
             Some(mut stem) => stem
@@ -493,7 +502,12 @@ impl Pool {
         let mut short = BTreeMap::new();
         {
             let mut st = self.lock();
-            let stale: Vec<String> = st.protected.keys().filter(|k| !wanted.contains_key(*k)).cloned().collect();
+            let stale: Vec<String> = st
+                .protected
+                .keys()
+                .filter(|k| !wanted.contains_key(*k))
+                .cloned()
+                .collect();
             st.protected = wanted.clone();
             for key in stale {
                 // An old version or a function that no longer wants warm instances.
@@ -568,7 +582,7 @@ impl Pool {
             }
         }
         // Remove from the back so earlier indexes stay valid.
-        expired.sort_by(|a, b| b.1.cmp(&a.1));
+        expired.sort_by_key(|e| std::cmp::Reverse(e.1));
         for (key, i) in &expired {
             st.remove_idle(key, *i);
         }

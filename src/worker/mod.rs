@@ -258,7 +258,9 @@ impl Worker {
                     continue;
                 }
             };
-            let Ok(handler) = Handler::parse(&f.handler) else { continue };
+            let Ok(handler) = Handler::parse(&f.handler) else {
+                continue;
+            };
             targets.push(WarmTarget {
                 spec: InstanceSpec {
                     function_id: f.function_id.clone(),

@@ -92,7 +92,10 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
     assert_eq!(body["error"]["type"], "RangeError", "{body}");
     let body = app.run_ok(&id, json!({"string": true})).await;
     assert_eq!(body["status"], "ERROR");
-    assert!(body["error"]["message"].as_str().unwrap().contains("a plain string"), "{body}");
+    assert!(
+        body["error"]["message"].as_str().unwrap().contains("a plain string"),
+        "{body}"
+    );
     // A thrown error does not spoil the instance.
     let ok = app.run_ok(&id, json!({"x": 4})).await;
     assert_eq!(ok["result"], 4);
@@ -179,7 +182,8 @@ async fn node_stem_cells_take_the_code_and_environment() {
         .map(|k| k.as_str().unwrap())
         .collect();
     assert!(
-        keys.iter().all(|k| ["GREETING", "HOME", "LANG", "PATH", "PWD", "TMPDIR"].contains(k)),
+        keys.iter()
+            .all(|k| ["GREETING", "HOME", "LANG", "PATH", "PWD", "TMPDIR"].contains(k)),
         "only the function's own and a few basics: {keys:?}"
     );
 }

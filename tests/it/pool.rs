@@ -39,7 +39,11 @@ async fn min_warm_functions_answer_their_first_run_warm() {
         )
         .await;
     let node = app
-        .upload_file("index.js", "exports.handler = () => 'warm node';\n", &[("minWarm", "2")])
+        .upload_file(
+            "index.js",
+            "exports.handler = () => 'warm node';\n",
+            &[("minWarm", "2")],
+        )
         .await;
     wait_idle(&app, "python", &py, 1.0).await;
     wait_idle(&app, "nodejs", &node, 2.0).await;
@@ -48,7 +52,10 @@ async fn min_warm_functions_answer_their_first_run_warm() {
     assert_eq!(body["coldStart"], false, "first run of a minWarm function: {body}");
     assert_eq!(body["startKind"], "warm");
     let body = app.run_ok(&node, json!({})).await;
-    assert_eq!((body["coldStart"].clone(), body["result"].clone()), (json!(false), json!("warm node")));
+    assert_eq!(
+        (body["coldStart"].clone(), body["result"].clone()),
+        (json!(false), json!("warm node"))
+    );
 
     // The spec is visible for autoscaling.
     let spec: Value = app.get("/warm-pool").send().await.unwrap().json().await.unwrap();
@@ -110,7 +117,10 @@ async fn the_pool_never_exceeds_its_memory_capacity() {
     let most_instances = sampler.join().unwrap();
     let m = app.metrics().await;
     let peak = metric(&m, "infra_pool_memory_peak_mb ").unwrap();
-    assert!(peak <= CAPACITY_MB as f64, "peak reservation {peak} MB over {CAPACITY_MB}");
+    assert!(
+        peak <= CAPACITY_MB as f64,
+        "peak reservation {peak} MB over {CAPACITY_MB}"
+    );
     assert!(peak >= 512.0, "the pool was under pressure: {peak}");
     // 128 MB each, plus at most 4 stem cells (2 per runtime).
     assert!(
@@ -120,7 +130,9 @@ async fn the_pool_never_exceeds_its_memory_capacity() {
     assert_eq!(metric(&m, "infra_pool_memory_capacity_mb "), Some(CAPACITY_MB as f64));
 
     // A function larger than the whole pool ends with a clear error.
-    let big = app.upload_py("def handler(e, c):\n    return 1\n", &[("memoryMb", "2048")]).await;
+    let big = app
+        .upload_py("def handler(e, c):\n    return 1\n", &[("memoryMb", "2048")])
+        .await;
     let body = app.run_ok(&big, json!({})).await;
     assert_eq!(body["status"], "ERROR");
     assert_eq!(body["error"]["type"], "CapacityExceeded", "{body}");

@@ -472,3 +472,28 @@ async fn an_instance_that_leaves_processes_behind_is_not_reused() {
         "the instance with a stray child was discarded"
     );
 }
+
+#[tokio::test]
+async fn the_memory_limit_covers_the_whole_process_tree() {
+    let app = TestApp::start().await;
+    let health = app.public_json("/health").await;
+    let isolation = health["isolation"].as_str().unwrap_or_default().to_string();
+    if !isolation.contains("cgroup v") {
+        eprintln!("skipping: no memory cgroup on this host ({isolation})");
+        return;
+    }
+    // Each child stays under the per-process limit; together they do not.
+    let id = app
+        .upload_py(
+            "import subprocess, sys\ndef handler(event, context):\n    code = 'import time; b = b\"x\" * (40 << 20); time.sleep(2)'\n    procs = [subprocess.Popen([sys.executable, '-c', code]) for _ in range(5)]\n    return [p.wait() for p in procs]\n",
+            &[("memoryMb", "128")],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["status"], "OOM", "{body}");
+    // The next run gets a fresh instance and works.
+    let small = app
+        .upload_py("def handler(e, c):\n    return 'ok'\n", &[("memoryMb", "128")])
+        .await;
+    assert_eq!(app.run_ok(&small, json!({})).await["result"], "ok");
+}

@@ -1,0 +1,262 @@
+//! Memory cgroups for instances: a hard limit on the resident memory of an
+//! instance's whole process tree, and a count of the kernel's OOM kills.
+//! cgroup v2 where the host offers it (a delegated subtree, e.g. a systemd
+//! unit with `Delegate=yes`), the v1 memory controller otherwise.
+
+use std::os::fd::{AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Version {
+    V1,
+    V2,
+}
+
+/// Where this worker creates its instances' cgroups.
+#[derive(Debug, Clone)]
+pub struct CgroupRoot {
+    version: Version,
+    dir: PathBuf,
+}
+
+static NEXT: AtomicU64 = AtomicU64::new(0);
+
+impl CgroupRoot {
+    /// Finds a memory cgroup hierarchy this process may create children in.
+    pub fn detect() -> Result<CgroupRoot, String> {
+        let own = std::fs::read_to_string("/proc/self/cgroup").map_err(|e| format!("no /proc/self/cgroup: {e}"))?;
+        let root = match v2_root(&own) {
+            Ok(root) => root,
+            Err(v2) => v1_root(&own).map_err(|v1| format!("cgroup v2: {v2}; cgroup v1: {v1}"))?,
+        };
+        root.remove_orphans();
+        Ok(root)
+    }
+
+    /// Removes instance cgroups left by workers that are gone (killed before
+    /// they could clean up).
+    fn remove_orphans(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().to_string();
+            let Some(owner) = name.strip_prefix("infra-").and_then(|r| r.split('-').next()) else {
+                continue;
+            };
+            if owner.parse::<u32>().is_ok() && !Path::new("/proc").join(owner).exists() {
+                let _ = std::fs::remove_dir(entry.path());
+            }
+        }
+    }
+
+    pub fn version(&self) -> Version {
+        self.version
+    }
+
+    /// A new, empty cgroup limited to `memory_bytes`.
+    pub fn create(&self, memory_bytes: u64) -> std::io::Result<Cgroup> {
+        let name = format!("infra-{}-{}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed));
+        let dir = self.dir.join(name);
+        std::fs::create_dir(&dir)?;
+        let cg = Cgroup {
+            version: self.version,
+            dir,
+        };
+        if self.version == Version::V2 {
+            // No swap: the limit is the memory the instance really gets.
+            let _ = std::fs::write(cg.dir.join("memory.swap.max"), "0");
+            // Kill the whole instance on OOM, not one random process of it.
+            let _ = std::fs::write(cg.dir.join("memory.oom.group"), "1");
+        }
+        cg.set_limit(memory_bytes)?;
+        Ok(cg)
+    }
+}
+
+fn v2_root(own: &str) -> Result<CgroupRoot, String> {
+    let mount = Path::new("/sys/fs/cgroup");
+    let controllers = std::fs::read_to_string(mount.join("cgroup.controllers"))
+        .map_err(|_| "not mounted at /sys/fs/cgroup".to_string())?;
+    if !controllers.split_whitespace().any(|c| c == "memory") {
+        return Err("no memory controller".into());
+    }
+    let path = own
+        .lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .ok_or("this process is not in a v2 cgroup")?;
+    let dir = mount.join(path.trim_start_matches('/'));
+    // A v2 cgroup with children may hold no processes itself: move this
+    // process into a leaf, then let the children have the memory controller.
+    let leaf = dir.join("worker");
+    if !leaf.is_dir() {
+        std::fs::create_dir(&leaf).map_err(|e| format!("cannot create {}: {e}", leaf.display()))?;
+    }
+    std::fs::write(leaf.join("cgroup.procs"), std::process::id().to_string()).map_err(|e| {
+        format!(
+            "cannot move into {} (delegate the cgroup to this service): {e}",
+            leaf.display()
+        )
+    })?;
+    std::fs::write(dir.join("cgroup.subtree_control"), "+memory")
+        .map_err(|e| format!("cannot enable the memory controller in {}: {e}", dir.display()))?;
+    Ok(CgroupRoot {
+        version: Version::V2,
+        dir,
+    })
+}
+
+fn v1_root(own: &str) -> Result<CgroupRoot, String> {
+    let path = own
+        .lines()
+        .find_map(|l| {
+            let mut parts = l.splitn(3, ':');
+            let (_, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+            controllers.split(',').any(|c| c == "memory").then_some(path)
+        })
+        .ok_or("no memory controller")?;
+    let dir = Path::new("/sys/fs/cgroup/memory").join(path.trim_start_matches('/'));
+    // Probe: can we create (and remove) a child here?
+    let probe = dir.join(format!("infra-probe-{}", std::process::id()));
+    std::fs::create_dir(&probe).map_err(|e| format!("cannot create cgroups in {}: {e}", dir.display()))?;
+    let _ = std::fs::remove_dir(&probe);
+    Ok(CgroupRoot {
+        version: Version::V1,
+        dir,
+    })
+}
+
+/// One instance's cgroup; removed when dropped (after its processes died).
+#[derive(Debug)]
+pub struct Cgroup {
+    version: Version,
+    dir: PathBuf,
+}
+
+impl Cgroup {
+    /// `cgroup.procs` opened for writing, so a child can join between fork
+    /// and exec (see `join_from_child`).
+    pub fn procs_file(&self) -> std::io::Result<OwnedFd> {
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(self.dir.join("cgroup.procs"))?;
+        Ok(f.into())
+    }
+
+    pub fn set_limit(&self, bytes: u64) -> std::io::Result<()> {
+        match self.version {
+            Version::V2 => std::fs::write(self.dir.join("memory.max"), bytes.to_string()),
+            Version::V1 => {
+                std::fs::write(self.dir.join("memory.limit_in_bytes"), bytes.to_string())?;
+                // With swap accounting, no swap either (absent without it).
+                let memsw = self.dir.join("memory.memsw.limit_in_bytes");
+                if memsw.exists() {
+                    let _ = std::fs::write(memsw, bytes.to_string());
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// How many times the kernel killed a process here for memory.
+    pub fn oom_kills(&self) -> u64 {
+        let (file, key) = match self.version {
+            Version::V2 => ("memory.events", "oom_kill"),
+            Version::V1 => ("memory.oom_control", "oom_kill"),
+        };
+        std::fs::read_to_string(self.dir.join(file))
+            .ok()
+            .and_then(|text| {
+                text.lines().find_map(|l| {
+                    let mut it = l.split_whitespace();
+                    (it.next() == Some(key)).then(|| it.next()?.parse().ok()).flatten()
+                })
+            })
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Cgroup {
+    fn drop(&mut self) {
+        if std::fs::remove_dir(&self.dir).is_ok() {
+            return;
+        }
+        // The processes were just killed; the kernel frees the cgroup once
+        // they have exited. Retry off the async threads.
+        let dir = std::mem::take(&mut self.dir);
+        std::thread::spawn(move || {
+            for _ in 0..100 {
+                match std::fs::remove_dir(&dir) {
+                    Ok(()) => return,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => return,
+                    Err(_) => std::thread::sleep(std::time::Duration::from_millis(20)),
+                }
+            }
+            tracing::warn!(cgroup = %dir.display(), "could not remove an instance cgroup");
+        });
+    }
+}
+
+/// Writes the calling process's pid to `procs` (an fd from `procs_file`).
+/// Async-signal-safe: meant for `pre_exec`, between fork and exec.
+pub fn join_from_child(procs: &OwnedFd) -> std::io::Result<()> {
+    // SAFETY: getpid has no preconditions.
+    let mut pid = unsafe { libc::getpid() } as u64;
+    let mut buf = [0u8; 20];
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (pid % 10) as u8;
+        pid /= 10;
+        if pid == 0 {
+            break;
+        }
+    }
+    let digits = &buf[i..];
+    // SAFETY: a plain write of a stack buffer to an open fd.
+    let n = unsafe { libc::write(procs.as_raw_fd(), digits.as_ptr().cast(), digits.len()) };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn join(cg: &Cgroup, pid: u32) -> std::io::Result<()> {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(cg.dir.join("cgroup.procs"))?
+            .write_all(pid.to_string().as_bytes())
+    }
+
+    #[test]
+    fn a_cgroup_limits_memory_and_counts_oom_kills() {
+        let root = match CgroupRoot::detect() {
+            Ok(r) => r,
+            Err(why) => {
+                eprintln!("skipping: no usable memory cgroup here ({why})");
+                return;
+            }
+        };
+        let cg = root.create(64 * 1024 * 1024).unwrap();
+        let mut child = std::process::Command::new("sh")
+            .args([
+                "-c",
+                "read x; exec python3 -c 'b = bytearray(300 * 1024 * 1024); print(len(b))'",
+            ])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        join(&cg, child.id()).unwrap();
+        child.stdin.take().unwrap().write_all(b"go\n").unwrap();
+        let status = child.wait().unwrap();
+        assert!(!status.success(), "300 MB inside a 64 MB cgroup must fail");
+        assert!(cg.oom_kills() >= 1);
+    }
+}
