@@ -110,6 +110,9 @@ pub struct FunctionRecord {
     pub invocations: u64,
     #[serde(default)]
     pub warm_pool: WarmPool,
+    /// The function may use the network (sandboxed functions have none otherwise).
+    #[serde(default)]
+    pub network: bool,
     /// Set when a Kubernetes `Function` resource owns this function
     /// (`namespace/name`); such functions are read-only over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -140,6 +143,8 @@ pub struct Job {
     pub sha256: String,
     #[serde(default)]
     pub warm_pool: WarmPool,
+    #[serde(default)]
+    pub network: bool,
     /// The HTTP `x-request-id` of the call that created the job, for tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -406,6 +411,7 @@ mod tests {
             handler: default_handler(),
             sha256: String::new(),
             warm_pool: WarmPool::default(),
+            network: false,
             trace_id: None,
             submitted_at: Utc::now(),
         };

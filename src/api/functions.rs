@@ -21,7 +21,7 @@ use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 const ACCEPTED_FIELDS: &str =
-    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds";
+    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network";
 
 /// Multipart fields of `POST /upload` (also accepted as query parameters;
 /// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
@@ -55,6 +55,9 @@ pub struct UploadForm {
     /// Idle time before an instance beyond minWarm stops, 1 to 86400.
     #[schema(value_type = Option<u64>)]
     keep_alive_seconds: Option<String>,
+    /// `true` lets the function use the network (default: none in the sandbox).
+    #[schema(value_type = Option<bool>)]
+    network: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -98,6 +101,8 @@ pub struct UpdateRequest {
     max_warm: Option<serde_json::Value>,
     #[schema(value_type = Option<u64>)]
     keep_alive_seconds: Option<serde_json::Value>,
+    #[schema(value_type = Option<bool>)]
+    network: Option<serde_json::Value>,
 }
 
 fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
@@ -112,6 +117,7 @@ fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Opt
         "minWarm" => &mut draft.min_warm,
         "maxWarm" => &mut draft.max_warm,
         "keepAliveSeconds" => &mut draft.keep_alive_seconds,
+        "network" => &mut draft.network,
         _ => return None,
     })
 }
@@ -345,6 +351,7 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
         min_warm: scalar(body.min_warm),
         max_warm: scalar(body.max_warm),
         keep_alive_seconds: scalar(body.keep_alive_seconds),
+        network: scalar(body.network),
     })
 }
 

@@ -151,6 +151,7 @@ pub async fn run(
         handler: function.handler.clone(),
         sha256: function.sha256.clone(),
         warm_pool: function.warm_pool,
+        network: function.network,
         trace_id: current_request_id(),
         submitted_at: Utc::now(),
     };

@@ -40,6 +40,7 @@ pub fn sample_function(id: &str) -> FunctionRecord {
             max_warm: Some(3),
             keep_alive_seconds: None,
         },
+        network: false,
         owner: None,
     }
 }
@@ -59,6 +60,7 @@ pub fn sample_job(function_id: &str) -> Job {
         handler: "main.handler".into(),
         sha256: String::new(),
         warm_pool: Default::default(),
+        network: false,
         trace_id: None,
         submitted_at: Utc::now(),
     }

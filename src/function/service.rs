@@ -173,6 +173,7 @@ impl FunctionService {
             updated_at: previous.as_ref().map(|_| now),
             invocations: previous.as_ref().map(|p| p.invocations).unwrap_or(0),
             warm_pool: settings.warm_pool,
+            network: settings.network,
             owner,
         };
         self.registry.put(&record).await?;

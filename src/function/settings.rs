@@ -33,6 +33,8 @@ pub struct SettingsDraft {
     pub min_warm: Option<String>,
     pub max_warm: Option<String>,
     pub keep_alive_seconds: Option<String>,
+    /// `true` lets the function use the network.
+    pub network: Option<String>,
 }
 
 impl SettingsDraft {
@@ -49,6 +51,7 @@ impl SettingsDraft {
             min_warm: self.min_warm.or(other.min_warm),
             max_warm: self.max_warm.or(other.max_warm),
             keep_alive_seconds: self.keep_alive_seconds.or(other.keep_alive_seconds),
+            network: self.network.or(other.network),
         }
     }
 
@@ -63,6 +66,7 @@ impl SettingsDraft {
             && self.min_warm.is_none()
             && self.max_warm.is_none()
             && self.keep_alive_seconds.is_none()
+            && self.network.is_none()
     }
 }
 
@@ -77,6 +81,7 @@ pub struct FunctionSettings {
     pub handler: Handler,
     pub env_vars: BTreeMap<String, String>,
     pub warm_pool: WarmPool,
+    pub network: bool,
 }
 
 impl FunctionSettings {
@@ -91,6 +96,7 @@ impl FunctionSettings {
             handler: Handler::parse(&r.handler).map_err(|e| ValidationErrors(vec![e]))?,
             env_vars: r.env_vars.clone(),
             warm_pool: r.warm_pool,
+            network: r.network,
         })
     }
 }
@@ -286,6 +292,15 @@ pub fn validate(
         max_warm,
         keep_alive_seconds,
     };
+    let network = match draft.network.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
+        None => base.is_some_and(|b| b.network),
+        Some(v) if v == "true" || v == "1" => true,
+        Some(v) if v == "false" || v == "0" || v.is_empty() => false,
+        Some(v) => {
+            errors.push(format!("network must be true or false, got {v:?}"));
+            false
+        }
+    };
 
     if errors.is_empty() {
         Ok(FunctionSettings {
@@ -297,6 +312,7 @@ pub fn validate(
             handler,
             env_vars,
             warm_pool,
+            network,
         })
     } else {
         Err(ValidationErrors(errors))

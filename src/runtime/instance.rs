@@ -93,6 +93,7 @@ const STEM_MEMORY_MB: u32 = crate::function::settings::MEMORY_MB_MAX;
 /// start) or nothing yet (stem cell).
 struct Launch<'a> {
     runtime: Runtime,
+    network: bool,
     code_dir: Option<&'a Path>,
     memory_mb: u32,
     env: Option<&'a BTreeMap<String, String>>,
@@ -144,26 +145,23 @@ impl Sandbox {
     }
 
     /// `root` is the instance's private directory (its `work` and `code`).
-    fn command(&self, code_dir: Option<&Path>, root: &Path, workdir: &Path) -> Command {
+    fn command(&self, code_dir: Option<&Path>, root: &Path, workdir: &Path, network: bool) -> Command {
         let mut cmd = Command::new(&self.bwrap);
-        cmd.args([
-            "--die-with-parent",
-            "--unshare-net",
-            "--unshare-pid",
-            "--unshare-ipc",
-            "--unshare-uts",
-        ])
-        .args([
-            "--ro-bind",
-            "/",
-            "/",
-            "--dev",
-            "/dev",
-            "--proc",
-            "/proc",
-            "--tmpfs",
-            "/tmp",
-        ]);
+        if !network {
+            cmd.arg("--unshare-net");
+        }
+        cmd.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"])
+            .args([
+                "--ro-bind",
+                "/",
+                "/",
+                "--dev",
+                "/dev",
+                "--proc",
+                "/proc",
+                "--tmpfs",
+                "/tmp",
+            ]);
         for dir in &self.hidden {
             cmd.arg("--tmpfs").arg(dir);
         }
@@ -189,6 +187,8 @@ pub struct InstanceSpec {
     pub env_vars: BTreeMap<String, String>,
     /// Code version (sha256); instances of other versions are never reused.
     pub version: String,
+    /// The function may use the network (no network namespace of its own).
+    pub network: bool,
 }
 
 impl InstanceSpec {
@@ -196,8 +196,8 @@ impl InstanceSpec {
     pub fn pool_key(&self) -> String {
         let env = serde_json::to_string(&self.env_vars).unwrap_or_default();
         format!(
-            "{}|{}|{}|{}|{}",
-            self.function_id, self.version, self.memory_mb, self.handler, env
+            "{}|{}|{}|{}|{}|{}",
+            self.function_id, self.version, self.memory_mb, self.handler, self.network, env
         )
     }
 }
@@ -226,6 +226,7 @@ impl Instance {
     pub async fn spawn(cfg: &RuntimeConfig, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let launch = Launch {
             runtime: spec.runtime,
+            network: spec.network,
             code_dir: Some(&spec.code_dir),
             memory_mb: spec.memory_mb,
             env: Some(&spec.env_vars),
@@ -240,6 +241,8 @@ impl Instance {
             cfg,
             Launch {
                 runtime,
+                // Stem cells serve functions without network only.
+                network: false,
                 code_dir: None,
                 memory_mb: STEM_MEMORY_MB,
                 env: None,
@@ -305,7 +308,7 @@ impl Instance {
 
         let mut cmd = match &cfg.sandbox {
             Some(sandbox) => {
-                let mut cmd = sandbox.command(launch.code_dir, root.path(), &workdir);
+                let mut cmd = sandbox.command(launch.code_dir, root.path(), &workdir, launch.network);
                 cmd.arg(&program);
                 cmd
             }

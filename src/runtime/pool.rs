@@ -431,7 +431,13 @@ impl Pool {
         load_timeout: Duration,
     ) -> Result<(Instance, StartKind), Outcome> {
         let t0 = Instant::now();
-        let started = match self.take_stem(spec.runtime) {
+        // Stem cells have no network; functions allowed one start fresh.
+        let stem = if spec.network {
+            None
+        } else {
+            self.take_stem(spec.runtime)
+        };
+        let started = match stem {
             Some(mut stem) => stem
                 .load_stem(spec, load_timeout)
                 .await

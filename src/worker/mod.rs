@@ -271,6 +271,7 @@ impl Worker {
                     memory_mb: f.memory_mb,
                     env_vars: f.env_vars.clone(),
                     version,
+                    network: f.network,
                 },
                 warm_pool: f.warm_pool,
             });
@@ -378,6 +379,7 @@ impl Worker {
             memory_mb: job.memory_mb,
             env_vars: job.env_vars.clone(),
             version,
+            network: job.network,
         };
         let req = InvokeRequest {
             request_id: job.request_id.clone(),

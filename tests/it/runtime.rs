@@ -156,6 +156,20 @@ def handler(event, context):
     assert!(r["network"].as_str().unwrap().starts_with("denied"), "{r}");
     assert!(r["system"].as_str().unwrap().starts_with("denied"), "{r}");
     assert!(r["ownDir"].as_str().unwrap().starts_with("allowed"), "{r}");
+
+    // A function that asks for the network gets it, and nothing else changes.
+    let online = app.upload_py(probe, &[("network", "true")]).await;
+    let body = app
+        .run_ok(
+            &online,
+            json!({"code": secret_code[0].join("main.py"), "dataDir": data_dir, "port": port}),
+        )
+        .await;
+    let r = &body["result"];
+    assert!(r["network"].as_str().unwrap().starts_with("allowed"), "{r}");
+    assert!(r["otherCode"].as_str().unwrap().starts_with("denied"), "{r}");
+    let bad = app.upload_raw("main.py", b"x".to_vec(), &[("network", "maybe")]).await;
+    assert_eq!(bad.status(), 400);
 }
 
 #[tokio::test]

@@ -182,6 +182,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         handler: String::new(),
         sha256: String::new(),
         warm_pool: Default::default(),
+        network: false,
         trace_id: None,
         submitted_at: chrono::Utc::now(),
     };
