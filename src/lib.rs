@@ -13,6 +13,7 @@ pub mod config;
 pub mod function;
 pub mod metrics;
 pub mod model;
+pub mod operator;
 pub mod runtime;
 pub mod telemetry;
 pub mod worker;

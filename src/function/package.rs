@@ -115,16 +115,25 @@ pub fn package(file_name: &str, data: &[u8], handler: &Handler, runtime: Runtime
 
 /// Builds a zip with one file and fixed metadata, so equal code gives equal bytes.
 pub fn single_file_zip(name: &str, data: &[u8]) -> Result<Vec<u8>, PackageError> {
+    zip_files(&[(name.to_string(), data.to_vec())].into())
+}
+
+/// Builds a zip of `files` (path → content) in path order with fixed
+/// metadata: the same files always give the same bytes (and sha256).
+pub fn zip_files(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Result<Vec<u8>, PackageError> {
     let mut writer = ZipWriter::new(Cursor::new(Vec::new()));
     let options = SimpleFileOptions::default()
         .compression_method(CompressionMethod::Deflated)
         .last_modified_time(zip::DateTime::default())
         .unix_permissions(0o644);
     let err = |e: zip::result::ZipError| PackageError::BadZip(e.to_string());
-    writer.start_file(name, options).map_err(err)?;
-    writer
-        .write_all(data)
-        .map_err(|e| PackageError::BadZip(e.to_string()))?;
+    for (name, data) in files {
+        safe_entry_path(name)?;
+        writer.start_file(name.as_str(), options).map_err(err)?;
+        writer
+            .write_all(data)
+            .map_err(|e| PackageError::BadZip(e.to_string()))?;
+    }
     Ok(writer.finish().map_err(err)?.into_inner())
 }
 

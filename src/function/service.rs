@@ -103,6 +103,61 @@ impl FunctionService {
         self.store(&id, settings, artifact, &code.file_name, None, owner).await
     }
 
+    /// Makes function `id`, owned by the resource `owner`, exactly `draft`
+    /// with `code` (the reconciler's path): creates it, updates it, or leaves
+    /// it alone when nothing differs. Returns the record, whether new code was
+    /// stored, and whether the record was written.
+    pub async fn apply_owned(
+        &self,
+        id: &str,
+        owner: &str,
+        draft: &SettingsDraft,
+        code: CodeUpload,
+    ) -> Result<(FunctionRecord, bool, bool)> {
+        let current = match self.registry.get(id).await {
+            Ok(r) => Some(r),
+            Err(backend::Error::NotFound(_)) => None,
+            Err(e) => return Err(e.into()),
+        };
+        if let Some(c) = &current {
+            check_owner(c, Some(owner))?;
+        }
+        let base = current.as_ref().map(FunctionSettings::of_record).transpose()?;
+        let settings = settings::validate(draft, base.as_ref(), &code.file_name)?;
+        let artifact = package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?;
+        if let (Some(c), Some(b)) = (&current, &base) {
+            if *b == settings && c.sha256 == artifact.sha256 && c.owner.as_deref() == Some(owner) {
+                return Ok((c.clone(), false, false));
+            }
+        }
+        let uploaded = current.as_ref().map(|c| c.sha256.as_str()) != Some(artifact.sha256.as_str());
+        let record = self
+            .store(
+                id,
+                settings,
+                artifact,
+                &code.file_name,
+                current,
+                Some(owner.to_string()),
+            )
+            .await?;
+        Ok((record, uploaded, true))
+    }
+
+    /// Deletes an owned function (record and artifacts); Ok when it is
+    /// already gone, so cleanup can be repeated.
+    pub async fn remove_owned(&self, id: &str, owner: &str) -> Result<()> {
+        match self.delete(id, Some(owner)).await {
+            Ok(()) | Err(ServiceError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Artifacts left by an interrupted earlier cleanup.
+        for key in self.artifacts.list(&format!("functions/{id}/")).await? {
+            self.artifacts.delete(&key).await?;
+        }
+        Ok(())
+    }
+
     /// Changes settings and/or code. `caller_owner` is the resource making the
     /// change (None for HTTP): only the owner may change an owned function.
     pub async fn update(

@@ -8,6 +8,7 @@ mod conformance;
 mod examples;
 mod helpers;
 mod node;
+mod operator;
 mod pool;
 mod production;
 mod runtime;

@@ -1,0 +1,277 @@
+//! The Kubernetes side: a kube `Controller` over `Function` resources with a
+//! finalizer, status written by server-side apply, events, and backoff.
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::finalizer::{finalizer, Event as Finalized};
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use tokio_util::sync::CancellationToken;
+
+use super::crd::Function;
+use super::desired::{self, Failure};
+use super::reconciler::{Reconciler, Sources};
+
+/// Finalizer the operator puts on every Function it manages.
+pub const FINALIZER: &str = "faas.infra.dev/cleanup";
+/// Field manager of the status writes (server-side apply).
+pub const MANAGER: &str = "infra-operator";
+/// A reconciled function is checked again this often (drift, deleted artifacts).
+const RESYNC: Duration = Duration::from_secs(600);
+/// A missing ConfigMap, Secret or S3 object is looked for again after this.
+const SOURCE_RETRY: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum OperatorError {
+    #[error("Kubernetes API call failed: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("cleanup failed: {0}")]
+    Cleanup(String),
+    #[error("the Function has no namespace")]
+    NoNamespace,
+    #[error("finalizer: {0}")]
+    Finalizer(#[source] Box<kube::runtime::finalizer::Error<OperatorError>>),
+    #[error("the Function CRD is not installed or not readable (run `infra crd | kubectl apply -f -`): {0}")]
+    CrdMissing(#[source] kube::Error),
+}
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub reconciler: Reconciler,
+    pub recorder: Recorder,
+    /// Consecutive failures per object, for exponential backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, reconciler: Reconciler) -> Context {
+        let reporter = Reporter {
+            controller: MANAGER.to_string(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            reconciler,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    /// 5 s, 10 s, 20 s ... up to 5 minutes.
+    fn backoff(&self, key: &str) -> Duration {
+        let mut f = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = f.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        Duration::from_secs(5u64.saturating_mul(1 << (*n - 1).min(6))).min(Duration::from_secs(300))
+    }
+
+    fn succeeded(&self, key: &str) {
+        self.failures.lock().unwrap_or_else(|p| p.into_inner()).remove(key);
+    }
+}
+
+/// ConfigMaps and Secrets from the cluster.
+pub struct KubeSources {
+    client: Client,
+}
+
+#[async_trait]
+impl Sources for KubeSources {
+    async fn config_map(&self, namespace: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        let api: Api<ConfigMap> = Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(Some(cm)) => {
+                let mut out: BTreeMap<String, Vec<u8>> = cm
+                    .data
+                    .unwrap_or_default()
+                    .into_iter()
+                    .map(|(k, v)| (k, v.into_bytes()))
+                    .collect();
+                out.extend(cm.binary_data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)));
+                Ok(Some(out))
+            }
+            Ok(None) => Ok(None),
+            Err(e) => Err(format!("cannot read ConfigMap {namespace}/{name}: {e}")),
+        }
+    }
+
+    async fn secret(&self, namespace: &str, name: &str) -> Result<Option<BTreeMap<String, Vec<u8>>>, String> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), namespace);
+        match api.get_opt(name).await {
+            Ok(Some(s)) => Ok(Some(
+                s.data.unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect(),
+            )),
+            Ok(None) => Ok(None),
+            // Never echo secret contents; the error names the object only.
+            Err(e) => Err(format!("cannot read Secret {namespace}/{name}: {e}")),
+        }
+    }
+}
+
+/// One reconcile of one Function (the controller's entry point).
+pub async fn reconcile(function: Arc<Function>, ctx: Arc<Context>) -> Result<Action, OperatorError> {
+    let namespace = function.namespace().ok_or(OperatorError::NoNamespace)?;
+    let api: Api<Function> = Api::namespaced(ctx.client.clone(), &namespace);
+    finalizer(&api, FINALIZER, function, |event| async {
+        match event {
+            Finalized::Apply(f) => apply(&f, &api, &ctx).await,
+            Finalized::Cleanup(f) => cleanup(&f, &ctx).await,
+        }
+    })
+    .await
+    .map_err(|e| OperatorError::Finalizer(Box::new(e)))
+}
+
+async fn apply(function: &Function, api: &Api<Function>, ctx: &Context) -> Result<Action, OperatorError> {
+    let namespace = function.namespace().ok_or(OperatorError::NoNamespace)?;
+    let name = function.name_any();
+    let key = format!("{namespace}/{name}");
+    let sources = KubeSources {
+        client: ctx.client.clone(),
+    };
+    let outcome = ctx.reconciler.apply(&namespace, &name, &function.spec, &sources).await;
+    let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
+    let status = desired::status_for(function.metadata.generation, function.status.as_ref(), &outcome, &now);
+    // Only a changed status is written: an unchanged one would still cost a
+    // call, and a write that changes nothing must not wake the controller.
+    let changed = function.status.as_ref() != Some(&status);
+    if changed {
+        let patch = serde_json::json!({
+            "apiVersion": "faas.infra.dev/v1alpha1",
+            "kind": "Function",
+            "status": status,
+        });
+        api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&patch))
+            .await
+            .map_err(OperatorError::Kube)?;
+    }
+    let action = match &outcome {
+        Ok(_) => {
+            ctx.succeeded(&key);
+            Action::requeue(RESYNC)
+        }
+        // Retrying an invalid spec cannot help: wait for the next change.
+        Err(Failure::Invalid(_)) | Err(Failure::Conflict(_)) => Action::await_change(),
+        Err(Failure::SourceMissing(_)) => Action::requeue(SOURCE_RETRY),
+        Err(Failure::Backend(_)) => Action::requeue(ctx.backoff(&key)),
+    };
+    match &outcome {
+        Ok(applied) => tracing::info!(
+            function = key,
+            function_id = applied.record.function_id,
+            uploaded = applied.uploaded,
+            "Function reconciled"
+        ),
+        Err(f) => tracing::warn!(
+            function = key,
+            reason = f.reason(),
+            error = f.message(),
+            "Function not reconciled"
+        ),
+    }
+    if changed {
+        let event = match &outcome {
+            Ok(applied) => Event {
+                type_: EventType::Normal,
+                reason: "Deployed".into(),
+                note: Some(format!(
+                    "function {} runs {} ({})",
+                    applied.record.function_id,
+                    applied.record.s3_key,
+                    if applied.uploaded { "new code" } else { "code unchanged" }
+                )),
+                action: "Reconcile".into(),
+                secondary: None,
+            },
+            Err(f) => Event {
+                type_: EventType::Warning,
+                reason: f.reason().into(),
+                note: Some(truncate(f.message(), 1000)),
+                action: "Reconcile".into(),
+                secondary: None,
+            },
+        };
+        publish(ctx, function, &event).await;
+    }
+    Ok(action)
+}
+
+async fn cleanup(function: &Function, ctx: &Context) -> Result<Action, OperatorError> {
+    let namespace = function.namespace().ok_or(OperatorError::NoNamespace)?;
+    let name = function.name_any();
+    // On failure the finalizer stays and the error policy retries.
+    ctx.reconciler
+        .cleanup(&namespace, &name)
+        .await
+        .map_err(|f| OperatorError::Cleanup(f.message().to_string()))?;
+    ctx.succeeded(&format!("{namespace}/{name}"));
+    tracing::info!(function = format!("{namespace}/{name}"), "Function removed");
+    let event = Event {
+        type_: EventType::Normal,
+        reason: "Deleted".into(),
+        note: Some(format!(
+            "function {} removed (record, artifacts, warm pool)",
+            desired::function_id(&namespace, &name)
+        )),
+        action: "Cleanup".into(),
+        secondary: None,
+    };
+    publish(ctx, function, &event).await;
+    Ok(Action::await_change())
+}
+
+/// Events are best effort: a lost event must not fail the reconcile.
+async fn publish(ctx: &Context, function: &Function, event: &Event) {
+    if let Err(e) = ctx.recorder.publish(event, &function.object_ref(&())).await {
+        tracing::warn!(error = %e, reason = event.reason, "could not publish an event");
+    }
+}
+
+fn truncate(s: &str, max: usize) -> String {
+    if s.len() <= max {
+        return s.to_string();
+    }
+    let mut end = max;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}...", &s[..end])
+}
+
+/// Kubernetes API failures (not reconcile outcomes) are retried with backoff.
+pub fn error_policy(function: Arc<Function>, error: &OperatorError, ctx: Arc<Context>) -> Action {
+    let key = format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any());
+    let wait = ctx.backoff(&key);
+    tracing::warn!(function = key, error = %error, retry_in_s = wait.as_secs(), "reconcile failed");
+    Action::requeue(wait)
+}
+
+/// Runs the controller until `shutdown`.
+pub async fn run(client: Client, reconciler: Reconciler, shutdown: CancellationToken) -> Result<(), OperatorError> {
+    let functions: Api<Function> = Api::all(client.clone());
+    // Fail fast with a clear message when the CRD is missing.
+    functions
+        .list(&ListParams::default().limit(1))
+        .await
+        .map_err(OperatorError::CrdMissing)?;
+    let ctx = Arc::new(Context::new(client, reconciler));
+    Controller::new(functions, watcher::Config::default().any_semantic())
+        .graceful_shutdown_on(shutdown.cancelled_owned())
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "reconcile round ended with an error");
+            }
+        })
+        .await;
+    Ok(())
+}

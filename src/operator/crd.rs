@@ -1,0 +1,201 @@
+//! The `Function` custom resource (`functions.faas.infra.dev/v1alpha1`).
+//! The CRD is generated from these types (`infra crd`, `crds/function.yaml`).
+
+use std::collections::BTreeMap;
+
+use kube::core::crd::CustomResourceExt;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::model::Runtime;
+
+/// A function: its code, runtime, limits, environment and warm pool.
+#[derive(CustomResource, Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[kube(
+    group = "faas.infra.dev",
+    version = "v1alpha1",
+    kind = "Function",
+    plural = "functions",
+    shortname = "fn",
+    namespaced,
+    status = "FunctionStatus",
+    printcolumn = r#"{"name":"Runtime","type":"string","jsonPath":".spec.runtime"}"#,
+    printcolumn = r#"{"name":"Memory","type":"integer","jsonPath":".spec.memoryMb"}"#,
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"FunctionId","type":"string","jsonPath":".status.functionId"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionSpec {
+    /// Language runtime of the handler.
+    pub runtime: FunctionRuntime,
+    /// `module.function`; default `main.handler` (python) or `index.handler` (nodejs).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 3, max = 256))]
+    pub handler: Option<String>,
+    /// Memory limit of one instance, in MB.
+    #[serde(default = "default_memory_mb")]
+    #[schemars(range(min = 128, max = 10240))]
+    pub memory_mb: u32,
+    /// Longest one invocation may run.
+    #[serde(default = "default_timeout_seconds")]
+    #[schemars(range(min = 1, max = 900))]
+    pub timeout_seconds: u32,
+    /// Where the code comes from: exactly one of `inline`, `s3` or `configMap`.
+    pub code: FunctionCode,
+    /// Environment variables of the function (and only these).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub env: Vec<EnvVar>,
+    /// Instances workers keep initialized for this function.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub warm_pool: Option<WarmPoolSpec>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 1024))]
+    pub description: Option<String>,
+    /// Let the function use the network (sandboxed functions have none by default).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub network: bool,
+}
+
+fn default_memory_mb() -> u32 {
+    crate::function::settings::DEFAULT_MEMORY_MB
+}
+
+fn default_timeout_seconds() -> u32 {
+    30
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionRuntime {
+    Python,
+    Nodejs,
+}
+
+impl From<FunctionRuntime> for Runtime {
+    fn from(r: FunctionRuntime) -> Runtime {
+        match r {
+            FunctionRuntime::Python => Runtime::Python,
+            FunctionRuntime::Nodejs => Runtime::Nodejs,
+        }
+    }
+}
+
+/// The function's code.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("[has(self.inline), has(self.s3), has(self.configMap)].filter(x, x).size() == 1").message("set exactly one of inline, s3 or configMap"))]
+pub struct FunctionCode {
+    /// Source files by path, e.g. `main.py: |` followed by the code.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub inline: Option<BTreeMap<String, String>>,
+    /// An object in the platform's artifact bucket: a `.zip`, or one source file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub s3: Option<S3Code>,
+    /// A ConfigMap in the same namespace; each key is a file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map: Option<ConfigMapCode>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct S3Code {
+    #[schemars(length(min = 1, max = 1024))]
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct ConfigMapCode {
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+}
+
+/// An environment variable: a value, or a key of a Secret or ConfigMap.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVar {
+    #[schemars(length(min = 1, max = 256))]
+    pub name: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub value_from: Option<EnvVarSource>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvVarSource {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<KeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<KeyRef>,
+}
+
+/// A key of a Secret or ConfigMap in the Function's namespace.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
+pub struct KeyRef {
+    pub name: String,
+    pub key: String,
+}
+
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct WarmPoolSpec {
+    /// Instances each worker keeps initialized, so the first request is warm.
+    #[serde(default)]
+    #[schemars(range(min = 0, max = 100))]
+    pub min_warm: u32,
+    /// Most idle instances per worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 100))]
+    pub max_warm: Option<u32>,
+    /// Idle time before an instance beyond minWarm stops.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 86400))]
+    pub keep_alive_seconds: Option<u64>,
+}
+
+/// What the operator made of the resource.
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionStatus {
+    #[serde(default)]
+    pub conditions: Vec<Condition>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// The platform's id of the function (for `/run`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub function_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub artifact: Option<ArtifactStatus>,
+}
+
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+pub struct ArtifactStatus {
+    pub key: String,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A status condition (the shape of Kubernetes' metav1.Condition).
+#[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Condition {
+    /// Ready, ArtifactReady, Registered or WarmPoolReady.
+    #[serde(rename = "type")]
+    pub type_: String,
+    /// True, False or Unknown.
+    pub status: String,
+    pub reason: String,
+    #[serde(default)]
+    pub message: String,
+    /// RFC 3339 time the status last changed.
+    pub last_transition_time: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+}
+
+/// The CRD as YAML (what `infra crd` prints and `crds/function.yaml` holds).
+pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+    serde_yaml::to_string(&Function::crd())
+}
