@@ -24,10 +24,11 @@ use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResu
 use crate::backend::{
     self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
 };
-use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, PoolConfig, UpConfig, WorkerConfig};
+use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, OperatorConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
+use crate::operator::Reconciler;
 use crate::runtime::{Pool, PoolLimits, RuntimeConfig, Sandbox, UidPool};
 use crate::worker::cache::ArtifactCache;
 use crate::worker::{Worker, WorkerBackends, WorkerSettings};
@@ -57,6 +58,10 @@ pub enum AppError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
+    #[error("Kubernetes: {0}")]
+    Kube(#[source] kube::Error),
+    #[error("operator: {0}")]
+    Operator(#[from] crate::operator::controller::OperatorError),
     #[error("server: {0}")]
     Serve(#[source] std::io::Error),
 }
@@ -79,6 +84,11 @@ impl Running {
         self.shutdown.cancel();
     }
 
+    /// Resolves when the role began stopping (asked to, or on its own).
+    pub async fn stopping(&self) {
+        self.shutdown.cancelled().await
+    }
+
     /// Waits until everything has stopped.
     pub async fn wait(self) -> Result<(), AppError> {
         match self.task.await {
@@ -97,6 +107,10 @@ struct Parts {
     functions: Option<Arc<FunctionService>>,
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
+    /// The Kubernetes controller (`infra operator`).
+    operator: Option<(kube::Client, Reconciler)>,
+    /// A folder of Function resources (`infra up --functions DIR`).
+    folder: Option<(std::path::PathBuf, Reconciler)>,
 }
 
 /// `infra up`: everything in this process, embedded backends.
@@ -152,9 +166,14 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         router: Some(router),
         worker: Some(worker),
         pool: Some(pool),
+        folder: cfg
+            .functions_dir
+            .clone()
+            .map(|dir| (dir, Reconciler::new(functions.clone()))),
         functions: Some(functions),
         embedded_bus: Some(embedded_bus),
         embedded_logs: Some(embedded_logs),
+        operator: None,
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
     running.api_key = Some(api_key);
@@ -248,6 +267,29 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         router: Some(probe_router(probe)),
         worker: Some(worker),
         pool: Some(pool),
+        ..Parts::default()
+    };
+    launch(cfg.listen, parts, cfg.shutdown_timeout).await
+}
+
+/// `infra operator`: reconcile Function resources into S3 and DynamoDB.
+pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
+    let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(&cfg.aws, &cfg.bucket).await);
+    let registry: Arc<dyn FunctionRegistry> = Arc::new(DynamoRegistry::new(&cfg.aws, &cfg.table).await);
+    let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let probe = Arc::new(Probe {
+        checks: vec![
+            Backend::Artifacts(artifacts.clone()),
+            Backend::Registry(registry.clone()),
+        ],
+        metrics,
+        isolation: None,
+    });
+    let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let parts = Parts {
+        router: Some(probe_router(probe)),
+        operator: Some((client, Reconciler::new(functions))),
         ..Parts::default()
     };
     launch(cfg.listen, parts, cfg.shutdown_timeout).await
@@ -486,6 +528,18 @@ async fn serve(
     drain: Duration,
 ) -> Result<(), AppError> {
     let worker_task = parts.worker.map(|w| tokio::spawn(w.run(shutdown.clone(), drain)));
+    let folder_task = parts
+        .folder
+        .map(|(dir, reconciler)| tokio::spawn(crate::operator::folder::watch(dir, reconciler, shutdown.clone())));
+    let operator_task = parts.operator.map(|(client, reconciler)| {
+        let stop = shutdown.clone();
+        tokio::spawn(async move {
+            let result = crate::operator::controller::run(client, reconciler, stop.clone()).await;
+            // Without its controller the operator is useless: stop the process.
+            stop.cancel();
+            result
+        })
+    });
     let embedded = (parts.embedded_bus, parts.embedded_logs);
     let housekeeping = tokio::spawn(housekeeping(
         parts.functions.clone(),
@@ -524,8 +578,13 @@ async fn serve(
         }
     };
     shutdown.cancel();
-    if let Some(t) = worker_task {
+    for t in [worker_task, folder_task].into_iter().flatten() {
         let _ = t.await;
+    }
+    if let Some(t) = operator_task {
+        if let Ok(Err(e)) = t.await {
+            return Err(AppError::Operator(e));
+        }
     }
     let _ = housekeeping.await;
     if let Some(f) = parts.functions {

@@ -40,6 +40,58 @@ pub enum Command {
     Api(ApiArgs),
     /// Run a worker: consume SQS, run functions in warm pools, publish results to Redis.
     Worker(WorkerArgs),
+    /// Run the Kubernetes operator: reconcile `Function` resources into S3
+    /// artifacts, DynamoDB records and the warm-pool spec.
+    Operator(OperatorArgs),
+    /// Print the `Function` CustomResourceDefinition (YAML), generated from the Rust types.
+    Crd,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct OperatorArgs {
+    #[command(flatten)]
+    pub aws: AwsArgs,
+    /// S3 bucket for function artifacts.
+    #[arg(long, env = "BUCKET_NAME")]
+    pub bucket_name: Option<String>,
+    /// DynamoDB table of function records.
+    #[arg(long, env = "TABLE_NAME")]
+    pub table_name: Option<String>,
+    /// Port of the operator's /health and /metrics.
+    #[arg(long, env = "OPERATOR_PORT", default_value = "8081")]
+    pub port: String,
+    #[arg(long, env = "OPERATOR_HOST", default_value = "127.0.0.1")]
+    pub host: String,
+    #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
+    pub shutdown_timeout_seconds: String,
+}
+
+/// Validated configuration of `infra operator`.
+#[derive(Debug, Clone)]
+pub struct OperatorConfig {
+    pub aws: AwsSettings,
+    pub bucket: String,
+    pub table: String,
+    pub listen: SocketAddr,
+    pub shutdown_timeout: Duration,
+}
+
+impl OperatorArgs {
+    pub fn validate(&self) -> Result<OperatorConfig, ConfigErrors> {
+        let mut p = Problems::default();
+        let aws = self.aws.check(&mut p);
+        let bucket = p.required("BUCKET_NAME", &self.bucket_name);
+        let table = p.required("TABLE_NAME", &self.table_name);
+        let listen = p.listen("OPERATOR_HOST", &self.host, "OPERATOR_PORT", &self.port);
+        let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
+        p.finish(OperatorConfig {
+            aws,
+            bucket,
+            table,
+            listen,
+            shutdown_timeout: Duration::from_secs(shutdown),
+        })
+    }
 }
 
 /// The HTTP API's settings.
@@ -120,9 +172,9 @@ pub struct PoolArgs {
     pub cgroups: String,
 }
 
-/// Where the production backends are.
-#[derive(Debug, Clone, Args)]
-pub struct CloudArgs {
+/// Where AWS is (region and endpoint overrides).
+#[derive(Debug, Clone, Default, Args)]
+pub struct AwsArgs {
     #[arg(long, env = "AWS_REGION")]
     pub aws_region: Option<String>,
     /// Overrides every AWS endpoint (local emulators).
@@ -135,6 +187,29 @@ pub struct CloudArgs {
     pub aws_endpoint_url_dynamodb: Option<String>,
     #[arg(long, env = "AWS_ENDPOINT_URL_SQS")]
     pub aws_endpoint_url_sqs: Option<String>,
+}
+
+impl AwsArgs {
+    fn check(&self, p: &mut Problems) -> AwsSettings {
+        let region = p.required("AWS_REGION", &self.aws_region);
+        let mut endpoint =
+            |name: &str, raw: &Option<String>| p.url(name, raw, &["http", "https"]).map(|u| u.to_string());
+        AwsSettings {
+            region,
+            endpoint_url: endpoint("AWS_ENDPOINT_URL", &self.aws_endpoint_url),
+            s3_endpoint_url: endpoint("AWS_ENDPOINT_URL_S3", &self.aws_endpoint_url_s3),
+            dynamodb_endpoint_url: endpoint("AWS_ENDPOINT_URL_DYNAMODB", &self.aws_endpoint_url_dynamodb),
+            sqs_endpoint_url: endpoint("AWS_ENDPOINT_URL_SQS", &self.aws_endpoint_url_sqs),
+            static_credentials: None,
+        }
+    }
+}
+
+/// Where the production backends are.
+#[derive(Debug, Clone, Args)]
+pub struct CloudArgs {
+    #[command(flatten)]
+    pub aws: AwsArgs,
     /// S3 bucket for function artifacts.
     #[arg(long, env = "BUCKET_NAME")]
     pub bucket_name: Option<String>,
@@ -174,6 +249,10 @@ pub struct UpArgs {
     /// Where functions, artifacts, jobs and the queue are kept.
     #[arg(long, env = "INFRA_DATA_DIR", default_value = ".infra-data")]
     pub data_dir: PathBuf,
+    /// A folder of Function resources (YAML, as for `kubectl apply`) kept
+    /// deployed: new and changed files are applied, deleted ones removed.
+    #[arg(long = "functions", env = "FUNCTIONS_DIR")]
+    pub functions_dir: Option<PathBuf>,
     /// Longest a shutdown waits for in-flight requests and jobs.
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
@@ -278,6 +357,7 @@ pub struct UpConfig {
     pub ai: AiConfig,
     pub pool: PoolConfig,
     pub data_dir: PathBuf,
+    pub functions_dir: Option<PathBuf>,
     pub shutdown_timeout: Duration,
     pub visibility_timeout: Duration,
 }
@@ -545,13 +625,7 @@ impl PoolArgs {
 
 impl CloudArgs {
     fn check(&self, p: &mut Problems) -> CloudConfig {
-        let region = p.required("AWS_REGION", &self.aws_region);
-        let mut endpoint =
-            |name: &str, raw: &Option<String>| p.url(name, raw, &["http", "https"]).map(|u| u.to_string());
-        let endpoint_url = endpoint("AWS_ENDPOINT_URL", &self.aws_endpoint_url);
-        let s3_endpoint_url = endpoint("AWS_ENDPOINT_URL_S3", &self.aws_endpoint_url_s3);
-        let dynamodb_endpoint_url = endpoint("AWS_ENDPOINT_URL_DYNAMODB", &self.aws_endpoint_url_dynamodb);
-        let sqs_endpoint_url = endpoint("AWS_ENDPOINT_URL_SQS", &self.aws_endpoint_url_sqs);
+        let aws = self.aws.check(p);
         let bucket = p.required("BUCKET_NAME", &self.bucket_name);
         let sqs_url = p
             .url("SQS_URL", &self.sqs_url, &["http", "https"])
@@ -577,14 +651,7 @@ impl CloudArgs {
         let job_ttl = p.num("JOB_TTL_SECONDS", &self.job_ttl_seconds, 60, 30 * 86_400, 86_400);
         let logs_days: u64 = p.num("LOGS_RETENTION_DAYS", &self.logs_retention_days, 1, 3650, 7);
         CloudConfig {
-            aws: AwsSettings {
-                region,
-                endpoint_url,
-                s3_endpoint_url,
-                dynamodb_endpoint_url,
-                sqs_endpoint_url,
-                static_credentials: None,
-            },
+            aws,
             bucket,
             sqs_url: sqs_url.unwrap_or_default(),
             redis_url,
@@ -604,6 +671,7 @@ impl UpArgs {
             ai: AiArgs::local(),
             pool: PoolArgs::local(),
             data_dir,
+            functions_dir: None,
             shutdown_timeout_seconds: "30".into(),
             visibility_timeout_seconds: "30".into(),
         }
@@ -623,11 +691,17 @@ impl UpArgs {
             30,
         );
         let data_dir = p.dir("INFRA_DATA_DIR", &self.data_dir);
+        if let Some(dir) = &self.functions_dir {
+            if !dir.is_dir() {
+                p.0.push(format!("FUNCTIONS_DIR: {} is not a directory", dir.display()));
+            }
+        }
         p.finish(UpConfig {
             http,
             ai,
             pool,
             data_dir,
+            functions_dir: self.functions_dir.clone(),
             shutdown_timeout: Duration::from_secs(shutdown),
             visibility_timeout: Duration::from_secs(visibility),
         })
@@ -783,11 +857,7 @@ mod tests {
         // The environment of the test process must not leak into this check.
         args.http.api_key = None;
         args.cloud = CloudArgs {
-            aws_region: None,
-            aws_endpoint_url: None,
-            aws_endpoint_url_s3: None,
-            aws_endpoint_url_dynamodb: None,
-            aws_endpoint_url_sqs: None,
+            aws: AwsArgs::default(),
             bucket_name: None,
             sqs_url: None,
             redis_url: Some("http://wrong-scheme:1".into()),
@@ -820,11 +890,10 @@ mod tests {
     fn redis_host_and_port_make_a_url() {
         let mut p = Problems::default();
         let args = CloudArgs {
-            aws_region: Some("eu-west-1".into()),
-            aws_endpoint_url: None,
-            aws_endpoint_url_s3: None,
-            aws_endpoint_url_dynamodb: None,
-            aws_endpoint_url_sqs: None,
+            aws: AwsArgs {
+                aws_region: Some("eu-west-1".into()),
+                ..AwsArgs::default()
+            },
             bucket_name: Some("b".into()),
             sqs_url: Some("https://sqs.eu-west-1.amazonaws.com/1/q".into()),
             redis_url: None,

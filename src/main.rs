@@ -12,6 +12,19 @@ fn main() -> ExitCode {
         Command::Up(a) => a.validate().map(|c| Role::Up(Box::new(c))),
         Command::Api(a) => a.validate().map(|c| Role::Api(Box::new(c))),
         Command::Worker(a) => a.validate().map(|c| Role::Worker(Box::new(c))),
+        Command::Operator(a) => a.validate().map(|c| Role::Operator(Box::new(c))),
+        Command::Crd => {
+            return match infra_controller::operator::crd::crd_yaml() {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("cannot render the CRD: {e}");
+                    ExitCode::from(1)
+                }
+            }
+        }
     };
     let role = match role {
         Ok(r) => r,
@@ -41,6 +54,7 @@ enum Role {
     Up(Box<infra_controller::config::UpConfig>),
     Api(Box<infra_controller::config::ApiConfig>),
     Worker(Box<infra_controller::config::WorkerConfig>),
+    Operator(Box<infra_controller::config::OperatorConfig>),
 }
 
 async fn run(role: Role) -> anyhow::Result<()> {
@@ -60,9 +74,13 @@ async fn run(role: Role) -> anyhow::Result<()> {
         }
         Role::Api(cfg) => app::start_api(*cfg).await?,
         Role::Worker(cfg) => app::start_worker(*cfg).await?,
+        Role::Operator(cfg) => app::start_operator(*cfg).await?,
     };
-    wait_for_signal().await;
-    tracing::info!("shutdown requested; draining");
+    tokio::select! {
+        _ = wait_for_signal() => tracing::info!("shutdown requested; draining"),
+        // A role that cannot go on (e.g. the operator without its CRD) stops by itself.
+        _ = running.stopping() => {}
+    }
     running.shutdown();
     running.wait().await?;
     Ok(())

@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod crd;
 pub mod desired;
+pub mod folder;
 pub mod reconciler;
 
 pub use crd::{Function, FunctionSpec, FunctionStatus};

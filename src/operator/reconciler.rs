@@ -83,6 +83,23 @@ impl Reconciler {
             .map_err(classify)
     }
 
+    /// Resources that own a function now (`namespace`, `name`).
+    pub async fn owned(&self) -> Vec<(String, String)> {
+        match self.functions.list().await {
+            Ok(records) => records
+                .into_iter()
+                .filter_map(|r| {
+                    let (ns, name) = r.owner?.split_once('/').map(|(a, b)| (a.to_string(), b.to_string()))?;
+                    Some((ns, name))
+                })
+                .collect(),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot list functions");
+                Vec::new()
+            }
+        }
+    }
+
     async fn code(&self, namespace: &str, spec: &FunctionSpec, sources: &dyn Sources) -> Result<CodeUpload, Failure> {
         let invalid = |e: package::PackageError| Failure::Invalid(format!("code: {e}"));
         if let Some(files) = &spec.code.inline {

@@ -7,6 +7,7 @@ mod binary;
 mod conformance;
 mod examples;
 mod helpers;
+mod manifests;
 mod node;
 mod operator;
 mod pool;
