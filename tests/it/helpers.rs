@@ -42,6 +42,14 @@ impl TestApp {
         }
     }
 
+    /// Shuts the platform down and waits until it has stopped.
+    pub async fn stop(mut self) {
+        if let Some(running) = self.running.take() {
+            running.shutdown();
+            running.wait().await.expect("clean stop");
+        }
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{}", self.base, path)
     }

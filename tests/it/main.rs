@@ -6,6 +6,7 @@ mod api;
 mod binary;
 mod conformance;
 mod examples;
+mod folder;
 mod helpers;
 mod manifests;
 mod node;

@@ -448,3 +448,153 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
         .unwrap();
     assert_eq!(missing.status(), 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_reconciler_deploys_to_s3_and_dynamodb_and_the_function_runs_warm() {
+    use infra_controller::function::FunctionService;
+    use infra_controller::operator::reconciler::NoSources;
+    use infra_controller::operator::{FunctionSpec, Reconciler};
+
+    let mut cluster = Cluster::new().await;
+    let env = |k: &str| cluster.env.iter().find(|(n, _)| n == k).unwrap().1.clone();
+    let settings = aws();
+    let artifacts = Arc::new(S3ArtifactStore::new(&settings, &env("BUCKET_NAME")).await);
+    let registry = Arc::new(DynamoRegistry::new(&settings, &env("TABLE_NAME")).await);
+    let reconciler = Reconciler::new(Arc::new(FunctionService::new(artifacts.clone(), registry.clone())));
+    let spec: FunctionSpec = serde_yaml::from_str(
+        "runtime: python\nwarmPool: {minWarm: 1}\ncode:\n  inline:\n    main.py: |\n      def handler(event, context):\n          return event['n'] + 1\n",
+    )
+    .unwrap();
+    let applied = reconciler.apply("default", "inc", &spec, &NoSources).await.unwrap();
+    let id = applied.record.function_id.clone();
+    // Artifact in S3, record in DynamoDB, read back over their HTTP APIs.
+    use infra_controller::backend::{ArtifactStore, FunctionRegistry};
+    let zip = artifacts.get(&applied.record.s3_key).await.unwrap();
+    assert_eq!(zip.len() as u64, applied.record.size_bytes);
+    let stored = registry.get(&id).await.unwrap();
+    assert_eq!(stored.owner.as_deref(), Some("default/inc"));
+    assert_eq!(stored.warm_pool.min_warm, 1);
+    // Applying the same resource again changes nothing.
+    let again = reconciler.apply("default", "inc", &spec, &NoSources).await.unwrap();
+    assert!(!again.changed && !again.uploaded);
+
+    let api = cluster.api(&[]);
+    let worker = cluster.worker(&[]);
+    let client = reqwest::Client::new();
+    let series = format!(r#"infra_pool_idle_instances{{function="{id}",runtime="python"}} 1"#);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let m = client
+            .get(format!("{}/metrics", worker.base))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if m.contains(&series) {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the worker did not pre-warm the function");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let (status, body) = run_at(&client, &api.base, &id, json!({"n": 41}), false).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["result"], 42);
+    assert_eq!(body["coldStart"], false, "minWarm: the first run is warm: {body}");
+
+    // Cleanup removes record and artifacts; repeating it is fine.
+    reconciler.cleanup("default", "inc").await.unwrap();
+    reconciler.cleanup("default", "inc").await.unwrap();
+    assert!(registry.get(&id).await.is_err());
+    assert!(artifacts.list(&format!("functions/{id}/")).await.unwrap().is_empty());
+}
+
+/// The operator against a real Kubernetes cluster: needs `KUBECONFIG` (or an
+/// in-cluster config) with rights to create CRDs and Functions in `default`,
+/// plus what `scripts/test` starts (moto, redis-server). Run with
+/// `scripts/test -- --ignored operator_against_a_real_cluster`.
+/// It applies the CRD, starts `infra operator`, `infra api` and
+/// `infra worker`, applies a Function, waits for Ready, runs it over the
+/// API, deletes it and checks the cleanup.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "needs a Kubernetes cluster (KUBECONFIG)"]
+async fn operator_against_a_real_cluster() {
+    use infra_controller::operator::crd::Function;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, DeleteParams, Patch, PatchParams};
+    use kube::CustomResourceExt;
+
+    let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let apply = PatchParams::apply("infra-test").force();
+    crds.patch("functions.faas.infra.dev", &apply, &Patch::Apply(&Function::crd()))
+        .await
+        .expect("apply the CRD");
+    let established = |crd: &CustomResourceDefinition| {
+        crd.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !established(&crds.get("functions.faas.infra.dev").await.unwrap()) {
+        assert!(Instant::now() < deadline, "the CRD did not become established");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let mut cluster = Cluster::new().await;
+    let _operator = cluster.spawn(&["operator"], &[("OPERATOR_PORT", "0")]);
+    let api = cluster.api(&[]);
+    let _worker = cluster.worker(&[]);
+    let name = unique("fn");
+    let functions: Api<Function> = Api::namespaced(client, "default");
+    let resource: Function = serde_yaml::from_str(&format!(
+        "apiVersion: faas.infra.dev/v1alpha1\nkind: Function\nmetadata: {{name: {name}}}\nspec:\n  runtime: python\n  warmPool: {{minWarm: 1}}\n  code:\n    inline:\n      main.py: |\n        def handler(event, context):\n            return 'from the cluster'\n"
+    ))
+    .unwrap();
+    functions
+        .patch(&name, &apply, &Patch::Apply(&resource))
+        .await
+        .expect("apply the Function");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let id = loop {
+        let f = functions.get(&name).await.unwrap();
+        let status = f.status.clone().unwrap_or_default();
+        let ready = status
+            .conditions
+            .iter()
+            .any(|c| c.type_ == "Ready" && c.status == "True");
+        if ready {
+            assert!(f
+                .metadata
+                .finalizers
+                .unwrap_or_default()
+                .iter()
+                .any(|x| x == "faas.infra.dev/cleanup"));
+            break status.function_id.unwrap();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the Function did not become Ready: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    let client = reqwest::Client::new();
+    let (code, body) = run_at(&client, &api.base, &id, json!({}), false).await;
+    assert_eq!(code, 200, "{body}");
+    assert_eq!(body["result"], "from the cluster");
+
+    functions.delete(&name, &DeleteParams::default()).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while functions.get_opt(&name).await.unwrap().is_some() {
+        assert!(Instant::now() < deadline, "the finalizer was not removed");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let gone = get_json(&client, format!("{}/functions/{id}", api.base)).await;
+    assert_eq!(
+        gone["error"].as_str().map(|e| e.contains("not found")),
+        Some(true),
+        "{gone}"
+    );
+}
