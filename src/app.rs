@@ -58,7 +58,8 @@ pub enum AppError {
     },
     #[error("metrics: {0}")]
     Metrics(#[from] prometheus::Error),
-    #[error("Kubernetes: {0}")]
+    // The details come from the source chain (printed once by main).
+    #[error("cannot reach Kubernetes (KUBECONFIG or the in-cluster config)")]
     Kube(#[source] kube::Error),
     #[error("operator: {0}")]
     Operator(#[from] crate::operator::controller::OperatorError),

@@ -80,3 +80,43 @@ async fn ask_the_ai_node() {
     );
     assert_eq!(body["usage"]["calls"], 1);
 }
+
+#[tokio::test]
+async fn node_hello() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_file("index.js", &example("node-hello/index.js"), &[("minWarm", "1")])
+        .await;
+    let body = app.run_ok(&id, json!({"name": "Ada"})).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"]["message"], "Hello, Ada!");
+    assert!(body["stdout"].as_str().unwrap().starts_with("greeting Ada in request "));
+}
+
+/// The example resources deploy through `infra up --functions` and run.
+#[tokio::test]
+async fn function_resources() {
+    let folder = tempfile::tempdir().unwrap();
+    for f in ["hello.yaml", "shout.yaml"] {
+        std::fs::copy(
+            Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/functions").join(f),
+            folder.path().join(f),
+        )
+        .unwrap();
+    }
+    let dir = folder.path().to_path_buf();
+    let app = TestApp::start_with(move |a| a.functions_dir = Some(dir)).await;
+    for (name, input, expected) in [
+        ("hello", json!({"name": "Ada"}), json!("Hello, Ada!")),
+        ("shout", json!({"text": "warm"}), json!("WARM")),
+    ] {
+        let id = infra_controller::operator::desired::function_id("default", name);
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+        while app.get(&format!("/functions/{id}")).send().await.unwrap().status() != 200 {
+            assert!(std::time::Instant::now() < deadline, "{name} was not deployed");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+        let body = app.run_ok(&id, input).await;
+        assert_eq!(body["result"], expected, "{body}");
+    }
+}
