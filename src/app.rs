@@ -109,7 +109,7 @@ struct Parts {
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
     /// The Kubernetes controller (`infra operator`).
-    operator: Option<(kube::Client, Reconciler)>,
+    operator: Option<(kube::Client, Reconciler, Arc<Metrics>)>,
     /// A folder of Function resources (`infra up --functions DIR`).
     folder: Option<(std::path::PathBuf, Reconciler)>,
 }
@@ -284,13 +284,13 @@ pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
             Backend::Artifacts(artifacts.clone()),
             Backend::Registry(registry.clone()),
         ],
-        metrics,
+        metrics: metrics.clone(),
         isolation: None,
     });
     let functions = Arc::new(FunctionService::new(artifacts, registry));
     let parts = Parts {
         router: Some(probe_router(probe)),
-        operator: Some((client, Reconciler::new(functions))),
+        operator: Some((client, Reconciler::new(functions), metrics)),
         ..Parts::default()
     };
     launch(cfg.listen, parts, cfg.shutdown_timeout).await
@@ -532,10 +532,10 @@ async fn serve(
     let folder_task = parts
         .folder
         .map(|(dir, reconciler)| tokio::spawn(crate::operator::folder::watch(dir, reconciler, shutdown.clone())));
-    let operator_task = parts.operator.map(|(client, reconciler)| {
+    let operator_task = parts.operator.map(|(client, reconciler, metrics)| {
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let result = crate::operator::controller::run(client, reconciler, stop.clone()).await;
+            let result = crate::operator::controller::run(client, reconciler, metrics, stop.clone()).await;
             // Without its controller the operator is useless: stop the process.
             stop.cancel();
             result

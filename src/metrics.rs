@@ -23,6 +23,8 @@ pub struct Metrics {
     pub pool_idle: IntGaugeVec,
     pub pool_wanted_slots: IntGaugeVec,
     pub pool_wanted_mb: IntGaugeVec,
+    pub reconciles: IntCounterVec,
+    pub reconcile_duration: HistogramVec,
 }
 
 impl Metrics {
@@ -110,6 +112,20 @@ impl Metrics {
             ),
             &["runtime"],
         )?;
+        let reconciles = IntCounterVec::new(
+            Opts::new(
+                "infra_reconciles_total",
+                "Function reconciles by outcome (reconciled, a failure reason, deleted, error)",
+            ),
+            &["outcome"],
+        )?;
+        let reconcile_duration = HistogramVec::new(
+            HistogramOpts::new("infra_reconcile_duration_seconds", "Time of one Function reconcile")
+                .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
+            &["operation"],
+        )?;
+        registry.register(Box::new(reconciles.clone()))?;
+        registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(pool_capacity_mb.clone()))?;
         registry.register(Box::new(pool_reserved_mb.clone()))?;
         registry.register(Box::new(pool_peak_mb.clone()))?;
@@ -144,6 +160,8 @@ impl Metrics {
             pool_idle,
             pool_wanted_slots,
             pool_wanted_mb,
+            reconciles,
+            reconcile_duration,
         })
     }
 

@@ -19,6 +19,7 @@ use tokio_util::sync::CancellationToken;
 use super::crd::Function;
 use super::desired::{self, Failure};
 use super::reconciler::{Reconciler, Sources};
+use crate::metrics::Metrics;
 
 /// Finalizer the operator puts on every Function it manages.
 pub const FINALIZER: &str = "faas.infra.dev/cleanup";
@@ -48,12 +49,13 @@ pub struct Context {
     pub client: Client,
     pub reconciler: Reconciler,
     pub recorder: Recorder,
+    pub metrics: Arc<Metrics>,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<String, u32>>,
 }
 
 impl Context {
-    pub fn new(client: Client, reconciler: Reconciler) -> Context {
+    pub fn new(client: Client, reconciler: Reconciler, metrics: Arc<Metrics>) -> Context {
         let reporter = Reporter {
             controller: MANAGER.to_string(),
             instance: std::env::var("POD_NAME").ok(),
@@ -62,6 +64,7 @@ impl Context {
             recorder: Recorder::new(client.clone(), reporter),
             client,
             reconciler,
+            metrics,
             failures: Mutex::new(HashMap::new()),
         }
     }
@@ -138,7 +141,18 @@ async fn apply(function: &Function, api: &Api<Function>, ctx: &Context) -> Resul
     let sources = KubeSources {
         client: ctx.client.clone(),
     };
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["apply"])
+        .start_timer();
     let outcome = ctx.reconciler.apply(&namespace, &name, &function.spec, &sources).await;
+    timer.observe_duration();
+    let label = match &outcome {
+        Ok(_) => "reconciled",
+        Err(f) => f.reason(),
+    };
+    ctx.metrics.reconciles.with_label_values(&[label]).inc();
     let now = chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true);
     let status = desired::status_for(function.metadata.generation, function.status.as_ref(), &outcome, &now);
     // Only a changed status is written: an unchanged one would still cost a
@@ -209,10 +223,15 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<Action, OperatorE
     let namespace = function.namespace().ok_or(OperatorError::NoNamespace)?;
     let name = function.name_any();
     // On failure the finalizer stays and the error policy retries.
-    ctx.reconciler
-        .cleanup(&namespace, &name)
-        .await
-        .map_err(|f| OperatorError::Cleanup(f.message().to_string()))?;
+    let timer = ctx
+        .metrics
+        .reconcile_duration
+        .with_label_values(&["cleanup"])
+        .start_timer();
+    let cleaned = ctx.reconciler.cleanup(&namespace, &name).await;
+    timer.observe_duration();
+    cleaned.map_err(|f| OperatorError::Cleanup(f.message().to_string()))?;
+    ctx.metrics.reconciles.with_label_values(&["deleted"]).inc();
     ctx.succeeded(&format!("{namespace}/{name}"));
     tracing::info!(function = format!("{namespace}/{name}"), "Function removed");
     let event = Event {
@@ -249,6 +268,7 @@ fn truncate(s: &str, max: usize) -> String {
 
 /// Kubernetes API failures (not reconcile outcomes) are retried with backoff.
 pub fn error_policy(function: Arc<Function>, error: &OperatorError, ctx: Arc<Context>) -> Action {
+    ctx.metrics.reconciles.with_label_values(&["error"]).inc();
     let key = format!("{}/{}", function.namespace().unwrap_or_default(), function.name_any());
     let wait = ctx.backoff(&key);
     tracing::warn!(function = key, error = %error, retry_in_s = wait.as_secs(), "reconcile failed");
@@ -256,14 +276,19 @@ pub fn error_policy(function: Arc<Function>, error: &OperatorError, ctx: Arc<Con
 }
 
 /// Runs the controller until `shutdown`.
-pub async fn run(client: Client, reconciler: Reconciler, shutdown: CancellationToken) -> Result<(), OperatorError> {
+pub async fn run(
+    client: Client,
+    reconciler: Reconciler,
+    metrics: Arc<Metrics>,
+    shutdown: CancellationToken,
+) -> Result<(), OperatorError> {
     let functions: Api<Function> = Api::all(client.clone());
     // Fail fast with a clear message when the CRD is missing.
     functions
         .list(&ListParams::default().limit(1))
         .await
         .map_err(OperatorError::CrdMissing)?;
-    let ctx = Arc::new(Context::new(client, reconciler));
+    let ctx = Arc::new(Context::new(client, reconciler, metrics));
     Controller::new(functions, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)

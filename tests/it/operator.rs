@@ -91,8 +91,9 @@ impl Harness {
         let functions = Arc::new(FunctionService::new(artifacts.clone(), registry.clone()));
         let (service, server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
+        let metrics = Arc::new(infra_controller::metrics::Metrics::new().unwrap());
         Harness {
-            ctx: Arc::new(Context::new(client, Reconciler::new(functions))),
+            ctx: Arc::new(Context::new(client, Reconciler::new(functions), metrics)),
             server,
             artifacts,
             registry,
@@ -309,6 +310,11 @@ async fn create_adds_the_finalizer_then_writes_artifact_record_and_status() {
     let action = h.reconcile(&now, vec![]).await;
     assert_eq!(action, Action::requeue(Duration::from_secs(600)));
     assert_eq!(h.artifacts.puts.load(Ordering::SeqCst), 1);
+    let metrics = h.ctx.metrics.render();
+    assert!(
+        metrics.contains(r#"infra_reconciles_total{outcome="reconciled"} 2"#),
+        "{metrics}"
+    );
 }
 
 #[tokio::test]
