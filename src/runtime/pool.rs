@@ -259,6 +259,8 @@ impl Pool {
 
     /// A stem cell of `runtime`, its reservation turned into `memory_mb`
     /// (already reserved by the caller, so the stem's share is released).
+    /// The caller refills once its cold start is done: a new process
+    /// starting meanwhile would compete with it for the CPU.
     fn take_stem(&self, runtime: Runtime) -> Option<Instance> {
         let stem = {
             let mut st = self.lock();
@@ -271,9 +273,6 @@ impl Pool {
                 .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
             stem
         };
-        if stem.is_some() {
-            self.refill(runtime);
-        }
         stem
     }
 
@@ -300,6 +299,7 @@ impl Pool {
                     }
                     Err(outcome) => {
                         self.release(u64::from(spec.memory_mb));
+                        self.refill(spec.runtime);
                         self.metrics.starts.with_label_values(&["fresh"]).inc();
                         return Invocation {
                             outcome,
@@ -324,6 +324,9 @@ impl Pool {
         self.set_busy(1);
         let (outcome, reusable) = instance.invoke(req, ai).await;
         self.set_busy(-1);
+        if start_kind == StartKind::Stem {
+            self.refill(spec.runtime);
+        }
         if reusable {
             self.put_idle(key, spec, warm_pool, instance);
         } else {
@@ -569,6 +572,9 @@ impl Pool {
             }
         });
         futures::future::join_all(prewarm).await;
+        if !starts.is_empty() {
+            self.refill_stem_cells();
+        }
         short
     }
 
