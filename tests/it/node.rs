@@ -206,3 +206,25 @@ async fn node_handlers_ask_the_ai_node() {
     assert_eq!(body["result"]["err"], "AIError");
     assert_eq!(body["usage"]["calls"], 3, "{body}");
 }
+
+#[tokio::test]
+async fn an_instance_that_leaves_a_child_running_is_not_reused() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_file(
+            "index.js",
+            "const { spawn } = require('child_process');\nexports.handler = (event) => {\n  if (event.leave) spawn('sleep', ['30'], { stdio: 'ignore' });\n  return process.pid;\n};\n",
+            &[],
+        )
+        .await;
+    let first = app.run_ok(&id, json!({})).await;
+    let again = app.run_ok(&id, json!({"leave": true})).await;
+    assert_eq!(again["coldStart"], false, "{again}");
+    assert_eq!(first["result"], again["result"], "the same instance served both");
+    let after = app.run_ok(&id, json!({})).await;
+    assert_eq!(after["status"], "SUCCESS");
+    assert_eq!(
+        after["coldStart"], true,
+        "the instance with a stray child was retired: {after}"
+    );
+}
