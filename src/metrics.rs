@@ -21,6 +21,7 @@ pub struct Metrics {
     pub pool_reserved_mb: IntGauge,
     pub pool_peak_mb: IntGauge,
     pub pool_idle: IntGaugeVec,
+    pub pool_stem_cells: IntGaugeVec,
     pub pool_wanted_slots: IntGaugeVec,
     pub pool_wanted_mb: IntGaugeVec,
     pub reconciles: IntCounterVec,
@@ -129,7 +130,12 @@ impl Metrics {
         registry.register(Box::new(pool_capacity_mb.clone()))?;
         registry.register(Box::new(pool_reserved_mb.clone()))?;
         registry.register(Box::new(pool_peak_mb.clone()))?;
+        let pool_stem_cells = IntGaugeVec::new(
+            Opts::new("infra_pool_stem_cells", "Ready stem cells by runtime"),
+            &["runtime"],
+        )?;
         registry.register(Box::new(pool_idle.clone()))?;
+        registry.register(Box::new(pool_stem_cells.clone()))?;
         registry.register(Box::new(pool_wanted_slots.clone()))?;
         registry.register(Box::new(pool_wanted_mb.clone()))?;
         registry.register(Box::new(http_duration.clone()))?;
@@ -158,6 +164,7 @@ impl Metrics {
             pool_reserved_mb,
             pool_peak_mb,
             pool_idle,
+            pool_stem_cells,
             pool_wanted_slots,
             pool_wanted_mb,
             reconciles,

@@ -167,6 +167,20 @@ impl State {
     }
 }
 
+/// Ready stem cells, in all and per runtime.
+fn stem_gauges(metrics: &Metrics, st: &State) {
+    metrics
+        .stem_cells
+        .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
+    for runtime in Runtime::ALL {
+        let n = st.stems.get(runtime).map_or(0, Vec::len);
+        metrics
+            .pool_stem_cells
+            .with_label_values(&[runtime.as_str()])
+            .set(n as i64);
+    }
+}
+
 pub struct Pool {
     cfg: RuntimeConfig,
     limits: PoolLimits,
@@ -250,9 +264,7 @@ impl Pool {
                         tracing::warn!(runtime = runtime.as_str(), error = %e, "could not start a stem cell");
                     }
                 }
-                metrics
-                    .stem_cells
-                    .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
+                stem_gauges(&metrics, &st);
             });
         }
     }
@@ -262,17 +274,12 @@ impl Pool {
     /// The caller refills once its cold start is done: a new process
     /// starting meanwhile would compete with it for the CPU.
     fn take_stem(&self, runtime: Runtime) -> Option<Instance> {
-        let stem = {
-            let mut st = self.lock();
-            let stem = st.stems.get_mut(&runtime).and_then(Vec::pop);
-            if stem.is_some() {
-                st.reserved_mb = st.reserved_mb.saturating_sub(stem_reserve_mb(runtime));
-            }
-            self.metrics
-                .stem_cells
-                .set(st.stems.values().map(Vec::len).sum::<usize>() as i64);
-            stem
-        };
+        let mut st = self.lock();
+        let stem = st.stems.get_mut(&runtime).and_then(Vec::pop);
+        if stem.is_some() {
+            st.reserved_mb = st.reserved_mb.saturating_sub(stem_reserve_mb(runtime));
+        }
+        stem_gauges(&self.metrics, &st);
         stem
     }
 
@@ -647,7 +654,7 @@ impl Pool {
         st.stems.clear();
         st.idle.clear();
         st.protected.clear();
-        self.metrics.stem_cells.set(0);
+        stem_gauges(&self.metrics, &st);
         self.metrics.warm_instances.set(0);
     }
 }

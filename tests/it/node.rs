@@ -157,9 +157,13 @@ async fn node_limits_timeout_and_memory() {
 #[tokio::test]
 async fn node_stem_cells_take_the_code_and_environment() {
     let app = TestApp::start().await;
-    // Wait for both runtimes' stem cells (2 each).
+    // Wait for the Node stem cells.
     let deadline = Instant::now() + Duration::from_secs(20);
-    while !app.metrics().await.contains("infra_stem_cells 4") {
+    while !app
+        .metrics()
+        .await
+        .contains(r#"infra_pool_stem_cells{runtime="nodejs"} 2"#)
+    {
         assert!(Instant::now() < deadline, "stem cells did not start");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
