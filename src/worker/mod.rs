@@ -217,6 +217,7 @@ impl Worker {
         };
         let never = Arc::new(tokio::sync::Notify::new());
         let changes = self.changes.clone().unwrap_or(never);
+        let mut last_short = std::collections::BTreeMap::new();
         loop {
             match registry.list().await {
                 Ok(functions) => {
@@ -229,9 +230,11 @@ impl Worker {
                     };
                     // Refreshes the pool gauges.
                     self.pool.stats();
-                    if !short.is_empty() {
+                    // Said once per change, not on every poll.
+                    if !short.is_empty() && short != last_short {
                         tracing::warn!(?short, "not enough pool memory for every function's minWarm");
                     }
+                    last_short = short;
                 }
                 Err(e) => tracing::warn!(error = %e, "cannot read the warm-pool spec"),
             }
