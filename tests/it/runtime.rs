@@ -138,13 +138,9 @@ def handler(event, context):
         'ownDir': attempt(lambda: open('scratch', 'w').write('ok')),
     }
 "#;
+    let event = json!({"code": secret_code[0].join("main.py"), "dataDir": data_dir, "port": port});
     let spy = app.upload_py(probe, &[]).await;
-    let body = app
-        .run_ok(
-            &spy,
-            json!({"code": secret_code[0].join("main.py"), "dataDir": data_dir, "port": port}),
-        )
-        .await;
+    let body = app.run_ok(&spy, event.clone()).await;
     let r = &body["result"];
     assert!(r["otherCode"].as_str().unwrap().starts_with("denied"), "{r}");
     assert!(r["database"].as_str().unwrap().starts_with("denied"), "{r}");
@@ -159,12 +155,7 @@ def handler(event, context):
 
     // A function that asks for the network gets it, and nothing else changes.
     let online = app.upload_py(probe, &[("network", "true")]).await;
-    let body = app
-        .run_ok(
-            &online,
-            json!({"code": secret_code[0].join("main.py"), "dataDir": data_dir, "port": port}),
-        )
-        .await;
+    let body = app.run_ok(&online, event).await;
     let r = &body["result"];
     assert!(r["network"].as_str().unwrap().starts_with("allowed"), "{r}");
     assert!(r["otherCode"].as_str().unwrap().starts_with("denied"), "{r}");
