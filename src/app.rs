@@ -28,6 +28,7 @@ use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, OperatorConfig
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
+use crate::operator::leader::LeaseLock;
 use crate::operator::Reconciler;
 use crate::runtime::{Pool, PoolLimits, RuntimeConfig, Sandbox, UidPool};
 use crate::worker::cache::ArtifactCache;
@@ -37,6 +38,8 @@ use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 const JOB_RETENTION: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 /// How long `infra up` keeps invocation logs.
 const LOG_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
+/// How long a leader's Lease holds without renewal.
+const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Deliveries after which a job is given up as LOST.
 const MAX_ATTEMPTS: u32 = 5;
 
@@ -109,7 +112,7 @@ struct Parts {
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
     /// The Kubernetes controller (`infra operator`).
-    operator: Option<(kube::Client, Reconciler, Arc<Metrics>)>,
+    operator: Option<(kube::Client, Reconciler, Arc<Metrics>, Option<LeaseLock>)>,
     /// A folder of Function resources (`infra up --functions DIR`).
     folder: Option<(std::path::PathBuf, Reconciler)>,
 }
@@ -288,9 +291,14 @@ pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
         isolation: None,
     });
     let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let lease = cfg.lease_namespace.as_deref().map(|ns| {
+        let identity = std::env::var("POD_NAME")
+            .unwrap_or_else(|_| format!("{}-{}", crate::worker::hostname(), std::process::id()));
+        LeaseLock::new(client.clone(), ns, "infra-operator", &identity, LEASE_DURATION)
+    });
     let parts = Parts {
         router: Some(probe_router(probe)),
-        operator: Some((client, Reconciler::new(functions), metrics)),
+        operator: Some((client, Reconciler::new(functions), metrics, lease)),
         ..Parts::default()
     };
     launch(cfg.listen, parts, cfg.shutdown_timeout).await
@@ -532,10 +540,10 @@ async fn serve(
     let folder_task = parts
         .folder
         .map(|(dir, reconciler)| tokio::spawn(crate::operator::folder::watch(dir, reconciler, shutdown.clone())));
-    let operator_task = parts.operator.map(|(client, reconciler, metrics)| {
+    let operator_task = parts.operator.map(|(client, reconciler, metrics, lease)| {
         let stop = shutdown.clone();
         tokio::spawn(async move {
-            let result = crate::operator::controller::run(client, reconciler, metrics, stop.clone()).await;
+            let result = crate::operator::controller::run(client, reconciler, metrics, lease, stop.clone()).await;
             // Without its controller the operator is useless: stop the process.
             stop.cancel();
             result

@@ -64,6 +64,13 @@ pub struct OperatorArgs {
     pub host: String,
     #[arg(long, env = "SHUTDOWN_TIMEOUT_SECONDS", default_value = "30")]
     pub shutdown_timeout_seconds: String,
+    /// Only the replica holding the `infra-operator` Lease reconciles, so
+    /// several replicas can run; `false` for a single replica.
+    #[arg(long, env = "LEADER_ELECTION", default_value = "true")]
+    pub leader_election: String,
+    /// Namespace of the Lease (the operator's own; the chart sets it).
+    #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
+    pub lease_namespace: String,
 }
 
 /// Validated configuration of `infra operator`.
@@ -74,6 +81,8 @@ pub struct OperatorConfig {
     pub table: String,
     pub listen: SocketAddr,
     pub shutdown_timeout: Duration,
+    /// The Lease's namespace, when leader election is on.
+    pub lease_namespace: Option<String>,
 }
 
 impl OperatorArgs {
@@ -84,12 +93,14 @@ impl OperatorArgs {
         let table = p.required("TABLE_NAME", &self.table_name);
         let listen = p.listen("OPERATOR_HOST", &self.host, "OPERATOR_PORT", &self.port);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
+        let elect = p.flag("LEADER_ELECTION", &self.leader_election);
         p.finish(OperatorConfig {
             aws,
             bucket,
             table,
             listen,
             shutdown_timeout: Duration::from_secs(shutdown),
+            lease_namespace: elect.then(|| self.lease_namespace.clone()),
         })
     }
 }

@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::crd::Function;
 use super::desired::{self, Failure};
+use super::leader::LeaseLock;
 use super::reconciler::{Reconciler, Sources};
 use crate::metrics::Metrics;
 
@@ -40,6 +41,8 @@ pub enum OperatorError {
     NoNamespace,
     #[error("finalizer: {0}")]
     Finalizer(#[source] Box<kube::runtime::finalizer::Error<OperatorError>>),
+    #[error("lost the leader lease to another replica")]
+    LostLeadership,
     #[error("the Function CRD is not installed or not readable (run `infra crd | kubectl apply -f -`): {0}")]
     CrdMissing(#[source] kube::Error),
 }
@@ -276,10 +279,13 @@ pub fn error_policy(function: Arc<Function>, error: &OperatorError, ctx: Arc<Con
 }
 
 /// Runs the controller until `shutdown`.
+/// Runs the controller until `shutdown`; with a `lease`, only while this
+/// replica holds it (it waits for it first, and stops if it is lost).
 pub async fn run(
     client: Client,
     reconciler: Reconciler,
     metrics: Arc<Metrics>,
+    lease: Option<LeaseLock>,
     shutdown: CancellationToken,
 ) -> Result<(), OperatorError> {
     let functions: Api<Function> = Api::all(client.clone());
@@ -289,6 +295,63 @@ pub async fn run(
         .await
         .map_err(OperatorError::CrdMissing)?;
     let ctx = Arc::new(Context::new(client, reconciler, metrics));
+    let Some(lock) = lease else {
+        control(functions, ctx, shutdown).await;
+        return Ok(());
+    };
+    loop {
+        match lock.try_acquire().await {
+            Ok(true) => break,
+            Ok(false) => tracing::debug!("another replica leads; waiting"),
+            Err(e) => tracing::warn!(error = %e, "cannot read the leader lease"),
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(lock.renew_every()) => {}
+            _ = shutdown.cancelled() => return Ok(()),
+        }
+    }
+    tracing::info!(identity = lock.identity(), "leading: reconciling Functions");
+    let leading = shutdown.child_token();
+    let renewer = tokio::spawn(keep_lease(lock.clone(), leading.clone()));
+    control(functions, ctx, leading.clone()).await;
+    leading.cancel();
+    let kept = renewer.await.unwrap_or(false);
+    if kept {
+        lock.release().await;
+        Ok(())
+    } else {
+        // Exit, and let the restarted process queue up for the lease again.
+        Err(OperatorError::LostLeadership)
+    }
+}
+
+/// Renews the lease until `leading` is cancelled (true) or the lease is lost
+/// or cannot be renewed within its duration (false; `leading` is cancelled).
+async fn keep_lease(lock: LeaseLock, leading: CancellationToken) -> bool {
+    let mut renewed = tokio::time::Instant::now();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(lock.renew_every()) => {}
+            _ = leading.cancelled() => return true,
+        }
+        match lock.try_acquire().await {
+            Ok(true) => renewed = tokio::time::Instant::now(),
+            Ok(false) => {
+                tracing::error!("another replica took the leader lease; stopping");
+                leading.cancel();
+                return false;
+            }
+            Err(e) if renewed.elapsed() > lock.renew_every() * 3 => {
+                tracing::error!(error = %e, "could not renew the leader lease in time; stopping");
+                leading.cancel();
+                return false;
+            }
+            Err(e) => tracing::warn!(error = %e, "could not renew the leader lease; retrying"),
+        }
+    }
+}
+
+async fn control(functions: Api<Function>, ctx: Arc<Context>, shutdown: CancellationToken) {
     Controller::new(functions, watcher::Config::default().any_semantic())
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
@@ -298,5 +361,4 @@ pub async fn run(
             }
         })
         .await;
-    Ok(())
 }

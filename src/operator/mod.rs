@@ -10,6 +10,7 @@ pub mod controller;
 pub mod crd;
 pub mod desired;
 pub mod folder;
+pub mod leader;
 pub mod reconciler;
 
 pub use crd::{Function, FunctionSpec, FunctionStatus};

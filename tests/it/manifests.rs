@@ -8,7 +8,7 @@ use infra_controller::operator::desired;
 use infra_controller::operator::Function;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Secret, Service, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
+use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::{
     CustomResourceDefinition, JSONSchemaProps, JSONSchemaPropsOrArray,
 };
@@ -168,16 +168,29 @@ fn plain_manifests_and_examples_are_valid_objects() {
                     }
                 }
                 "ClusterRoleBinding" => drop(typed::<ClusterRoleBinding>(&doc, &at)),
+                "Role" => {
+                    let role: Role = typed(&doc, &at);
+                    let rules = role.rules.unwrap_or_default();
+                    assert!(
+                        rules
+                            .iter()
+                            .all(|r| r.resources.iter().flatten().all(|x| x == "leases")),
+                        "{at}"
+                    );
+                }
+                "RoleBinding" => drop(typed::<RoleBinding>(&doc, &at)),
                 "ConfigMap" => drop(typed::<ConfigMap>(&doc, &at)),
                 "Secret" => drop(typed::<Secret>(&doc, &at)),
                 "Service" => drop(typed::<Service>(&doc, &at)),
                 "Deployment" => {
                     let d: Deployment = typed(&doc, &at);
                     let spec = d.spec.unwrap();
-                    assert_eq!(spec.replicas, Some(1), "{at}: one operator (no leader election)");
                     let containers = spec.template.spec.unwrap().containers;
                     let args: Vec<_> = containers.iter().map(|c| c.args.clone().unwrap()[0].clone()).collect();
                     assert_eq!(args, ["operator", "api"], "{at}");
+                    // Several replicas need the Lease's namespace for leader election.
+                    let env = containers[0].env.clone().unwrap_or_default();
+                    assert!(env.iter().any(|e| e.name == "POD_NAMESPACE"), "{at}");
                 }
                 "Function" => {
                     let f: Function = serde_json::from_value(doc.clone()).unwrap_or_else(|e| panic!("{at}: {e}"));

@@ -462,3 +462,107 @@ async fn a_backend_outage_requeues_with_backoff_and_says_so() {
     )
     .await;
 }
+
+/// Answers the next API call: checks its method and path, returns its body.
+async fn answer(
+    server: &mut tower_test::mock::Handle<Request<Body>, Response<Body>>,
+    method: Method,
+    path: &str,
+    status: u16,
+    reply: Value,
+) -> Value {
+    let (request, respond) = tokio::time::timeout(Duration::from_secs(5), server.next_request())
+        .await
+        .expect("an API call")
+        .expect("a request");
+    assert_eq!(request.method(), method);
+    assert!(request.uri().path() == path, "expected {path}, got {}", request.uri());
+    let bytes = request.into_body().collect_bytes().await.unwrap();
+    let body = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+    respond.send_response(
+        Response::builder()
+            .status(status)
+            .body(Body::from(serde_json::to_vec(&reply).unwrap()))
+            .unwrap(),
+    );
+    body
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
+           "message": reason, "reason": reason, "code": code})
+}
+
+fn lease(holder: &str, renewed_ago: i64, version: &str) -> Value {
+    let now = k8s_openapi::jiff::Timestamp::now();
+    let renewed = now - k8s_openapi::jiff::SignedDuration::from_secs(renewed_ago);
+    json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": "infra-operator", "namespace": "infra", "resourceVersion": version},
+        "spec": {"holderIdentity": holder, "leaseDurationSeconds": 15,
+                 "acquireTime": "2026-01-01T00:00:00.000000Z",
+                 "renewTime": renewed.strftime("%Y-%m-%dT%H:%M:%S%.6fZ").to_string(),
+                 "leaseTransitions": 3}
+    })
+}
+
+#[tokio::test]
+async fn leader_election_takes_keeps_and_respects_the_lease() {
+    use infra_controller::operator::leader::LeaseLock;
+    let (service, mut server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let lock = LeaseLock::new(
+        Client::new(service, "default"),
+        "infra",
+        "infra-operator",
+        "me",
+        Duration::from_secs(15),
+    );
+    let path = "/apis/coordination.k8s.io/v1/namespaces/infra/leases";
+    let one = format!("{path}/infra-operator");
+    let attempt = || {
+        let l = lock.clone();
+        tokio::spawn(async move { l.try_acquire().await.unwrap() })
+    };
+
+    // No lease yet: this replica creates it and leads.
+    let t = attempt();
+    answer(&mut server, Method::GET, &one, 404, status(404, "NotFound")).await;
+    let created = answer(&mut server, Method::POST, path, 201, lease("me", 0, "1")).await;
+    assert_eq!(created["spec"]["holderIdentity"], "me");
+    assert_eq!(created["spec"]["leaseDurationSeconds"], 15);
+    assert!(t.await.unwrap());
+
+    // Another replica holds a fresh lease: wait, write nothing.
+    let t = attempt();
+    answer(&mut server, Method::GET, &one, 200, lease("other", 2, "2")).await;
+    assert!(!t.await.unwrap());
+    assert!(
+        tokio::time::timeout(Duration::from_millis(100), server.next_request())
+            .await
+            .is_err(),
+        "no write while another replica leads"
+    );
+
+    // Its lease expired: taken over, guarded by the resourceVersion read.
+    let t = attempt();
+    answer(&mut server, Method::GET, &one, 200, lease("other", 60, "3")).await;
+    let taken = answer(&mut server, Method::PUT, &one, 200, lease("me", 0, "4")).await;
+    assert_eq!(taken["spec"]["holderIdentity"], "me");
+    assert_eq!(taken["metadata"]["resourceVersion"], "3");
+    assert_eq!(taken["spec"]["leaseTransitions"], 4);
+    assert!(t.await.unwrap());
+
+    // Two replicas race for an expired lease: the one that loses gets 409.
+    let t = attempt();
+    answer(&mut server, Method::GET, &one, 200, lease("other", 60, "5")).await;
+    answer(&mut server, Method::PUT, &one, 409, status(409, "Conflict")).await;
+    assert!(!t.await.unwrap());
+
+    // Its own lease: renewed, acquire time and transitions kept.
+    let t = attempt();
+    answer(&mut server, Method::GET, &one, 200, lease("me", 5, "6")).await;
+    let renewed = answer(&mut server, Method::PUT, &one, 200, lease("me", 0, "7")).await;
+    assert_eq!(renewed["spec"]["acquireTime"], "2026-01-01T00:00:00.000000Z");
+    assert_eq!(renewed["spec"]["leaseTransitions"], 3);
+    assert!(t.await.unwrap());
+}
