@@ -48,7 +48,10 @@ async fn async_esm_and_callback_handlers() {
     let body = app.run_ok(&promise, json!({"x": "y"})).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], json!({"waited": true, "got": "y"}));
-    assert!(body["durationMs"].as_f64().unwrap() >= 30.0, "{body}");
+    // The handler's time includes its awaited timer (libuv measures timers
+    // from its cached loop time, so a 30 ms timer can end a little earlier
+    // than 30 ms after the handler started).
+    assert!(body["durationMs"].as_f64().unwrap() >= 25.0, "{body}");
 
     let esm = app
         .upload_file(
