@@ -261,21 +261,18 @@ impl Worker {
                     continue;
                 }
             };
-            let Ok(handler) = Handler::parse(&f.handler) else {
-                continue;
-            };
+            let spec = instance_spec(
+                &f.function_id,
+                f.runtime,
+                &f.handler,
+                f.memory_mb,
+                &f.env_vars,
+                f.network,
+                (code_dir, version),
+            );
+            let Ok(spec) = spec else { continue };
             targets.push(WarmTarget {
-                spec: InstanceSpec {
-                    function_id: f.function_id.clone(),
-                    function_name: f.function_id.clone(),
-                    runtime: f.runtime,
-                    code_dir,
-                    handler,
-                    memory_mb: f.memory_mb,
-                    env_vars: f.env_vars.clone(),
-                    version,
-                    network: f.network,
-                },
+                spec,
                 warm_pool: f.warm_pool,
             });
         }
@@ -369,20 +366,17 @@ impl Worker {
                 return JobResult::platform(job, JobStatus::Error, "CodeUnavailable", e.to_string());
             }
         };
-        let handler = match Handler::parse(&job.handler) {
-            Ok(h) => h,
+        let spec = match instance_spec(
+            &job.function_id,
+            job.runtime,
+            &job.handler,
+            job.memory_mb,
+            &job.env_vars,
+            job.network,
+            (code_dir, version),
+        ) {
+            Ok(s) => s,
             Err(e) => return JobResult::platform(job, JobStatus::Error, "InvalidHandler", e),
-        };
-        let spec = InstanceSpec {
-            function_id: job.function_id.clone(),
-            function_name: job.function_id.clone(),
-            runtime: job.runtime,
-            code_dir,
-            handler,
-            memory_mb: job.memory_mb,
-            env_vars: job.env_vars.clone(),
-            version,
-            network: job.network,
         };
         let req = InvokeRequest {
             request_id: job.request_id.clone(),
@@ -453,6 +447,30 @@ impl Worker {
             tracing::warn!(error = %e, "could not ack job; it may be delivered again (its result is kept)");
         }
     }
+}
+
+/// The instance spec of a function version. Jobs and pre-warm targets both
+/// come through here, so a pre-warmed instance has the pool key its jobs look for.
+fn instance_spec(
+    function_id: &str,
+    runtime: Runtime,
+    handler: &str,
+    memory_mb: u32,
+    env_vars: &std::collections::BTreeMap<String, String>,
+    network: bool,
+    (code_dir, version): (std::path::PathBuf, String),
+) -> Result<InstanceSpec, String> {
+    Ok(InstanceSpec {
+        function_id: function_id.to_string(),
+        function_name: function_id.to_string(),
+        runtime,
+        code_dir,
+        handler: Handler::parse(handler)?,
+        memory_mb,
+        env_vars: env_vars.clone(),
+        version,
+        network,
+    })
 }
 
 pub fn hostname() -> String {
