@@ -30,7 +30,7 @@ use crate::metrics::Metrics;
 use crate::model::JobRecord;
 use crate::operator::leader::LeaseLock;
 use crate::operator::Reconciler;
-use crate::runtime::{Pool, PoolLimits, RuntimeConfig, Sandbox, UidPool};
+use crate::runtime::{Pool, PoolLimits, RuntimeConfig, Sandbox, UidPool, Users};
 use crate::worker::cache::ArtifactCache;
 use crate::worker::{Worker, WorkerBackends, WorkerSettings};
 
@@ -68,6 +68,12 @@ pub enum AppError {
     Operator(#[from] crate::operator::controller::OperatorError),
     #[error("server: {0}")]
     Serve(#[source] std::io::Error),
+    #[error("data dir {path}: {source}")]
+    DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// A running role.
@@ -119,6 +125,7 @@ struct Parts {
 
 /// `infra up`: everything in this process, embedded backends.
 pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
+    private_dir(&cfg.data_dir, data_dir_mode(&cfg.pool))?;
     let db = Db::open(&cfg.data_dir)?;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
     let registry: Arc<dyn FunctionRegistry> = Arc::new(EmbeddedRegistry::new(db.clone()));
@@ -148,7 +155,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         limiter,
         directory: directory.clone(),
         logs: Some(logs.clone()),
-        isolation: Some(isolation(&cfg.pool, &cfg.data_dir)),
+        isolation: Some(isolation(&cfg.pool)),
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let backends = WorkerBackends {
@@ -165,7 +172,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         data_dir: &cfg.data_dir,
         visibility: cfg.visibility_timeout,
     };
-    let (worker, pool) = runner.build(Duration::from_secs(1), backends, artifacts, metrics);
+    let (worker, pool) = runner.build(Duration::from_secs(1), backends, artifacts, metrics)?;
     let parts = Parts {
         router: Some(router),
         worker: Some(worker),
@@ -228,6 +235,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
 
 /// `infra worker`: consume SQS, run functions, publish results to Redis.
 pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
+    private_dir(&cfg.data_dir, data_dir_mode(&cfg.pool))?;
     let aws = &cfg.cloud.aws;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
@@ -241,7 +249,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         Backend::ResultBus(bus.clone()),
     ];
     checks.extend(logs.clone().map(Backend::Logs));
-    let isolation = Some(isolation(&cfg.pool, &cfg.data_dir));
+    let isolation = Some(isolation(&cfg.pool));
     let probe = Arc::new(Probe {
         checks,
         metrics: metrics.clone(),
@@ -266,7 +274,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         visibility: cfg.visibility_timeout,
     };
     // SQS long polling: one request waits up to 20 s for work.
-    let (worker, pool) = runner.build(Duration::from_secs(20), backends, artifacts, metrics);
+    let (worker, pool) = runner.build(Duration::from_secs(20), backends, artifacts, metrics)?;
     let parts = Parts {
         router: Some(probe_router(probe)),
         worker: Some(worker),
@@ -378,26 +386,23 @@ fn api_state(
     })
 }
 
-fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> {
+fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Result<Arc<Pool>, AppError> {
     let instances_dir = data_dir.join("instances");
     // Working dirs of instances from a previous run are garbage now.
     let _ = std::fs::remove_dir_all(&instances_dir);
-    // Functions must not see the data dir: other functions' code, the database.
+    let users = instance_users(cfg);
+    // Instance users reach their own dirs only without a sandbox (with one,
+    // bubblewrap mounts them); either way nobody else may list them.
+    let traversable = cfg.bwrap.is_none() && matches!(users, Users::Own(_));
+    private_dir(&instances_dir, if traversable { 0o711 } else { 0o700 })?;
     let sandbox = cfg.bwrap.clone().map(|bwrap| Sandbox {
         bwrap,
-        hidden: vec![data_dir.to_path_buf()],
+        layout: crate::runtime::host::layout(),
     });
-    let uids = match instance_uids(cfg, data_dir) {
-        Ok(pool) => Some(pool),
-        Err(why) => {
-            tracing::warn!(reason = why, "function instances run as the worker's user");
-            None
-        }
-    };
-    tracing::info!(isolation = isolation(cfg, data_dir), "function isolation");
-    if let Some(cg) = &cfg.cgroups {
-        tracing::info!(version = ?cg.version(), "instances get their own memory cgroup");
+    if matches!(users, Users::Root) {
+        tracing::warn!("INSTANCE_USER=root: function instances run as root (without capabilities, with process, memory and disk limits)");
     }
+    tracing::info!(isolation = isolation(cfg), "function isolation");
     let pool = Arc::new(Pool::new(
         RuntimeConfig {
             python: cfg.python.clone(),
@@ -406,8 +411,9 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
             start_timeout: Duration::from_secs(10),
             sandbox,
             stem_cells: cfg.stem_cells,
-            uids,
+            users,
             cgroups: cfg.cgroups.clone(),
+            tmp_bytes: cfg.tmp_bytes,
         },
         PoolLimits {
             keep_alive: cfg.keep_alive,
@@ -417,61 +423,74 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Arc<Pool> 
         metrics.clone(),
     ));
     pool.refill_stem_cells();
-    pool
+    Ok(pool)
 }
 
 /// How many unprivileged uids instances may use at once.
 const INSTANCE_UIDS: u32 = 1024;
 
-/// Unprivileged uids for instances, or why they cannot be used here.
-fn instance_uids(cfg: &PoolConfig, data_dir: &Path) -> Result<UidPool, String> {
-    if cfg.instance_uid_base == 0 {
-        return Err("INSTANCE_UID_BASE is 0".into());
+/// Whom instances run as (the configuration already refused set-ups that
+/// would make them root without `INSTANCE_USER=root`).
+fn instance_users(cfg: &PoolConfig) -> Users {
+    if !crate::runtime::host::is_root() {
+        Users::Worker
+    } else if cfg.instances_as_root {
+        Users::Root
+    } else {
+        Users::Own(UidPool::new(cfg.instance_uid_base, INSTANCE_UIDS))
     }
-    // SAFETY: geteuid has no preconditions.
-    if unsafe { libc::geteuid() } != 0 {
-        return Err("the worker is not root, so instances keep its user".into());
-    }
-    // An instance (and bwrap, which runs as its user) must reach the
-    // interpreter and its own directories.
-    for path in [cfg.python.as_path(), data_dir] {
-        if !reachable_by_others(path) {
-            return Err(format!(
-                "{} is not reachable by other users (a parent lacks o+x)",
-                path.display()
-            ));
-        }
-    }
-    Ok(UidPool::new(cfg.instance_uid_base, INSTANCE_UIDS))
 }
 
-/// Every ancestor directory is searchable and the path itself readable by others.
-fn reachable_by_others(path: &Path) -> bool {
+/// Creates `dir` (and parents) and gives it `mode`: the platform's state is
+/// the worker's alone.
+fn private_dir(dir: &Path, mode: u32) -> Result<(), AppError> {
     use std::os::unix::fs::PermissionsExt;
-    let Ok(path) = path.canonicalize() else { return false };
-    let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
-    path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0) && mode(&path) & 0o005 != 0
+    std::fs::create_dir_all(dir)
+        .and_then(|()| std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode)))
+        .map_err(|source| AppError::DataDir {
+            path: dir.display().to_string(),
+            source,
+        })
+}
+
+/// The data dir's mode: 0700, or 0711 when instance users must traverse it to
+/// reach their own dirs (no sandbox); every entry in it is private either way.
+fn data_dir_mode(cfg: &PoolConfig) -> u32 {
+    if cfg.bwrap.is_none() && crate::runtime::host::is_root() && !cfg.instances_as_root {
+        0o711
+    } else {
+        0o700
+    }
 }
 
 /// What `/health` and the start-up log say about function isolation.
-fn isolation(cfg: &PoolConfig, data_dir: &Path) -> String {
-    let memory = match cfg.cgroups.as_ref().map(|c| c.version()) {
-        Some(crate::runtime::cgroup::Version::V2) => "memory: cgroup v2 per instance, plus rlimits",
-        Some(crate::runtime::cgroup::Version::V1) => "memory: cgroup v1 per instance, plus rlimits",
-        None => "memory: rlimits only (no memory cgroup)",
+fn isolation(cfg: &PoolConfig) -> String {
+    let view = if cfg.bwrap.is_some() {
+        "bwrap: minimal view (system dirs, own code read-only, bounded /tmp), no network unless asked, no capabilities"
+    } else {
+        "none: no sandbox (process limits only)"
     };
-    format!("{}; {memory}", sandboxing(cfg, data_dir))
-}
-
-fn sandboxing(cfg: &PoolConfig, data_dir: &Path) -> &'static str {
-    match (cfg.bwrap.is_some(), instance_uids(cfg, data_dir).is_ok()) {
-        (true, true) => {
-            "bwrap: no network, read-only system, private /tmp, data dir hidden; own unprivileged uid per instance with process and file-size limits; rlimits"
+    let user = match (crate::runtime::host::is_root(), cfg.instances_as_root) {
+        (true, false) => "own unprivileged uid per instance",
+        (true, true) => "ROOT: instances run as root (INSTANCE_USER=root)",
+        (false, _) => "the worker's user",
+    };
+    let limits = match cfg.cgroups.as_ref() {
+        Some(cg) => {
+            let version = match cg.version() {
+                crate::runtime::cgroup::Version::V2 => "v2",
+                crate::runtime::cgroup::Version::V1 => "v1",
+            };
+            match (cg.has_memory(), cg.has_pids()) {
+                (true, true) => format!("memory and process cgroups ({version}) per instance, plus rlimits"),
+                (true, false) => format!("memory cgroup ({version}) per instance, plus rlimits"),
+                (false, true) => format!("process cgroup ({version}) per instance; memory: rlimits only"),
+                (false, false) => "rlimits only".to_string(),
+            }
         }
-        (true, false) => "bwrap: no network, read-only system, private /tmp, data dir hidden; rlimits (as the worker's user)",
-        (false, true) => "own unprivileged uid per instance with process and file-size limits; rlimits; no sandbox",
-        (false, false) => "none: process limits only (rlimits, own session, clean environment)",
-    }
+        None => "memory: rlimits only (no cgroups)".to_string(),
+    };
+    format!("{view}; {user}; {limits}")
 }
 
 fn ai_client(cfg: &AiConfig) -> AiClient {
@@ -493,8 +512,8 @@ impl Runner<'_> {
         backends: WorkerBackends,
         artifacts: Arc<dyn ArtifactStore>,
         metrics: Arc<Metrics>,
-    ) -> (Arc<Worker>, Arc<Pool>) {
-        let pool = pool(self.pool, self.data_dir, &metrics);
+    ) -> Result<(Arc<Worker>, Arc<Pool>), AppError> {
+        let pool = pool(self.pool, self.data_dir, &metrics)?;
         let settings = WorkerSettings {
             concurrency: self.pool.worker_concurrency,
             receive_wait,
@@ -504,10 +523,10 @@ impl Runner<'_> {
             ai_max_calls: self.ai.max_calls,
         };
         let cache = ArtifactCache::new(self.data_dir.join("cache"), artifacts);
-        (
+        Ok((
             Arc::new(Worker::new(settings, backends, cache, pool.clone(), metrics)),
             pool,
-        )
+        ))
     }
 }
 

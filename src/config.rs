@@ -170,9 +170,18 @@ pub struct PoolArgs {
     #[arg(long, env = "STEM_CELLS", default_value = "2")]
     pub stem_cells: String,
     /// When running as root: first of 1024 unprivileged uids given to
-    /// instances, one each (0 keeps instances as root).
+    /// instances, one each.
     #[arg(long, env = "INSTANCE_UID_BASE", default_value = "100000")]
     pub instance_uid_base: String,
+    /// Whom instances run as when the worker is root: `auto` (an
+    /// unprivileged uid of their own, always) or `root` (explicitly: root
+    /// without capabilities, still with process, memory and disk limits).
+    #[arg(long, env = "INSTANCE_USER", default_value = "auto")]
+    pub instance_user: String,
+    /// Size (MB) of an instance's writable space in the sandbox: its working
+    /// dir and `/tmp` together (memory-backed; counts against its memory cgroup).
+    #[arg(long, env = "INSTANCE_TMP_MB", default_value = "512")]
+    pub instance_tmp_mb: String,
     /// Function isolation: `bwrap` (bubblewrap sandbox, required), `none`,
     /// or `auto` (bwrap when it is installed and works here).
     #[arg(long, env = "SANDBOX", default_value = "auto")]
@@ -344,9 +353,54 @@ pub struct PoolConfig {
     /// The bubblewrap binary, when instances are sandboxed.
     pub bwrap: Option<PathBuf>,
     pub stem_cells: usize,
-    /// 0: instances keep the worker's user.
+    /// First uid given to instances when the worker is root.
     pub instance_uid_base: u32,
+    /// `INSTANCE_USER=root`: root instances were asked for explicitly.
+    pub instances_as_root: bool,
+    /// Size of an instance's `/tmp` (working dir) in the sandbox, in bytes.
+    pub tmp_bytes: u64,
+    /// Memory and/or process-count cgroups per instance.
     pub cgroups: Option<crate::runtime::cgroup::CgroupRoot>,
+}
+
+impl PoolConfig {
+    /// Refuses set-ups in which instances would run as root without being
+    /// asked to, or without a process limit.
+    fn checked(self, p: &mut Problems) -> PoolConfig {
+        use crate::runtime::host;
+        if !host::is_root() {
+            return self;
+        }
+        if self.instances_as_root {
+            if !self.cgroups.as_ref().is_some_and(|c| c.has_pids()) {
+                p.0.push(
+                    "INSTANCE_USER=root needs a pids cgroup this process may create (RLIMIT_NPROC does not hold for root)"
+                        .into(),
+                );
+            }
+            return self;
+        }
+        match &self.bwrap {
+            // Privileged bubblewrap reaches any interpreter; setpriv leaves root.
+            Some(_) if host::layout().setpriv.is_none() => p.0.push(
+                "instances would run as root: setpriv (util-linux) is missing; install it or set INSTANCE_USER=root explicitly"
+                    .into(),
+            ),
+            Some(_) => {}
+            None => {
+                let mut unreachable: Vec<&PathBuf> = vec![&self.python];
+                unreachable.extend(self.node.iter());
+                unreachable.retain(|path| !host::reachable_by_others(path));
+                if let Some(path) = unreachable.first() {
+                    p.0.push(format!(
+                        "instances would run as root: without the sandbox their own users cannot reach {} (a parent lacks o+x); use SANDBOX=bwrap, an interpreter other users can run, or set INSTANCE_USER=root explicitly",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        self
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -581,8 +635,8 @@ impl PoolArgs {
             max_warm_instances: p.num("MAX_WARM_INSTANCES", &self.max_warm_instances, 0, 10_000, 32),
             bwrap: match self.sandbox.trim() {
                 "none" => None,
-                "auto" => crate::runtime::Sandbox::find().ok(),
-                "bwrap" => crate::runtime::Sandbox::find()
+                "auto" => crate::runtime::host::find_bwrap().ok(),
+                "bwrap" => crate::runtime::host::find_bwrap()
                     .map_err(|e| p.0.push(format!("SANDBOX=bwrap: {e}")))
                     .ok(),
                 other => {
@@ -601,11 +655,15 @@ impl PoolArgs {
                 raw => p.num("WORKER_MEMORY_MB", raw, 128, 16 * 1024 * 1024, 4096),
             },
             cgroups: match self.cgroups.trim() {
-                "off" => None,
-                "auto" => crate::runtime::cgroup::CgroupRoot::detect()
-                    .map_err(|why| tracing::debug!(why, "no memory cgroups"))
+                // Process-count cgroups are taken wherever offered.
+                "off" => crate::runtime::cgroup::CgroupRoot::detect(false).ok(),
+                "auto" => crate::runtime::cgroup::CgroupRoot::detect(true)
+                    .or_else(|why| {
+                        tracing::debug!(why, "no memory cgroups");
+                        crate::runtime::cgroup::CgroupRoot::detect(false)
+                    })
                     .ok(),
-                "required" => crate::runtime::cgroup::CgroupRoot::detect()
+                "required" => crate::runtime::cgroup::CgroupRoot::detect(true)
                     .map_err(|e| p.0.push(format!("MEMORY_CGROUPS=required: {e}")))
                     .ok(),
                 other => {
@@ -614,8 +672,24 @@ impl PoolArgs {
                 }
             },
             stem_cells: p.num("STEM_CELLS", &self.stem_cells, 0, 64, 2),
-            instance_uid_base: p.num("INSTANCE_UID_BASE", &self.instance_uid_base, 0, 4_000_000_000, 100_000),
+            instance_uid_base: p.num(
+                "INSTANCE_UID_BASE",
+                &self.instance_uid_base,
+                1000,
+                4_000_000_000,
+                100_000,
+            ),
+            instances_as_root: match self.instance_user.trim() {
+                "auto" => false,
+                "root" => true,
+                other => {
+                    p.0.push(format!("INSTANCE_USER must be auto or root, got {other:?}"));
+                    false
+                }
+            },
+            tmp_bytes: p.num("INSTANCE_TMP_MB", &self.instance_tmp_mb, 16, 10_240, 512u64) * 1024 * 1024,
         }
+        .checked(p)
     }
 
     pub fn local() -> PoolArgs {
@@ -630,6 +704,8 @@ impl PoolArgs {
             cgroups: "auto".into(),
             stem_cells: "2".into(),
             instance_uid_base: "100000".into(),
+            instance_user: "auto".into(),
+            instance_tmp_mb: "512".into(),
         }
     }
 }

@@ -40,6 +40,8 @@ pub enum PackageError {
     TooManyEntries,
     #[error("zip archive expands to more than {MAX_UNZIPPED_BYTES} bytes")]
     UnzippedTooLarge,
+    #[error("zip entry {name:?} declares {declared} bytes but holds {actual}")]
+    SizeMismatch { name: String, declared: u64, actual: u64 },
     #[error("zip archive does not contain the handler module for {handler}: expected {expected} at the archive root")]
     MissingHandler { handler: String, expected: String },
 }
@@ -58,12 +60,9 @@ pub struct Artifact {
 }
 
 impl Artifact {
-    fn new(bytes: Vec<u8>) -> Artifact {
+    pub fn new(bytes: Bytes) -> Artifact {
         let sha256 = hex::encode(Sha256::digest(&bytes));
-        Artifact {
-            bytes: Bytes::from(bytes),
-            sha256,
-        }
+        Artifact { bytes, sha256 }
     }
 
     pub fn size(&self) -> u64 {
@@ -78,7 +77,7 @@ impl Artifact {
 
 /// Packages an upload: a `.py` file becomes `{module}.py` in a deterministic
 /// zip; a `.zip` is checked and stored as it is.
-pub fn package(file_name: &str, data: &[u8], handler: &Handler, runtime: Runtime) -> Result<Artifact, PackageError> {
+pub fn package(file_name: &str, data: Bytes, handler: &Handler, runtime: Runtime) -> Result<Artifact, PackageError> {
     if data.is_empty() {
         return Err(PackageError::Empty);
     }
@@ -96,14 +95,15 @@ pub fn package(file_name: &str, data: &[u8], handler: &Handler, runtime: Runtime
                 runtime,
             });
         }
-        if std::str::from_utf8(data).is_err() {
+        if std::str::from_utf8(&data).is_err() {
             return Err(PackageError::NotUtf8(file_name.to_string()));
         }
         let module_file = handler.single_file_name(file_name, runtime);
-        Ok(Artifact::new(single_file_zip(&module_file, data)?))
+        Ok(Artifact::new(Bytes::from(single_file_zip(&module_file, &data)?)))
     } else if lower.ends_with(".zip") {
-        check_zip(data, handler, runtime)?;
-        Ok(Artifact::new(data.to_vec()))
+        check_zip(&data, handler, runtime)?;
+        // Stored as uploaded: no copy of what may be 50 MiB.
+        Ok(Artifact::new(data))
     } else {
         let ext = Path::new(file_name)
             .extension()
@@ -162,8 +162,12 @@ fn is_symlink(mode: Option<u32>) -> bool {
     mode.is_some_and(|m| m & 0o170000 == 0o120000)
 }
 
-/// Checks an archive without extracting it: well-formed, safe entry names, no
-/// links, bounded entries and size, and the handler module present.
+/// Checks an archive by inflating every entry (into nothing): well-formed,
+/// checksums right, safe entry names, no links, bounded entries, each entry
+/// exactly the size it declares (a zip that lies about its sizes is refused
+/// here, not found out by every run), the real total within the limit, and the
+/// handler module present. CPU-bound for large archives: call it off the async
+/// threads.
 pub fn check_zip(data: &[u8], handler: &Handler, runtime: Runtime) -> Result<(), PackageError> {
     let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
     if archive.len() > MAX_ENTRIES {
@@ -171,20 +175,28 @@ pub fn check_zip(data: &[u8], handler: &Handler, runtime: Runtime) -> Result<(),
     }
     let expected = handler.module_files(runtime);
     let mut found = false;
-    let mut total: u64 = 0;
+    let mut budget = MAX_UNZIPPED_BYTES;
     for i in 0..archive.len() {
-        let entry = archive
-            .by_index_raw(i)
-            .map_err(|e| PackageError::BadZip(e.to_string()))?;
+        let mut entry = archive.by_index(i).map_err(|e| PackageError::BadZip(e.to_string()))?;
         let name = entry.name().to_string();
         let path = safe_entry_path(&name)?;
         if is_symlink(entry.unix_mode()) {
             return Err(PackageError::Symlink(name));
         }
-        total = total.saturating_add(entry.size());
-        if total > MAX_UNZIPPED_BYTES {
+        let declared = entry.size();
+        if declared > budget {
             return Err(PackageError::UnzippedTooLarge);
         }
+        // Inflate one byte past what is left, to catch what the headers hide.
+        let actual = std::io::copy(&mut (&mut entry).take(budget + 1), &mut std::io::sink())
+            .map_err(|e| PackageError::BadZip(format!("entry {name:?}: {e}")))?;
+        if actual > budget {
+            return Err(PackageError::UnzippedTooLarge);
+        }
+        if actual != declared {
+            return Err(PackageError::SizeMismatch { name, declared, actual });
+        }
+        budget -= actual;
         let rel = path.to_string_lossy();
         if !entry.is_dir() && expected.iter().any(|e| *e == rel) {
             found = true;
@@ -244,6 +256,10 @@ pub enum ExtractError {
 mod tests {
     use super::*;
 
+    fn pkg_of(name: &str, data: &[u8], h: &Handler, r: Runtime) -> Result<Artifact, PackageError> {
+        package(name, Bytes::copy_from_slice(data), h, r)
+    }
+
     fn handler() -> Handler {
         Handler::parse("main.handler").unwrap()
     }
@@ -259,14 +275,14 @@ mod tests {
 
     #[test]
     fn py_files_are_packaged_deterministically() {
-        let a = package(
+        let a = pkg_of(
             "hello.py",
             b"def handler(e, c): return 1\n",
             &handler(),
             Runtime::Python,
         )
         .unwrap();
-        let b = package(
+        let b = pkg_of(
             "other.py",
             b"def handler(e, c): return 1\n",
             &handler(),
@@ -286,15 +302,15 @@ mod tests {
     #[test]
     fn zips_need_the_handler_module() {
         let ok = zip_of(&[("main.py", b"def handler(e,c): pass"), ("lib/util.py", b"")]);
-        assert!(package("f.zip", &ok, &handler(), Runtime::Python).is_ok());
+        assert!(pkg_of("f.zip", &ok, &handler(), Runtime::Python).is_ok());
         let pkg = zip_of(&[("app/__init__.py", b"def run(e,c): pass")]);
-        assert!(package("f.zip", &pkg, &Handler::parse("app.run").unwrap(), Runtime::Python).is_ok());
+        assert!(pkg_of("f.zip", &pkg, &Handler::parse("app.run").unwrap(), Runtime::Python).is_ok());
         let missing = zip_of(&[("other.py", b"")]);
-        let e = package("f.zip", &missing, &handler(), Runtime::Python).unwrap_err();
+        let e = pkg_of("f.zip", &missing, &handler(), Runtime::Python).unwrap_err();
         assert!(e.to_string().contains("main.py"), "{e}");
         let nested = zip_of(&[("src/main.py", b"")]);
         assert!(matches!(
-            package("f.zip", &nested, &handler(), Runtime::Python),
+            pkg_of("f.zip", &nested, &handler(), Runtime::Python),
             Err(PackageError::MissingHandler { .. })
         ));
     }
@@ -307,12 +323,12 @@ mod tests {
             ("app.mjs", "index.mjs"),
             ("app.cjs", "index.cjs"),
         ] {
-            let a = package(file, b"exports.handler = () => 1;", &h, Runtime::Nodejs).unwrap();
+            let a = pkg_of(file, b"exports.handler = () => 1;", &h, Runtime::Nodejs).unwrap();
             let dir = tempfile::tempdir().unwrap();
             extract_zip(&a.bytes, dir.path()).unwrap();
             assert!(dir.path().join(stored).exists(), "{file}");
         }
-        let wrong = package("main.py", b"x", &h, Runtime::Nodejs).unwrap_err();
+        let wrong = pkg_of("main.py", b"x", &h, Runtime::Nodejs).unwrap_err();
         assert!(wrong.to_string().contains("runtime nodejs"), "{wrong}");
         let esm = zip_of(&[("index.mjs", b"export const handler = () => 1;")]);
         assert!(check_zip(&esm, &h, Runtime::Nodejs).is_ok());
@@ -325,7 +341,7 @@ mod tests {
             let z = zip_of(&[("main.py", b""), (name, b"x")]);
             assert!(
                 matches!(
-                    package("f.zip", &z, &handler(), Runtime::Python),
+                    pkg_of("f.zip", &z, &handler(), Runtime::Python),
                     Err(PackageError::UnsafePath(_))
                 ),
                 "{name}"
@@ -337,22 +353,22 @@ mod tests {
     #[test]
     fn bad_inputs_have_precise_errors() {
         assert_eq!(
-            package("x.py", b"", &handler(), Runtime::Python).unwrap_err(),
+            pkg_of("x.py", b"", &handler(), Runtime::Python).unwrap_err(),
             PackageError::Empty
         );
         assert!(
-            matches!(package("x.txt", b"x", &handler(), Runtime::Python), Err(PackageError::UnsupportedType(e)) if e == ".txt")
+            matches!(pkg_of("x.txt", b"x", &handler(), Runtime::Python), Err(PackageError::UnsupportedType(e)) if e == ".txt")
         );
         assert!(matches!(
-            package("x.zip", b"not a zip", &handler(), Runtime::Python),
+            pkg_of("x.zip", b"not a zip", &handler(), Runtime::Python),
             Err(PackageError::BadZip(_))
         ));
         assert!(matches!(
-            package("x.py", &[0xff, 0xfe], &handler(), Runtime::Python),
+            pkg_of("x.py", &[0xff, 0xfe], &handler(), Runtime::Python),
             Err(PackageError::NotUtf8(_))
         ));
         let big = vec![b'#'; MAX_UPLOAD_BYTES + 1];
-        assert!(package("x.py", &big, &handler(), Runtime::Python)
+        assert!(pkg_of("x.py", &big, &handler(), Runtime::Python)
             .unwrap_err()
             .is_too_large());
     }
@@ -363,5 +379,38 @@ mod tests {
         let z = zip_of(&[("main.py", b"print(1)"), ("d/x.txt", b"hi")]);
         extract_zip(&z, dir.path()).unwrap();
         assert_eq!(std::fs::read(dir.path().join("d/x.txt")).unwrap(), b"hi");
+    }
+
+    /// Rewrites every size an archive declares for its entries to `declared`
+    /// (local headers and central directory), as a hostile client would.
+    pub(crate) fn lie_about_sizes(zip: &mut [u8], declared: u32) {
+        let mut i = 0;
+        while i + 46 <= zip.len() {
+            match zip[i..i + 4] {
+                [0x50, 0x4b, 0x03, 0x04] => zip[i + 22..i + 26].copy_from_slice(&declared.to_le_bytes()),
+                [0x50, 0x4b, 0x01, 0x02] => zip[i + 24..i + 28].copy_from_slice(&declared.to_le_bytes()),
+                _ => {}
+            }
+            i += 1;
+        }
+    }
+
+    #[test]
+    fn archives_are_checked_by_what_they_inflate_to() {
+        let big = vec![b'#'; 3 * 1024 * 1024];
+        let mut liar = zip_of(&[
+            ("main.py", &b"def handler(e, c):\n    return 1\n"[..]),
+            ("blob.txt", &big[..]),
+        ]);
+        lie_about_sizes(&mut liar, 1);
+        match pkg_of("f.zip", &liar, &handler(), Runtime::Python) {
+            Err(PackageError::SizeMismatch {
+                declared: 1, actual, ..
+            }) => assert!(actual > 1),
+            other => panic!("a lying archive must be refused: {other:?}"),
+        }
+        // Honest sizes pass.
+        let honest = zip_of(&[("main.py", &b"x = 1\n"[..]), ("blob.txt", &big[..])]);
+        assert!(pkg_of("f.zip", &honest, &handler(), Runtime::Python).is_ok());
     }
 }

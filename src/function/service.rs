@@ -46,6 +46,17 @@ pub struct CodeUpload {
     pub data: Bytes,
 }
 
+/// Packages an upload off the async threads (checking a large archive
+/// inflates all of it).
+async fn package_off_thread(code: &CodeUpload, settings: &FunctionSettings) -> Result<Artifact> {
+    let (name, data) = (code.file_name.clone(), code.data.clone());
+    let (handler, runtime) = (settings.handler.clone(), settings.runtime);
+    let packaged = tokio::task::spawn_blocking(move || package::package(&name, data, &handler, runtime))
+        .await
+        .map_err(|e| PackageError::BadZip(format!("packaging interrupted: {e}")))?;
+    Ok(packaged?)
+}
+
 pub struct FunctionService {
     artifacts: Arc<dyn ArtifactStore>,
     registry: Arc<dyn FunctionRegistry>,
@@ -98,7 +109,7 @@ impl FunctionService {
             _ => draft,
         };
         let settings = settings::validate(draft, None, &code.file_name)?;
-        let artifact = package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?;
+        let artifact = package_off_thread(&code, &settings).await?;
         let id = uuid::Uuid::new_v4().to_string();
         self.store(&id, settings, artifact, &code.file_name, None, owner).await
     }
@@ -124,7 +135,7 @@ impl FunctionService {
         }
         let base = current.as_ref().map(FunctionSettings::of_record).transpose()?;
         let settings = settings::validate(draft, base.as_ref(), &code.file_name)?;
-        let artifact = package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?;
+        let artifact = package_off_thread(&code, &settings).await?;
         if let (Some(c), Some(b)) = (&current, &base) {
             if *b == settings && c.sha256 == artifact.sha256 && c.owner.as_deref() == Some(owner) {
                 return Ok((c.clone(), false, false));
@@ -172,15 +183,15 @@ impl FunctionService {
         let base = FunctionSettings::of_record(&current)?;
         let settings = settings::validate(draft, Some(&base), &current.name)?;
         let (artifact, original_name) = match code {
-            Some(code) => (
-                package::package(&code.file_name, &code.data, &settings.handler, settings.runtime)?,
-                code.file_name,
-            ),
+            Some(code) => (package_off_thread(&code, &settings).await?, code.file_name),
             None => {
                 // Settings only: the stored code must still hold the (maybe new) handler.
                 let bytes = self.artifacts.get(&current.s3_key).await?;
                 if settings.handler != base.handler || settings.runtime != base.runtime {
-                    package::check_zip(&bytes, &settings.handler, settings.runtime)?;
+                    let (zip, handler, runtime) = (bytes.clone(), settings.handler.clone(), settings.runtime);
+                    tokio::task::spawn_blocking(move || package::check_zip(&zip, &handler, runtime))
+                        .await
+                        .map_err(|e| PackageError::BadZip(format!("check interrupted: {e}")))??;
                 }
                 (
                     Artifact {

@@ -327,6 +327,40 @@ fn default_handler(runtime: Runtime) -> Handler {
     }
 }
 
+/// Environment names a function may not set: the dynamic loader's (glibc
+/// acts on them before any code runs, in every process that inherits them)
+/// and the interpreters' start-up options. A function's variables are only
+/// ever applied inside its sandbox, by the bootstrap, so none of these can
+/// reach the worker or the launcher; they are refused anyway because they
+/// would change how the runtime's own process or the tools it starts load
+/// code, which is the platform's part, not the function's.
+pub fn reserved_env_name(name: &str) -> bool {
+    const EXACT: &[&str] = &[
+        "GCONV_PATH",
+        "GETCONF_DIR",
+        "GLIBC_TUNABLES",
+        "HOSTALIASES",
+        "LOCALDOMAIN",
+        "LOCPATH",
+        "MALLOC_TRACE",
+        "NIS_PATH",
+        "NLSPATH",
+        "RESOLV_HOST_CONF",
+        "RES_OPTIONS",
+        "TZDIR",
+        "NODE_OPTIONS",
+        "NODE_PATH",
+        "NODE_REPL_EXTERNAL_MODULE",
+        "PYTHONHOME",
+        "PYTHONPATH",
+        "PYTHONSTARTUP",
+        "PYTHONINSPECT",
+        "PYTHONBREAKPOINT",
+    ];
+    let upper = name.to_ascii_uppercase();
+    upper.starts_with("LD_") || upper.starts_with("MALLOC_") || EXACT.contains(&upper.as_str())
+}
+
 /// Parses a JSON object of string values into validated environment variables.
 pub fn parse_env_vars(raw: &str) -> Result<BTreeMap<String, String>, Vec<String>> {
     if raw.trim().is_empty() {
@@ -345,6 +379,12 @@ pub fn parse_env_vars(raw: &str) -> Result<BTreeMap<String, String>, Vec<String>
             && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_');
         if !valid_key {
             errors.push(format!("envVars key {k:?} must match [A-Za-z_][A-Za-z0-9_]*"));
+            continue;
+        }
+        if reserved_env_name(&k) {
+            errors.push(format!(
+                "envVars key {k} is reserved: names the dynamic loader (LD_*, GLIBC_TUNABLES, ...) or the runtimes (NODE_OPTIONS, PYTHONPATH, ...) act on cannot be set by a function"
+            ));
             continue;
         }
         let serde_json::Value::String(v) = v else {
@@ -523,6 +563,24 @@ mod tests {
         ] {
             assert!(Handler::parse(bad).is_err(), "{bad:?}");
         }
+    }
+
+    #[test]
+    fn loader_and_interpreter_names_are_reserved() {
+        for name in [
+            "LD_PRELOAD",
+            "ld_preload",
+            "LD_LIBRARY_PATH",
+            "LD_AUDIT",
+            "GLIBC_TUNABLES",
+            "NODE_OPTIONS",
+            "PYTHONPATH",
+            "MALLOC_CHECK_",
+        ] {
+            let err = parse_env_vars(&format!(r#"{{"{name}": "x"}}"#)).unwrap_err();
+            assert!(err[0].contains("reserved"), "{name}: {err:?}");
+        }
+        assert!(parse_env_vars(r#"{"DB_PASSWORD":"x","OLD_PRELOAD":"y","PYTHONUNBUFFERED":"1"}"#).is_ok());
     }
 
     #[test]

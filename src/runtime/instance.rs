@@ -1,7 +1,10 @@
 //! One runtime process. It starts generic (interpreter + bootstrap), is given
-//! one function's code with `load`, then serves `invoke`s one at a time.
+//! one function's code, environment and limits with `load`, then serves
+//! `invoke`s one at a time. Where it runs, as whom and with what view of the
+//! host is decided by `sandbox::plan`; this file applies that plan.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::io::{Seek, Write};
 use std::os::fd::AsRawFd;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -14,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio::process::{Child, Command};
 
 use super::protocol::{read_frame, write_frame, FromInstance, InvokeRequest, Outcome, ToInstance};
+use super::sandbox::{self, HostLayout, Interpreter, User};
 use super::{RuntimeError, NODE_BOOTSTRAP, PYTHON_BOOTSTRAP};
 use crate::ai::AiSession;
 use crate::function::settings::Handler;
@@ -26,22 +30,36 @@ pub struct RuntimeConfig {
     pub python: PathBuf,
     /// The Node.js binary, when this worker has one.
     pub node: Option<PathBuf>,
-    /// Parent of every instance's private working directory.
+    /// Parent of every instance's private directory (its code copy, and its
+    /// working dir when there is no sandbox).
     pub instances_dir: PathBuf,
     pub start_timeout: Duration,
     /// When set, instances run inside a bubblewrap sandbox.
     pub sandbox: Option<Sandbox>,
     /// Generic instances kept started per runtime, ready to take any function.
     pub stem_cells: usize,
-    /// When set (the worker runs as root), each instance runs as its own
-    /// unprivileged uid from this pool, with process and file-size limits.
-    pub uids: Option<UidPool>,
-    /// When set, each instance gets its own memory cgroup (limit on the
-    /// resident memory of its whole process tree).
+    /// Whom instances run as.
+    pub users: Users,
+    /// When set, each instance gets its own cgroup: a memory limit on its
+    /// whole process tree and/or a process limit.
     pub cgroups: Option<super::cgroup::CgroupRoot>,
+    /// Size of an instance's `/tmp` (its working dir) in the sandbox.
+    pub tmp_bytes: u64,
 }
 
-/// Most processes one instance may have (a fork bomb stops here).
+/// Whom instances run as.
+#[derive(Debug, Clone)]
+pub enum Users {
+    /// The worker is root: each instance gets its own unprivileged uid.
+    Own(UidPool),
+    /// The worker is root and `INSTANCE_USER=root` asked for root instances
+    /// (without capabilities, still limited).
+    Root,
+    /// The worker is not root: instances keep its user.
+    Worker,
+}
+
+/// Most processes (and threads) one instance may have: a fork bomb stops here.
 pub const INSTANCE_MAX_PROCESSES: u64 = 128;
 /// Largest file an instance may write.
 pub const INSTANCE_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
@@ -96,83 +114,13 @@ struct Launch<'a> {
     network: bool,
     code_dir: Option<&'a Path>,
     memory_mb: u32,
-    env: Option<&'a BTreeMap<String, String>>,
 }
 
-/// A bubblewrap sandbox: no network, a read-only system, private `/tmp`,
-/// `/proc` and `/dev`, the hidden directories (the data dir: other functions'
-/// code, the database) replaced by empty ones, and only the function's own
-/// code (read-only) and working directory mounted back.
+/// The bubblewrap sandbox: the binary and the host layout it shows.
 #[derive(Debug, Clone)]
 pub struct Sandbox {
     pub bwrap: PathBuf,
-    pub hidden: Vec<PathBuf>,
-}
-
-impl Sandbox {
-    /// Finds bubblewrap and checks that it can make a sandbox here (it needs
-    /// namespaces, which some containers refuse).
-    pub fn find() -> Result<PathBuf, String> {
-        let path = std::env::var_os("PATH")
-            .into_iter()
-            .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
-            .map(|d| d.join("bwrap"))
-            .find(|p| p.is_file())
-            .ok_or_else(|| "bwrap (bubblewrap) is not installed".to_string())?;
-        let probe = std::process::Command::new(&path)
-            .args([
-                "--unshare-net",
-                "--unshare-pid",
-                "--ro-bind",
-                "/",
-                "/",
-                "--proc",
-                "/proc",
-                "--dev",
-                "/dev",
-                "true",
-            ])
-            .output()
-            .map_err(|e| format!("cannot run {}: {e}", path.display()))?;
-        if probe.status.success() {
-            Ok(path)
-        } else {
-            Err(format!(
-                "bwrap cannot create a sandbox here: {}",
-                String::from_utf8_lossy(&probe.stderr).trim()
-            ))
-        }
-    }
-
-    /// `root` is the instance's private directory (its `work` and `code`).
-    fn command(&self, code_dir: Option<&Path>, root: &Path, workdir: &Path, network: bool) -> Command {
-        let mut cmd = Command::new(&self.bwrap);
-        if !network {
-            cmd.arg("--unshare-net");
-        }
-        cmd.args(["--die-with-parent", "--unshare-pid", "--unshare-ipc", "--unshare-uts"])
-            .args([
-                "--ro-bind",
-                "/",
-                "/",
-                "--dev",
-                "/dev",
-                "--proc",
-                "/proc",
-                "--tmpfs",
-                "/tmp",
-            ]);
-        for dir in &self.hidden {
-            cmd.arg("--tmpfs").arg(dir);
-        }
-        // A stem cell gets its code copied into its working dir later.
-        if let Some(code_dir) = code_dir {
-            cmd.arg("--ro-bind").arg(code_dir).arg(code_dir);
-        }
-        cmd.arg("--bind").arg(root).arg(root);
-        cmd.arg("--chdir").arg(workdir).arg("--");
-        cmd
-    }
+    pub layout: HostLayout,
 }
 
 /// Everything that makes an instance specific to one function version.
@@ -207,10 +155,12 @@ pub struct Instance {
     child: Child,
     pid: i32,
     chan: UnixStream,
-    // Removed when the instance is dropped.
-    /// The instance's private root: `work/` (cwd, HOME, TMPDIR) and, for
-    /// stem cells, `code/`. Removed when the instance is dropped.
+    /// The instance's private directory on the host: `code/` (its own
+    /// hard-linked copy of the function's code) and, without a sandbox,
+    /// `work/`. Removed when the instance is dropped.
     root: tempfile::TempDir,
+    /// Where the instance itself sees its code (`/var/task` in the sandbox).
+    code_path: PathBuf,
     /// The end of what the process wrote to stderr outside invocations (a
     /// runtime's fatal error message).
     stderr_tail: Arc<Mutex<String>>,
@@ -220,16 +170,30 @@ pub struct Instance {
     _uid: Option<UidLease>,
 }
 
+/// Moves `fd` to `target` in a child between fork and exec (clearing
+/// close-on-exec), via a high temporary so two moves cannot collide.
+/// Async-signal-safe.
+fn place_fd(fd: i32, target: i32) -> std::io::Result<()> {
+    // SAFETY: plain fcntl/dup2 on fds this process owns.
+    unsafe {
+        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
+        if high < 0 || libc::dup2(high, target) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+    }
+    Ok(())
+}
+
 impl Instance {
-    /// Starts an instance for `spec` (memory limit, environment and code
-    /// known at start) and waits for its bootstrap to report ready.
+    /// Starts an instance for `spec` (memory limit, network and code known at
+    /// start) and waits for its bootstrap to report ready; `load` then gives
+    /// it the environment and imports the handler.
     pub async fn spawn(cfg: &RuntimeConfig, spec: &InstanceSpec) -> Result<Instance, RuntimeError> {
         let launch = Launch {
             runtime: spec.runtime,
             network: spec.network,
             code_dir: Some(&spec.code_dir),
             memory_mb: spec.memory_mb,
-            env: Some(&spec.env_vars),
         };
         Self::start(cfg, launch).await
     }
@@ -245,23 +209,23 @@ impl Instance {
                 network: false,
                 code_dir: None,
                 memory_mb: STEM_MEMORY_MB,
-                env: None,
             },
         )
         .await
     }
 
     async fn start(cfg: &RuntimeConfig, launch: Launch<'_>) -> Result<Instance, RuntimeError> {
-        let (program, args, memory_resource) = match launch.runtime {
+        let (program, name, args, memory_resource) = match launch.runtime {
             Runtime::Python => (
                 cfg.python.clone(),
+                "python",
                 vec!["-I", "-u", "-c", PYTHON_BOOTSTRAP],
                 libc::RLIMIT_AS,
             ),
             // V8 reserves far more address space than it uses, so an address-space
             // limit stops Node from starting: limit the data segment instead.
             Runtime::Nodejs => match &cfg.node {
-                Some(node) => (node.clone(), vec!["-e", NODE_BOOTSTRAP], libc::RLIMIT_DATA),
+                Some(node) => (node.clone(), "nodejs", vec!["-e", NODE_BOOTSTRAP], libc::RLIMIT_DATA),
                 None => {
                     return Err(RuntimeError::Unavailable(
                         Runtime::Nodejs,
@@ -270,83 +234,99 @@ impl Instance {
                 }
             },
         };
-        std::fs::create_dir_all(&cfg.instances_dir).map_err(RuntimeError::Workdir)?;
-        let root = tempfile::Builder::new()
-            .prefix("inst-")
-            .tempdir_in(&cfg.instances_dir)
+        let lease = match &cfg.users {
+            Users::Own(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
+            Users::Root | Users::Worker => None,
+        };
+        let user = match (&cfg.users, &lease) {
+            (_, Some(l)) => User::Uid(l.uid),
+            (Users::Root, _) => User::Root,
+            _ => User::Worker,
+        };
+        let uid = lease.as_ref().map(|l| l.uid);
+        let root = prepare_root(cfg, launch.code_dir, uid, cfg.sandbox.is_some())
+            .await
             .map_err(RuntimeError::Workdir)?;
-        let workdir = root.path().join("work");
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::create_dir(&workdir).map_err(RuntimeError::Workdir)?;
-            std::fs::set_permissions(&workdir, std::fs::Permissions::from_mode(0o700))
-                .map_err(RuntimeError::Workdir)?;
-            // Searchable but not listable, so an instance user can reach its own dirs.
-            std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(0o711))
-                .map_err(RuntimeError::Workdir)?;
-        }
         let (parent, child_end) = std::os::unix::net::UnixStream::pair().map_err(RuntimeError::Spawn)?;
         let child_fd = child_end.as_raw_fd();
         let memory_bytes = u64::from(launch.memory_mb) * 1024 * 1024;
-        let lease = match &cfg.uids {
-            Some(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
-            None => None,
-        };
-        let uid = lease.as_ref().map(|l| l.uid);
         let cgroup = match &cfg.cgroups {
-            Some(root) => Some(root.create(memory_bytes).map_err(RuntimeError::Cgroup)?),
+            Some(root) => Some(
+                root.create(memory_bytes, INSTANCE_MAX_PROCESSES)
+                    .map_err(RuntimeError::Cgroup)?,
+            ),
             None => None,
         };
         let procs = match &cgroup {
-            Some(cg) => Some(cg.procs_file().map_err(RuntimeError::Cgroup)?),
-            None => None,
+            Some(cg) => cg.procs_files().map_err(RuntimeError::Cgroup)?,
+            None => Vec::new(),
         };
-        if let Some(uid) = uid {
-            // The instance's own directory is the only place it may write.
-            std::os::unix::fs::chown(&workdir, Some(uid), Some(uid)).map_err(RuntimeError::Workdir)?;
-        }
 
-        let mut cmd = match &cfg.sandbox {
-            Some(sandbox) => {
-                let mut cmd = sandbox.command(launch.code_dir, root.path(), &workdir, launch.network);
-                cmd.arg(&program);
-                cmd
+        let workdir = root.path().join("work");
+        let (mut cmd, options, code_path) = match &cfg.sandbox {
+            Some(sb) => {
+                let interpreter = Interpreter::new(program.clone(), name, &sb.layout.system);
+                let (passwd, group) = sandbox::accounts(uid.unwrap_or(0));
+                let (passwd_file, group_file) = (root.path().join("passwd"), root.path().join("group"));
+                std::fs::write(&passwd_file, passwd).map_err(RuntimeError::Workdir)?;
+                std::fs::write(&group_file, group).map_err(RuntimeError::Workdir)?;
+                let code = root.path().join("code");
+                let plan = sandbox::plan(
+                    &sb.layout,
+                    &sandbox::Request {
+                        interpreter: &interpreter,
+                        args: &args,
+                        code: &code,
+                        passwd: &passwd_file,
+                        group: &group_file,
+                        network: launch.network,
+                        tmp_bytes: cfg.tmp_bytes,
+                        user,
+                    },
+                );
+                // bubblewrap reads its options (host paths) from fd 4, so
+                // they never show in any process's command line.
+                let mut file = tempfile::tempfile().map_err(RuntimeError::Spawn)?;
+                for opt in &plan.options {
+                    use std::os::unix::ffi::OsStrExt;
+                    file.write_all(opt.as_bytes()).map_err(RuntimeError::Spawn)?;
+                    file.write_all(b"\0").map_err(RuntimeError::Spawn)?;
+                }
+                file.rewind().map_err(RuntimeError::Spawn)?;
+                let mut cmd = Command::new(&sb.bwrap);
+                cmd.args(["--args", "4"]).args(&plan.command).env_clear();
+                (cmd, Some(file), PathBuf::from(sandbox::CODE_DIR))
             }
-            None => Command::new(&program),
+            None => {
+                let mut cmd = Command::new(&program);
+                cmd.args(&args)
+                    .env_clear()
+                    .envs(sandbox::base_env(&workdir, None))
+                    .current_dir(&workdir);
+                (cmd, None, root.path().join("code"))
+            }
         };
-        cmd.args(args)
-            // A clean environment: the platform's few basics, then the function's own.
-            .env_clear()
-            .env("PATH", "/usr/local/bin:/usr/bin:/bin")
-            .env("HOME", &workdir)
-            // bwrap sets PWD; set it unsandboxed too, so both environments match.
-            .env("PWD", &workdir)
-            .env("TMPDIR", &workdir)
-            .env("LANG", "C.UTF-8")
-            .env("PYTHONDONTWRITEBYTECODE", "1")
-            .envs(launch.env.into_iter().flatten())
-            .current_dir(&workdir)
-            .stdin(Stdio::null())
+        let options_fd = options.as_ref().map(|f| f.as_raw_fd());
+        // Without a sandbox the worker itself leaves root for the instance's uid.
+        let setuid_here = if cfg.sandbox.is_none() { uid } else { None };
+        let limit_processes = uid.is_some();
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe system calls (dup2, fcntl, setsid, setrlimit, prctl).
+        // async-signal-safe system calls (write, fcntl, dup2, setsid,
+        // setrlimit, setgroups, setgid, setuid, prctl).
         unsafe {
             cmd.pre_exec(move || {
-                // Join the instance's cgroup before anything else runs, so
-                // every later process of the instance is inside it.
-                if let Some(procs) = &procs {
-                    super::cgroup::join_from_child(procs)?;
+                // Join the instance's cgroups before anything else runs, so
+                // every later process of the instance is inside them.
+                for p in &procs {
+                    super::cgroup::join_from_child(p)?;
                 }
-                if child_fd == 3 {
-                    // dup2 onto itself would keep close-on-exec set.
-                    let flags = libc::fcntl(3, libc::F_GETFD);
-                    if flags < 0 || libc::fcntl(3, libc::F_SETFD, flags & !libc::FD_CLOEXEC) < 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                } else if libc::dup2(child_fd, 3) < 0 {
-                    return Err(std::io::Error::last_os_error());
+                place_fd(child_fd, 3)?;
+                if let Some(fd) = options_fd {
+                    place_fd(fd, 4)?;
                 }
                 // Own process group, so a timeout kills the handler's children too.
                 if libc::setsid() < 0 {
@@ -359,18 +339,21 @@ impl Instance {
                     };
                     libc::setrlimit(resource, &rl)
                 };
-                // The memory limit where no cgroup is available.
-                if limit(memory_resource, memory_bytes) != 0 || limit(libc::RLIMIT_CORE, 0) != 0 {
+                // The memory limit where no cgroup is available; no core
+                // dumps; no file larger than the bound (root included: the
+                // sandbox leaves it no capability to raise a limit).
+                if limit(memory_resource, memory_bytes) != 0
+                    || limit(libc::RLIMIT_CORE, 0) != 0
+                    || limit(libc::RLIMIT_FSIZE, INSTANCE_MAX_FILE_BYTES) != 0
+                {
                     return Err(std::io::Error::last_os_error());
                 }
-                if let Some(uid) = uid {
-                    // Per-uid limits hold only for unprivileged users: drop root.
-                    if limit(libc::RLIMIT_NPROC, INSTANCE_MAX_PROCESSES) != 0
-                        || limit(libc::RLIMIT_FSIZE, INSTANCE_MAX_FILE_BYTES) != 0
-                        || libc::setgroups(0, std::ptr::null()) != 0
-                        || libc::setgid(uid) != 0
-                        || libc::setuid(uid) != 0
-                    {
+                // Per-uid limits hold only for unprivileged users.
+                if limit_processes && limit(libc::RLIMIT_NPROC, INSTANCE_MAX_PROCESSES) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(uid) = setuid_here {
+                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
                         return Err(std::io::Error::last_os_error());
                     }
                 }
@@ -382,6 +365,7 @@ impl Instance {
         }
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
         drop(child_end);
+        drop(options);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let stderr_tail = Arc::new(Mutex::new(String::new()));
         drain_output(child.stdout.take(), pid, "stdout", None);
@@ -394,6 +378,7 @@ impl Instance {
             pid,
             chan,
             root,
+            code_path,
             stderr_tail,
             cgroup,
             _uid: lease,
@@ -424,20 +409,19 @@ impl Instance {
         self.pid
     }
 
-    /// Imports the function's handler. On failure the outcome to report (the
-    /// instance is then unusable).
-    pub async fn load(&mut self, code_dir: &Path, handler: &Handler, timeout: Duration) -> Result<f64, Outcome> {
-        self.load_with(code_dir, handler, timeout, None).await
+    /// Gives a freshly spawned instance its environment and imports the
+    /// handler. On failure the outcome to report (the instance is then unusable).
+    pub async fn load(&mut self, spec: &InstanceSpec, timeout: Duration) -> Result<f64, Outcome> {
+        self.load_with(&spec.handler, timeout, None, &spec.env_vars).await
     }
 
-    /// Turns a stem cell into `spec`'s instance: copies the code into the
+    /// Turns a stem cell into `spec`'s instance: links the code into the
     /// instance's own directory (the only one its sandbox shows), then has the
     /// bootstrap take the memory limit and environment before importing.
     pub async fn load_stem(&mut self, spec: &InstanceSpec, timeout: Duration) -> Result<f64, Outcome> {
-        let target = self.root.path().join("code");
         let source = spec.code_dir.clone();
-        let copy_to = target.clone();
-        let copied = tokio::task::spawn_blocking(move || copy_tree(&source, &copy_to)).await;
+        let copy_to = self.root.path().join("code");
+        let copied = tokio::task::spawn_blocking(move || link_tree(&source, &copy_to)).await;
         if !matches!(copied, Ok(Ok(()))) {
             self.kill();
             return Err(Outcome::failed(
@@ -457,35 +441,34 @@ impl Instance {
                 ));
             }
         }
-        if self.runtime == Runtime::Nodejs {
-            // Node cannot lower its own limits: set them on the process from here.
-            if let Err(e) = limit_tree(self.pid, libc::RLIMIT_DATA, memory_bytes) {
-                self.kill();
-                return Err(Outcome::failed(
-                    JobStatus::Crashed,
-                    "MemoryLimitFailed",
-                    format!("cannot set the memory limit on a stem cell: {e}"),
-                ));
-            }
-        }
-        self.load_with(&target, &spec.handler, timeout, Some((memory_bytes, &spec.env_vars)))
-            .await
+        // Python lowers its own limit from the load message. Node has no
+        // setrlimit: the worker sets it from here, which needs CAP_SYS_RESOURCE
+        // over another user's process; without it the bootstrap runs prlimit
+        // on itself (always allowed) from the same message.
+        let self_limit = match self.runtime {
+            Runtime::Python => Some(memory_bytes),
+            Runtime::Nodejs => limit_tree(self.pid, libc::RLIMIT_DATA, memory_bytes).err().map(|e| {
+                tracing::debug!(error = %e, "the Node instance limits its own memory");
+                memory_bytes
+            }),
+        };
+        self.load_with(&spec.handler, timeout, self_limit, &spec.env_vars).await
     }
 
     async fn load_with(
         &mut self,
-        code_dir: &Path,
         handler: &Handler,
         timeout: Duration,
-        stem: Option<(u64, &BTreeMap<String, String>)>,
+        memory_bytes: Option<u64>,
+        env: &BTreeMap<String, String>,
     ) -> Result<f64, Outcome> {
-        let code_dir = code_dir.to_string_lossy();
+        let code_dir = self.code_path.to_string_lossy().into_owned();
         let msg = ToInstance::Load {
             code_dir: &code_dir,
             module: &handler.module,
             function: &handler.function,
-            memory_bytes: stem.map(|(m, _)| m),
-            env: stem.map(|(_, e)| e),
+            memory_bytes,
+            env: Some(env),
         };
         if let Err(e) = write_frame(&mut self.chan, &msg).await {
             return Err(self.died_or(e).await);
@@ -703,16 +686,60 @@ impl Drop for Instance {
     }
 }
 
-/// Copies a code tree (regular files and directories only).
-fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+/// Makes an instance's private directory: `code/` (filled from the code
+/// cache now for a fresh start, at load for a stem cell) and, without a
+/// sandbox, `work/` owned by the instance's user. Only the worker (and, without
+/// a sandbox, the instance's own group) may enter it.
+async fn prepare_root(
+    cfg: &RuntimeConfig,
+    code_dir: Option<&Path>,
+    uid: Option<u32>,
+    sandboxed: bool,
+) -> std::io::Result<tempfile::TempDir> {
+    use std::os::unix::fs::PermissionsExt;
+    let instances = cfg.instances_dir.clone();
+    let code_dir = code_dir.map(Path::to_path_buf);
+    tokio::task::spawn_blocking(move || {
+        std::fs::create_dir_all(&instances)?;
+        let root = tempfile::Builder::new().prefix("inst-").tempdir_in(&instances)?;
+        let code = root.path().join("code");
+        std::fs::create_dir(&code)?;
+        std::fs::set_permissions(&code, std::fs::Permissions::from_mode(0o755))?;
+        if let Some(from) = &code_dir {
+            link_tree(from, &code)?;
+        }
+        let mut mode = 0o700;
+        if !sandboxed {
+            let work = root.path().join("work");
+            std::fs::create_dir(&work)?;
+            std::fs::set_permissions(&work, std::fs::Permissions::from_mode(0o700))?;
+            if let Some(uid) = uid {
+                // The instance's own directory is the only place it may write;
+                // its group (its uid) may enter the instance root, nobody else.
+                std::os::unix::fs::chown(&work, Some(uid), Some(uid))?;
+                std::os::unix::fs::chown(root.path(), None, Some(uid))?;
+                mode = 0o750;
+            }
+        }
+        std::fs::set_permissions(root.path(), std::fs::Permissions::from_mode(mode))?;
+        Ok(root)
+    })
+    .await
+    .map_err(std::io::Error::other)?
+}
+
+/// Gives `to` the code tree of `from` (regular files and directories only):
+/// hard links where the file system allows (cheap, and the instance cannot
+/// write them: they belong to the worker), copies otherwise.
+fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;
         let kind = entry.file_type()?;
         let target = to.join(entry.file_name());
         if kind.is_dir() {
-            copy_tree(&entry.path(), &target)?;
-        } else if kind.is_file() {
+            link_tree(&entry.path(), &target)?;
+        } else if kind.is_file() && std::fs::hard_link(entry.path(), &target).is_err() {
             std::fs::copy(entry.path(), target)?;
         }
     }

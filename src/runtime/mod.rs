@@ -2,11 +2,13 @@
 //! the warm pool that keeps them for reuse.
 
 pub mod cgroup;
+pub mod host;
 mod instance;
 mod pool;
 pub mod protocol;
+pub mod sandbox;
 
-pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox, UidPool};
+pub use instance::{Instance, InstanceSpec, RuntimeConfig, Sandbox, UidPool, Users};
 pub use pool::{Invocation, Pool, PoolLimits, PoolStats, StartKind, WarmTarget};
 pub use protocol::{InvokeRequest, Outcome};
 
@@ -25,7 +27,7 @@ pub enum RuntimeError {
     Protocol(String),
     #[error("instance exited during start-up ({0})")]
     Exited(String),
-    #[error("cannot set up the instance's memory cgroup: {0}")]
+    #[error("cannot set up the instance's cgroup: {0}")]
     Cgroup(#[source] std::io::Error),
     #[error("no unprivileged uid is free for another instance")]
     NoUid,

@@ -304,13 +304,13 @@ impl Pool {
                         let init = t0.elapsed().as_secs_f64();
                         (instance, kind, Some(init * 1000.0))
                     }
-                    Err(outcome) => {
+                    Err((outcome, kind)) => {
                         self.release(u64::from(spec.memory_mb));
                         self.refill(spec.runtime);
-                        self.metrics.starts.with_label_values(&["fresh"]).inc();
+                        self.metrics.starts.with_label_values(&[kind.as_str()]).inc();
                         return Invocation {
                             outcome,
-                            start_kind: StartKind::Fresh,
+                            start_kind: kind,
                             cold_start: true,
                             init_ms: None,
                         };
@@ -439,7 +439,7 @@ impl Pool {
         &self,
         spec: &InstanceSpec,
         load_timeout: Duration,
-    ) -> Result<(Instance, StartKind), Outcome> {
+    ) -> Result<(Instance, StartKind), (Outcome, StartKind)> {
         let t0 = Instant::now();
         // Stem cells have no network; functions allowed one start fresh.
         let stem = if spec.network {
@@ -448,11 +448,14 @@ impl Pool {
             self.take_stem(spec.runtime)
         };
         let started = match stem {
-            Some(mut stem) => stem
-                .load_stem(spec, load_timeout)
-                .await
-                .map(|_| (stem, StartKind::Stem)),
-            None => self.start(spec, load_timeout).await.map(|i| (i, StartKind::Fresh)),
+            Some(mut stem) => match stem.load_stem(spec, load_timeout).await {
+                Ok(_) => Ok((stem, StartKind::Stem)),
+                Err(outcome) => Err((outcome, StartKind::Stem)),
+            },
+            None => match self.start(spec, load_timeout).await {
+                Ok(instance) => Ok((instance, StartKind::Fresh)),
+                Err(outcome) => Err((outcome, StartKind::Fresh)),
+            },
         };
         if let Ok((_, kind)) = &started {
             self.metrics
@@ -468,7 +471,7 @@ impl Pool {
             tracing::error!(function_id = spec.function_id, error = %e, "instance failed to start");
             Outcome::failed(JobStatus::Crashed, "RuntimeStartFailed", e.to_string())
         })?;
-        instance.load(&spec.code_dir, &spec.handler, load_timeout).await?;
+        instance.load(spec, load_timeout).await?;
         Ok(instance)
     }
 
@@ -568,7 +571,7 @@ impl Pool {
             }
             match started {
                 Ok((instance, _)) => self.put_idle(key, &target.spec, &target.warm_pool, instance),
-                Err(o) => {
+                Err((o, _)) => {
                     self.release(u64::from(target.spec.memory_mb));
                     tracing::warn!(
                         function_id = target.spec.function_id,

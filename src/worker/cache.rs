@@ -1,7 +1,7 @@
 //! Function code on local disk, extracted once per code version (sha256) and
 //! shared by every instance of that version.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
@@ -22,6 +22,8 @@ pub enum CacheError {
     Extract(#[from] ExtractError),
     #[error("code cache I/O failed: {0}")]
     Io(#[from] std::io::Error),
+    #[error("the function's code cannot be used (found earlier): {0}")]
+    Unusable(String),
 }
 
 pub struct ArtifactCache {
@@ -29,6 +31,9 @@ pub struct ArtifactCache {
     store: Arc<dyn ArtifactStore>,
     /// Versions known to be extracted, so a warm invoke does not touch the disk.
     ready: Mutex<HashSet<String>>,
+    /// Versions whose code cannot be extracted, with the reason: later runs
+    /// fail at once instead of fetching and unpacking it again.
+    unusable: Mutex<HashMap<String, String>>,
 }
 
 fn is_sha256_hex(s: &str) -> bool {
@@ -41,6 +46,7 @@ impl ArtifactCache {
             dir,
             store,
             ready: Mutex::new(HashSet::new()),
+            unusable: Mutex::new(HashMap::new()),
         }
     }
 
@@ -51,6 +57,9 @@ impl ArtifactCache {
             // The version becomes a path: accept only a real sha256.
             if !is_sha256_hex(sha256) {
                 return Err(CacheError::BadVersion(sha256.to_string()));
+            }
+            if let Some(why) = self.unusable.lock().ok().and_then(|u| u.get(sha256).cloned()) {
+                return Err(CacheError::Unusable(why));
             }
             let dir = self.dir.join(sha256);
             if self.ready.lock().is_ok_and(|r| r.contains(sha256)) {
@@ -75,8 +84,12 @@ impl ArtifactCache {
         }
         let cache_dir = self.dir.clone();
         let dest = target.clone();
-        tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
+        let extracted = tokio::task::spawn_blocking(move || -> Result<(), CacheError> {
+            use std::os::unix::fs::PermissionsExt;
+            // Only the worker may read the cache; instances get their own
+            // links to their own function's files.
             std::fs::create_dir_all(&cache_dir)?;
+            std::fs::set_permissions(&cache_dir, std::fs::Permissions::from_mode(0o700))?;
             // Extract beside the target, then rename: readers never see half a tree.
             let tmp = tempfile::Builder::new().prefix(".extract-").tempdir_in(&cache_dir)?;
             package::extract_zip(&bytes, tmp.path())?;
@@ -91,7 +104,16 @@ impl ArtifactCache {
             Ok(())
         })
         .await
-        .map_err(|e| CacheError::Io(std::io::Error::other(e)))??;
+        .map_err(|e| CacheError::Io(std::io::Error::other(e)))?;
+        if let Err(e) = extracted {
+            if let CacheError::Extract(ExtractError::Package(why)) = &e {
+                // The bytes themselves are at fault: no retry can succeed.
+                if let Ok(mut u) = self.unusable.lock() {
+                    u.insert(actual.clone(), why.to_string());
+                }
+            }
+            return Err(e);
+        }
         self.mark_ready(&actual);
         Ok((target, actual))
     }

@@ -315,7 +315,7 @@ pub fn wait_exit(child: &mut Child, within: Duration) -> i32 {
 /// Whether bubblewrap can sandbox functions on this host (what the
 /// platform's `SANDBOX=auto` decides).
 pub fn sandbox_available() -> bool {
-    infra_controller::runtime::Sandbox::find().is_ok()
+    infra_controller::runtime::host::find_bwrap().is_ok()
 }
 
 /// Uploads Python source as `main.py` to the API at `base`; returns the function id.

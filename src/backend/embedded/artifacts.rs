@@ -14,7 +14,9 @@ pub struct LocalArtifactStore {
 impl LocalArtifactStore {
     pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
         let root = root.into();
+        use std::os::unix::fs::PermissionsExt;
         std::fs::create_dir_all(&root)
+            .and_then(|()| std::fs::set_permissions(&root, std::fs::Permissions::from_mode(0o700)))
             .map_err(|e| Error::unavailable(format!("cannot create {}", root.display()), e))?;
         Ok(LocalArtifactStore { root })
     }

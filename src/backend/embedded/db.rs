@@ -50,6 +50,12 @@ impl Db {
             }
             other => unavailable("open", other),
         })?;
+        {
+            use std::os::unix::fs::PermissionsExt;
+            // Function settings (envVars values) live here: the worker's alone.
+            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+                .map_err(|e| Error::unavailable(format!("cannot make {} private", path.display()), e))?;
+        }
         // Create every table up front so readers never meet a missing table.
         let txn = db.begin_write().map_err(|e| unavailable("begin", e))?;
         txn.open_table(FUNCTIONS).map_err(|e| unavailable("table", e))?;

@@ -183,11 +183,21 @@ function strays() {
   }
 }
 
-// What a stem cell keeps of its start-up environment when it becomes a function.
-const BASE_ENV = ['PATH', 'HOME', 'TMPDIR', 'PWD', 'LANG'];
+// What an instance keeps of its start-up environment when it takes its
+// function's (which is applied here, inside the sandbox, never at launch).
+const BASE_ENV = ['PATH', 'HOME', 'TMPDIR', 'PWD', 'LANG', 'LD_LIBRARY_PATH'];
 
 function become(msg) {
-  // The memory limit was already applied from outside (prlimit) by the worker.
+  // Usually the worker set the memory limit from outside (prlimit). When it
+  // could not (a worker without CAP_SYS_RESOURCE) it sends the limit here:
+  // a process may always lower its own, so prlimit runs as this same user.
+  if (msg.memoryBytes) {
+    require('child_process').execFileSync(
+      'prlimit',
+      ['--pid', String(process.pid), `--data=${msg.memoryBytes}`],
+      { stdio: 'ignore', env: { PATH: '/usr/bin:/bin' } },
+    );
+  }
   if (msg.env) {
     const base = {};
     for (const k of BASE_ENV) if (k in process.env) base[k] = process.env[k];

@@ -209,12 +209,13 @@ def _release():
     sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
 
 
-# What a stem cell keeps of its start-up environment when it becomes a function.
-_BASE_ENV = ("PATH", "HOME", "TMPDIR", "PWD", "LANG", "PYTHONDONTWRITEBYTECODE")
+# What an instance keeps of its start-up environment when it takes its
+# function's (which is applied here, inside the sandbox, never at launch).
+_BASE_ENV = ("PATH", "HOME", "TMPDIR", "PWD", "LANG", "PYTHONDONTWRITEBYTECODE", "LD_LIBRARY_PATH")
 
 
 def _become(msg):
-    """A stem cell takes its function's memory limit and environment."""
+    """The instance takes its function's environment (and, as a stem cell, its memory limit)."""
     if msg.get("memoryBytes"):
         limit = int(msg["memoryBytes"])
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
@@ -223,6 +224,8 @@ def _become(msg):
         os.environ.clear()
         os.environ.update(base)
         os.environ.update(msg["env"])
+        if "TZ" in msg["env"]:
+            time.tzset()
 
 
 def _load(msg):
