@@ -35,14 +35,14 @@ pub enum Command {
     /// Run the whole platform in one process: API, queue, worker and warm
     /// pools, with embedded storage in a local data dir. Needs no AWS, Redis
     /// or Kubernetes.
-    Up(UpArgs),
+    Up(Box<UpArgs>),
     /// Run the HTTP API against S3, DynamoDB, SQS and Redis (no worker).
-    Api(ApiArgs),
+    Api(Box<ApiArgs>),
     /// Run a worker: consume SQS, run functions in warm pools, publish results to Redis.
-    Worker(WorkerArgs),
+    Worker(Box<WorkerArgs>),
     /// Run the Kubernetes operator: reconcile `Function` resources into S3
     /// artifacts, DynamoDB records and the warm-pool spec.
-    Operator(OperatorArgs),
+    Operator(Box<OperatorArgs>),
     /// Print the `Function` CustomResourceDefinition (YAML), generated from the Rust types.
     Crd,
 }

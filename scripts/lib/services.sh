@@ -48,6 +48,12 @@ ensure_bwrap() {
     command -v bwrap >/dev/null 2>&1 || apt_install bubblewrap
 }
 
+ensure_attack_tools() {
+    # The attack suite builds a real shared object; setpriv drops instances' root.
+    command -v gcc >/dev/null 2>&1 || apt_install gcc libc6-dev
+    command -v setpriv >/dev/null 2>&1 || apt_install util-linux
+}
+
 ensure_node() {
     command -v node >/dev/null 2>&1 || apt_install nodejs
 }

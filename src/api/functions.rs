@@ -167,8 +167,58 @@ async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError>
     String::from_utf8(buf.to_vec()).map_err(|_| ApiError::bad_request(format!("form field {name} is not UTF-8 text")))
 }
 
-/// Reads the multipart form: settings fields and at most one file, bounded.
-async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpload>), ApiError> {
+/// Bytes of uploaded code this process holds in memory at once (checking,
+/// hashing and storing need it whole). Uploads stream to disk first and wait
+/// here for their turn, so memory stays flat under concurrent uploads.
+const UPLOAD_MEMORY_BUDGET_KIB: usize = 96 * 1024;
+static UPLOAD_MEMORY: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(UPLOAD_MEMORY_BUDGET_KIB);
+/// Longest an upload waits for its turn before a 503.
+const UPLOAD_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// An uploaded file, spooled to an unnamed temporary file while it arrived.
+struct SpooledFile {
+    file_name: String,
+    file: tokio::fs::File,
+    len: usize,
+}
+
+impl SpooledFile {
+    /// Takes the file into memory once the process-wide upload budget has
+    /// room for it; the permit is held until the upload is registered.
+    async fn load(mut self) -> Result<(CodeUpload, tokio::sync::SemaphorePermit<'static>), ApiError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let kib = u32::try_from(self.len.div_ceil(1024).clamp(1, UPLOAD_MEMORY_BUDGET_KIB))
+            .map_err(|_| ApiError::bad_request("upload too large"))?;
+        let permit = tokio::time::timeout(UPLOAD_TURN_WAIT, UPLOAD_MEMORY.acquire_many(kib))
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "too many uploads in flight; retry in a moment",
+                )
+            })?
+            .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the server is shutting down"))?;
+        let spool_err = |e: std::io::Error| {
+            tracing::error!(error = %e, "cannot read a spooled upload");
+            ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot read the uploaded file")
+        };
+        self.file.rewind().await.map_err(spool_err)?;
+        let mut data = Vec::with_capacity(self.len);
+        self.file.read_to_end(&mut data).await.map_err(spool_err)?;
+        Ok((
+            CodeUpload {
+                file_name: self.file_name,
+                data: data.into(),
+            },
+            permit,
+        ))
+    }
+}
+
+/// Reads the multipart form: settings fields and at most one file, bounded;
+/// the file goes to disk as it arrives.
+async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<SpooledFile>), ApiError> {
+    use tokio::io::AsyncWriteExt;
     let mut draft = SettingsDraft::default();
     let mut code = None;
     let mut unknown = Vec::new();
@@ -185,9 +235,14 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpl
                 .map(|n| n.to_string_lossy().into_owned())
                 .filter(|n| !n.is_empty())
                 .ok_or_else(|| ApiError::bad_request("the file field needs a filename ending in .py or .zip"))?;
-            let mut data = BytesMut::new();
+            let spool_err = |e: std::io::Error| {
+                tracing::error!(error = %e, "cannot spool an upload");
+                ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the upload temporarily")
+            };
+            let mut file = tokio::fs::File::from_std(tempfile::tempfile().map_err(spool_err)?);
+            let mut len = 0usize;
             while let Some(chunk) = field.chunk().await? {
-                if data.len() + chunk.len() > MAX_UPLOAD_BYTES {
+                if len + chunk.len() > MAX_UPLOAD_BYTES {
                     // Read the (bounded) rest, so the client gets this answer
                     // instead of a reset connection while still sending.
                     while let Ok(Some(_)) = field.chunk().await {}
@@ -196,12 +251,10 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpl
                         format!("file exceeds the upload limit of {MAX_UPLOAD_BYTES} bytes (50 MiB)"),
                     ));
                 }
-                data.extend_from_slice(&chunk);
+                len += chunk.len();
+                file.write_all(&chunk).await.map_err(spool_err)?;
             }
-            code = Some(CodeUpload {
-                file_name,
-                data: data.freeze(),
-            });
+            code = Some(SpooledFile { file_name, file, len });
         } else if draft_slot(&mut draft, &name).is_some() {
             let text = read_text(field, &name).await?;
             if let Some(slot) = draft_slot(&mut draft, &name) {
@@ -230,6 +283,7 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<CodeUpl
         (status = 401, description = "Missing or wrong API key", body = super::ErrorBody),
         (status = 413, description = "File over 50 MiB", body = super::ErrorBody),
         (status = 429, description = "Rate limit exceeded", body = super::ErrorBody),
+        (status = 503, description = "Too many uploads in flight; retry", body = super::ErrorBody),
     )
 )]
 pub async fn upload(
@@ -242,6 +296,7 @@ pub async fn upload(
     let (form_draft, code) = read_form(form?).await?;
     let code = code.ok_or_else(|| ApiError::bad_request("missing multipart field 'file' (a .py file or a .zip)"))?;
     let draft = form_draft.or(query).or(from_headers(&headers));
+    let (code, _turn) = code.load().await?;
     let record = state.functions.create(&draft, code, None).await?;
     tracing::info!(
         function_id = record.function_id,
@@ -296,6 +351,7 @@ pub async fn get_function(
         (status = 404, body = super::ErrorBody),
         (status = 409, description = "Owned by a Function resource", body = super::ErrorBody),
         (status = 413, body = super::ErrorBody),
+        (status = 503, description = "Too many uploads in flight; retry", body = super::ErrorBody),
     )
 )]
 pub async fn update_function(
@@ -321,6 +377,13 @@ pub async fn update_function(
             "nothing to update: send a file and/or any of {ACCEPTED_FIELDS}"
         )));
     }
+    let (code, _turn) = match code {
+        Some(spooled) => {
+            let (code, turn) = spooled.load().await?;
+            (Some(code), Some(turn))
+        }
+        None => (None, None),
+    };
     let record = state.functions.update(&id, &draft, code, None).await?;
     tracing::info!(function_id = id, sha256 = record.sha256, "function updated");
     Ok(Json(record))

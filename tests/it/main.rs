@@ -3,6 +3,7 @@
 
 mod ai;
 mod api;
+mod attacks;
 mod binary;
 mod conformance;
 mod examples;
