@@ -125,6 +125,7 @@ struct Parts {
 
 /// `infra up`: everything in this process, embedded backends.
 pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
+    crate::tls::install_crypto_provider();
     private_dir(&cfg.data_dir, data_dir_mode(&cfg.pool))?;
     let db = Db::open(&cfg.data_dir)?;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
@@ -235,6 +236,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
 
 /// `infra worker`: consume SQS, run functions, publish results to Redis.
 pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
+    crate::tls::install_crypto_provider();
     private_dir(&cfg.data_dir, data_dir_mode(&cfg.pool))?;
     let aws = &cfg.cloud.aws;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
@@ -286,6 +288,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
 
 /// `infra operator`: reconcile Function resources into S3 and DynamoDB.
 pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
+    crate::tls::install_crypto_provider();
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(&cfg.aws, &cfg.bucket).await);
     let registry: Arc<dyn FunctionRegistry> = Arc::new(DynamoRegistry::new(&cfg.aws, &cfg.table).await);
     let client = kube::Client::try_default().await.map_err(AppError::Kube)?;

@@ -593,6 +593,17 @@ impl AiArgs {
     fn check(&self, p: &mut Problems) -> AiConfig {
         let node_url = p
             .url("AI_NODE_URL", &self.ai_node_url, &["http", "https"])
+            .filter(|u| {
+                // The relay's HTTP client has no TLS: say so now, not at the first call.
+                let plain = u.scheme() == "http";
+                if !plain {
+                    p.0.push(
+                        "AI_NODE_URL must be an http URL: the relay does not speak HTTPS to the AI node (keep the node on a private network, or put a local TLS-terminating proxy in front of it)"
+                            .into(),
+                    );
+                }
+                plain
+            })
             .map(|mut u| {
                 // Joining "api/tags" needs a trailing slash on the base.
                 if !u.path().ends_with('/') {
@@ -919,6 +930,15 @@ mod tests {
         ] {
             assert!(text.contains(needle), "{needle} missing from {text}");
         }
+    }
+
+    #[test]
+    fn an_https_ai_node_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut args = UpArgs::local(dir.path().to_path_buf());
+        args.ai.ai_node_url = Some("https://ai.internal:11434".into());
+        let e = args.validate().unwrap_err().to_string();
+        assert!(e.contains("does not speak HTTPS"), "{e}");
     }
 
     #[test]

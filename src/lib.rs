@@ -16,4 +16,5 @@ pub mod model;
 pub mod operator;
 pub mod runtime;
 pub mod telemetry;
+pub mod tls;
 pub mod worker;

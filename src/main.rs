@@ -6,6 +6,8 @@ use infra_controller::config::{Cli, Command, ConfigErrors};
 use infra_controller::telemetry;
 
 fn main() -> ExitCode {
+    // Before any client exists (kube, AWS, Redis): one TLS crypto provider.
+    infra_controller::tls::install_crypto_provider();
     let cli = Cli::parse();
     // Validate before anything starts: every problem at once, exit 1.
     let role = match &cli.command {

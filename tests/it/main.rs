@@ -16,3 +16,4 @@ mod pool;
 mod production;
 mod runtime;
 mod services;
+mod tls;

@@ -525,6 +525,8 @@ async fn operator_against_a_real_cluster() {
     use kube::api::{Api, DeleteParams, Patch, PatchParams};
     use kube::CustomResourceExt;
 
+    // A real cluster is HTTPS: the process needs the one crypto provider, as `infra` installs it.
+    infra_controller::tls::install_crypto_provider();
     let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let apply = PatchParams::apply("infra-test").force();
