@@ -50,6 +50,7 @@ pub struct FunctionSpec {
     /// Instances workers keep initialized for this function.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub warm_pool: Option<WarmPoolSpec>,
+    /// Free text shown in `GET /functions` and the console.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 1024))]
     pub description: Option<String>,
@@ -66,6 +67,7 @@ fn default_timeout_seconds() -> u32 {
     30
 }
 
+/// A language runtime.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum FunctionRuntime {
@@ -98,14 +100,18 @@ pub struct FunctionCode {
     pub config_map: Option<ConfigMapCode>,
 }
 
+/// Code stored as an object in the platform's artifact bucket.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct S3Code {
+    /// Object key in the bucket (`BUCKET_NAME`).
     #[schemars(length(min = 1, max = 1024))]
     pub key: String,
 }
 
+/// Code held in a ConfigMap (each key is a file).
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct ConfigMapCode {
+    /// Name of the ConfigMap, in the Function's namespace.
     #[schemars(length(min = 1, max = 253))]
     pub name: String,
 }
@@ -114,19 +120,25 @@ pub struct ConfigMapCode {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVar {
+    /// Variable name (`[A-Za-z_][A-Za-z0-9_]*`; loader and runtime names such as `LD_PRELOAD` are refused).
     #[schemars(length(min = 1, max = 256))]
     pub name: String,
+    /// A literal value.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value: Option<String>,
+    /// Or the value of a key of a Secret or ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub value_from: Option<EnvVarSource>,
 }
 
+/// Where a variable's value comes from.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct EnvVarSource {
+    /// A key of a Secret (its value never reaches status, events or logs).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub secret_key_ref: Option<KeyRef>,
+    /// A key of a ConfigMap.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub config_map_key_ref: Option<KeyRef>,
 }
@@ -134,10 +146,13 @@ pub struct EnvVarSource {
 /// A key of a Secret or ConfigMap in the Function's namespace.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, JsonSchema)]
 pub struct KeyRef {
+    /// Name of the Secret or ConfigMap.
     pub name: String,
+    /// The key whose value is used.
     pub key: String,
 }
 
+/// Pre-started instances of the function on every worker.
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct WarmPoolSpec {
@@ -159,21 +174,28 @@ pub struct WarmPoolSpec {
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct FunctionStatus {
+    /// Ready, ArtifactReady, Registered and WarmPoolReady.
     #[serde(default)]
     pub conditions: Vec<Condition>,
+    /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
     /// The platform's id of the function (for `/run`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub function_id: Option<String>,
+    /// The deployed code.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact: Option<ArtifactStatus>,
 }
 
+/// The content-addressed artifact the platform runs.
 #[derive(Deserialize, Serialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
 pub struct ArtifactStatus {
+    /// Object key in the artifact store (`functions/{id}/{sha256}.zip`).
     pub key: String,
+    /// SHA-256 of the artifact (hex).
     pub sha256: String,
+    /// Size in bytes.
     pub size: u64,
 }
 
@@ -186,16 +208,48 @@ pub struct Condition {
     pub type_: String,
     /// True, False or Unknown.
     pub status: String,
+    /// A CamelCase word saying why (e.g. Deployed, InvalidSpec, SourceMissing).
     pub reason: String,
+    /// What happened, for people.
     #[serde(default)]
     pub message: String,
     /// RFC 3339 time the status last changed.
     pub last_transition_time: String,
+    /// The generation of the spec the condition was set for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 }
 
+/// The CRD as applied: generated from the types, with schemars' unsigned
+/// integer formats (`uint32`, `uint64`, which the API server does not know
+/// and warns about) mapped to the OpenAPI ones (`int32`, `int64`; the
+/// `minimum: 0` beside them keeps the range).
+pub fn crd() -> k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition {
+    fn known_formats(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                if let Some(serde_json::Value::String(f)) = map.get_mut("format") {
+                    match f.as_str() {
+                        "uint8" | "uint16" | "uint32" => *f = "int32".into(),
+                        "uint" | "uint64" => *f = "int64".into(),
+                        _ => {}
+                    }
+                }
+                map.values_mut().for_each(known_formats);
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(known_formats),
+            _ => {}
+        }
+    }
+    let crd = Function::crd();
+    let Ok(mut value) = serde_json::to_value(&crd) else {
+        return crd;
+    };
+    known_formats(&mut value);
+    serde_json::from_value(value).unwrap_or(crd)
+}
+
 /// The CRD as YAML (what `infra crd` prints and `crds/function.yaml` holds).
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
-    serde_yaml::to_string(&Function::crd())
+    serde_yaml::to_string(&crd())
 }

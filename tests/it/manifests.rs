@@ -205,3 +205,57 @@ fn plain_manifests_and_examples_are_valid_objects() {
         assert!(kinds.iter().any(|k| k == needed), "no {needed} in {kinds:?}");
     }
 }
+
+/// Walks a schema: every property explained (`kubectl explain` shows it), and
+/// only formats the API server knows (others make `kubectl apply` warn).
+fn explained(at: &str, s: &JSONSchemaProps, problems: &mut Vec<String>) {
+    const KNOWN: &[&str] = &[
+        "int32",
+        "int64",
+        "float",
+        "double",
+        "byte",
+        "date",
+        "date-time",
+        "password",
+        "uri",
+        "uuid",
+        "email",
+    ];
+    if let Some(f) = &s.format {
+        if !KNOWN.contains(&f.as_str()) {
+            problems.push(format!("{at}: unknown format {f}"));
+        }
+    }
+    for (name, prop) in s.properties.iter().flatten() {
+        let path = format!("{at}.{name}");
+        if prop.description.as_deref().unwrap_or_default().trim().is_empty() {
+            problems.push(format!("{path}: no description"));
+        }
+        explained(&path, prop, problems);
+    }
+    if let Some(k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::JSONSchemaPropsOrArray::Schema(
+        items,
+    )) = &s.items
+    {
+        explained(&format!("{at}[]"), items, problems);
+    }
+}
+
+#[test]
+fn the_crd_explains_every_field_with_known_formats() {
+    let crd = infra_controller::operator::crd::crd();
+    let mut problems = Vec::new();
+    for version in &crd.spec.versions {
+        let schema = version
+            .schema
+            .as_ref()
+            .and_then(|s| s.open_api_v3_schema.as_ref())
+            .unwrap();
+        for part in ["spec", "status"] {
+            let props = schema.properties.as_ref().unwrap();
+            explained(part, &props[part], &mut problems);
+        }
+    }
+    assert!(problems.is_empty(), "{problems:#?}");
+}

@@ -530,9 +530,13 @@ async fn operator_against_a_real_cluster() {
     let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let apply = PatchParams::apply("infra-test").force();
-    crds.patch("functions.faas.infra.dev", &apply, &Patch::Apply(&Function::crd()))
-        .await
-        .expect("apply the CRD");
+    crds.patch(
+        "functions.faas.infra.dev",
+        &apply,
+        &Patch::Apply(&infra_controller::operator::crd::crd()),
+    )
+    .await
+    .expect("apply the CRD");
     let established = |crd: &CustomResourceDefinition| {
         crd.status
             .as_ref()
