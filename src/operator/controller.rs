@@ -253,7 +253,14 @@ async fn cleanup(function: &Function, ctx: &Context) -> Result<Action, OperatorE
 
 /// Events are best effort: a lost event must not fail the reconcile.
 async fn publish(ctx: &Context, function: &Function, event: &Event) {
-    if let Err(e) = ctx.recorder.publish(event, &function.object_ref(&())).await {
+    // The recorder folds events with the same reason about an equal object
+    // reference into one series that keeps the FIRST note for minutes: a
+    // code change would then show the old artifact. The reference names the
+    // resourceVersion the event is about, so each change gets its own event
+    // (we publish only when the status changed, so nothing floods).
+    let mut regarding = function.object_ref(&());
+    regarding.resource_version = function.resource_version();
+    if let Err(e) = ctx.recorder.publish(event, &regarding).await {
         tracing::warn!(error = %e, reason = event.reason, "could not publish an event");
     }
 }
