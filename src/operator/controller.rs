@@ -9,10 +9,13 @@ use async_trait::async_trait;
 use futures::StreamExt;
 use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams, Patch, PatchParams};
+use kube::core::PartialObjectMeta;
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
-use kube::runtime::watcher;
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher::{self, metadata_watcher};
+use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
 
@@ -358,8 +361,44 @@ async fn keep_lease(lock: LeaseLock, leading: CancellationToken) -> bool {
     }
 }
 
+/// Maps a changed ConfigMap or Secret (metadata) to the Functions that read it.
+fn readers_of<K>(
+    store: kube::runtime::reflector::Store<Function>,
+    kind: desired::Referenced,
+) -> impl Fn(PartialObjectMeta<K>) -> Vec<ObjectRef<Function>> {
+    move |object| {
+        let (Some(namespace), Some(name)) = (object.metadata.namespace.as_deref(), object.metadata.name.as_deref())
+        else {
+            return Vec::new();
+        };
+        let functions = store.state();
+        let found = desired::readers(
+            functions
+                .iter()
+                .filter_map(|f| Some((f.metadata.namespace.as_deref()?, f.metadata.name.as_deref()?, &f.spec))),
+            kind,
+            namespace,
+            name,
+        );
+        found
+            .into_iter()
+            .map(|(ns, n)| ObjectRef::<Function>::new(&n).within(&ns))
+            .collect()
+    }
+}
+
 async fn control(functions: Api<Function>, ctx: Arc<Context>, shutdown: CancellationToken) {
-    Controller::new(functions, watcher::Config::default().any_semantic())
+    let controller = Controller::new(functions, watcher::Config::default().any_semantic());
+    // ConfigMaps and Secrets a Function reads reconcile it when they appear
+    // or change. Metadata only: no Secret value reaches the operator this way.
+    let store = controller.store();
+    let config_maps =
+        metadata_watcher(Api::<ConfigMap>::all(ctx.client.clone()), watcher::Config::default()).touched_objects();
+    let secrets =
+        metadata_watcher(Api::<Secret>::all(ctx.client.clone()), watcher::Config::default()).touched_objects();
+    controller
+        .watches_stream(config_maps, readers_of(store.clone(), desired::Referenced::ConfigMap))
+        .watches_stream(secrets, readers_of(store, desired::Referenced::Secret))
         .graceful_shutdown_on(shutdown.cancelled_owned())
         .run(reconcile, error_policy, ctx)
         .for_each(|result| async move {

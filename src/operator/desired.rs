@@ -92,6 +92,41 @@ fn env_source(var: &EnvVar) -> Result<EnvSource, &'static str> {
     }
 }
 
+/// A kind of object a Function may read besides itself.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Referenced {
+    ConfigMap,
+    Secret,
+}
+
+/// Whether `spec` reads the ConfigMap or Secret `name` (its code, or an
+/// env value), so a change to that object must reconcile it.
+pub fn reads(spec: &FunctionSpec, kind: Referenced, name: &str) -> bool {
+    let code = kind == Referenced::ConfigMap && spec.code.config_map.as_ref().is_some_and(|c| c.name == name);
+    code || spec.env.iter().filter_map(|v| v.value_from.as_ref()).any(|from| {
+        let key_ref = match kind {
+            Referenced::ConfigMap => from.config_map_key_ref.as_ref(),
+            Referenced::Secret => from.secret_key_ref.as_ref(),
+        };
+        key_ref.is_some_and(|r| r.name == name)
+    })
+}
+
+/// The reverse index: of `functions` (namespace, name, spec), those in
+/// `namespace` that read the ConfigMap or Secret `name`.
+pub fn readers<'a>(
+    functions: impl IntoIterator<Item = (&'a str, &'a str, &'a FunctionSpec)>,
+    kind: Referenced,
+    namespace: &str,
+    name: &str,
+) -> Vec<(String, String)> {
+    functions
+        .into_iter()
+        .filter(|(ns, _, spec)| *ns == namespace && reads(spec, kind, name))
+        .map(|(ns, n, _)| (ns.to_string(), n.to_string()))
+        .collect()
+}
+
 /// The complete settings the function must have (every field set, so a
 /// field removed from the resource goes back to its default).
 pub fn settings_draft(name: &str, spec: &FunctionSpec, env: &BTreeMap<String, String>) -> SettingsDraft {
@@ -391,5 +426,38 @@ mod tests {
             "the deployed version is still reported"
         );
         assert_eq!(bad.observed_generation, Some(2));
+    }
+
+    #[test]
+    fn the_reverse_index_finds_the_functions_a_change_touches() {
+        let from_yaml = |y: &str| serde_yaml::from_str::<FunctionSpec>(y).unwrap();
+        let by_cm = from_yaml("runtime: python\ncode:\n  configMap:\n    name: code-a\n");
+        let by_env = from_yaml(
+            "runtime: python\ncode:\n  inline:\n    main.py: x\nenv:\n- name: A\n  valueFrom:\n    configMapKeyRef: {name: settings, key: a}\n- name: B\n  valueFrom:\n    secretKeyRef: {name: creds, key: b}\n",
+        );
+        let plain = from_yaml("runtime: python\ncode:\n  inline:\n    main.py: x\nenv:\n- name: C\n  value: creds\n");
+        let all = [
+            ("ns1", "by-cm", &by_cm),
+            ("ns1", "by-env", &by_env),
+            ("ns2", "by-env", &by_env),
+            ("ns1", "plain", &plain),
+        ];
+        let find = |kind, ns, name| readers(all.iter().map(|(a, b, c)| (*a, *b, *c)), kind, ns, name);
+        assert_eq!(
+            find(Referenced::ConfigMap, "ns1", "code-a"),
+            [("ns1".to_string(), "by-cm".to_string())]
+        );
+        assert_eq!(
+            find(Referenced::ConfigMap, "ns1", "settings"),
+            [("ns1".to_string(), "by-env".to_string())]
+        );
+        assert_eq!(
+            find(Referenced::Secret, "ns2", "creds"),
+            [("ns2".to_string(), "by-env".to_string())]
+        );
+        // Same name, other kind or namespace, or a literal value: untouched.
+        assert!(find(Referenced::Secret, "ns1", "code-a").is_empty());
+        assert!(find(Referenced::ConfigMap, "ns1", "creds").is_empty());
+        assert!(find(Referenced::ConfigMap, "ns3", "settings").is_empty());
     }
 }

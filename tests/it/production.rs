@@ -523,7 +523,6 @@ async fn operator_against_a_real_cluster() {
     use infra_controller::operator::crd::Function;
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, DeleteParams, Patch, PatchParams};
-    use kube::CustomResourceExt;
 
     // A real cluster is HTTPS: the process needs the one crypto provider, as `infra` installs it.
     infra_controller::tls::install_crypto_provider();
