@@ -63,6 +63,27 @@ pub enum Users {
 pub const INSTANCE_MAX_PROCESSES: u64 = 128;
 /// Largest file an instance may write.
 pub const INSTANCE_MAX_FILE_BYTES: u64 = 1024 * 1024 * 1024;
+/// Largest result (JSON) an invocation may return (AWS Lambda's response limit).
+pub const MAX_RESULT_BYTES: usize = 6 * 1024 * 1024;
+/// Most stdout or stderr kept per invocation (the bootstrap's own bound).
+pub const MAX_OUTPUT_BYTES: usize = 256 * 1024;
+/// AI requests one invocation may send before it counts as a flood (the
+/// relay's own budget, AI_MAX_CALLS_PER_INVOCATION, is far lower).
+const MAX_AI_FRAMES: usize = 10_000;
+
+/// Cuts captured output to MAX_OUTPUT_BYTES (on a character boundary).
+fn bounded(mut s: String) -> String {
+    if s.len() > MAX_OUTPUT_BYTES {
+        let mut cut = MAX_OUTPUT_BYTES;
+        while !s.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let dropped = s.len() - cut;
+        s.truncate(cut);
+        s.push_str(&format!("\n[truncated {dropped} bytes]"));
+    }
+    s
+}
 
 /// Unprivileged uids for instances, one per live instance, so per-uid limits
 /// (RLIMIT_NPROC) are per instance. Handed out first-in first-out, so a uid
@@ -184,6 +205,34 @@ fn place_fd(fd: i32, target: i32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// Marks every fd from `first` up close-on-exec. Async-signal-safe.
+fn close_others_on_exec(first: u32) -> std::io::Result<()> {
+    const CLOSE_RANGE_CLOEXEC: libc::c_uint = 1 << 2;
+    // SAFETY: plain system calls on this process's own descriptor table.
+    unsafe {
+        if libc::syscall(libc::SYS_close_range, first, libc::c_uint::MAX, CLOSE_RANGE_CLOEXEC) == 0 {
+            return Ok(());
+        }
+        // Kernels before 5.11: walk the table (bounded by RLIMIT_NOFILE).
+        let mut limit = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        let top = if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 {
+            limit.rlim_cur.min(1 << 20) as i32
+        } else {
+            65_536
+        };
+        for fd in first as i32..top {
+            let flags = libc::fcntl(fd, libc::F_GETFD);
+            if flags >= 0 {
+                libc::fcntl(fd, libc::F_SETFD, flags | libc::FD_CLOEXEC);
+            }
+        }
+    }
+    Ok(())
+}
+
 impl Instance {
     /// Starts an instance for `spec` (memory limit, network and code known at
     /// start) and waits for its bootstrap to report ready; `load` then gives
@@ -263,6 +312,7 @@ impl Instance {
         };
 
         let workdir = root.path().join("work");
+        let mut seccomp = None;
         let (mut cmd, options, code_path) = match &cfg.sandbox {
             Some(sb) => {
                 let interpreter = Interpreter::new(program.clone(), name, &sb.layout.system);
@@ -293,6 +343,12 @@ impl Instance {
                     file.write_all(b"\0").map_err(RuntimeError::Spawn)?;
                 }
                 file.rewind().map_err(RuntimeError::Spawn)?;
+                let mut filter = tempfile::tempfile().map_err(RuntimeError::Spawn)?;
+                filter
+                    .write_all(&sandbox::seccomp_filter())
+                    .and_then(|()| filter.rewind())
+                    .map_err(RuntimeError::Spawn)?;
+                seccomp = Some(filter);
                 let mut cmd = Command::new(&sb.bwrap);
                 cmd.args(["--args", "4"]).args(&plan.command).env_clear();
                 (cmd, Some(file), PathBuf::from(sandbox::CODE_DIR))
@@ -307,6 +363,7 @@ impl Instance {
             }
         };
         let options_fd = options.as_ref().map(|f| f.as_raw_fd());
+        let seccomp_fd = seccomp.as_ref().map(|f: &std::fs::File| f.as_raw_fd());
         // Without a sandbox the worker itself leaves root for the instance's uid.
         let setuid_here = if cfg.sandbox.is_none() { uid } else { None };
         let limit_processes = uid.is_some();
@@ -328,6 +385,12 @@ impl Instance {
                 if let Some(fd) = options_fd {
                     place_fd(fd, 4)?;
                 }
+                if let Some(fd) = seccomp_fd {
+                    place_fd(fd, sandbox::SECCOMP_FD)?;
+                }
+                // Nothing else the worker holds (whatever its launcher left
+                // open without close-on-exec) may reach the instance.
+                close_others_on_exec(if seccomp_fd.is_some() { 6 } else { 4 })?;
                 // Own process group, so a timeout kills the handler's children too.
                 if libc::setsid() < 0 {
                     return Err(std::io::Error::last_os_error());
@@ -366,6 +429,7 @@ impl Instance {
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
         drop(child_end);
         drop(options);
+        drop(seccomp);
         let pid = child.id().map(|p| p as i32).unwrap_or(0);
         let stderr_tail = Arc::new(Mutex::new(String::new()));
         drain_output(child.stdout.take(), pid, "stdout", None);
@@ -470,10 +534,20 @@ impl Instance {
             memory_bytes,
             env: Some(env),
         };
-        if let Err(e) = write_frame(&mut self.chan, &msg).await {
-            return Err(self.died_or(e).await);
+        let deadline = tokio::time::Instant::now() + timeout;
+        match tokio::time::timeout_at(deadline, write_frame(&mut self.chan, &msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(self.died_or(e).await),
+            Err(_) => {
+                self.kill();
+                return Err(Outcome::failed(
+                    JobStatus::Timeout,
+                    "InitTimeout",
+                    "the instance stopped reading its protocol socket",
+                ));
+            }
         }
-        match tokio::time::timeout(timeout, read_frame(&mut self.chan)).await {
+        match tokio::time::timeout_at(deadline, read_frame(&mut self.chan)).await {
             Ok(Ok(Some(FromInstance::Loaded { init_ms }))) => Ok(init_ms),
             Ok(Ok(Some(FromInstance::LoadError {
                 status,
@@ -517,16 +591,33 @@ impl Instance {
             timeout_ms: req.timeout_ms,
             event: &req.event,
         };
-        if let Err(e) = write_frame(&mut self.chan, &msg).await {
-            return (self.died_or(e).await, false);
-        }
         let timeout = Duration::from_millis(req.timeout_ms);
         let started = Instant::now();
         let deadline = tokio::time::Instant::now() + timeout;
+        // Every write to the instance runs under the invocation's deadline: an
+        // instance that stops reading must not hold the worker.
+        match tokio::time::timeout_at(deadline, write_frame(&mut self.chan, &msg)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return (self.died_or(e).await, false),
+            Err(_) => return (self.timed_out(req.timeout_ms, started), false),
+        }
+        let mut ai_frames = 0usize;
         loop {
             let frame = tokio::time::timeout_at(deadline, read_frame(&mut self.chan)).await;
             return match frame {
+                Ok(Ok(Some(FromInstance::Ai(_)))) if ai_frames >= MAX_AI_FRAMES => {
+                    self.kill();
+                    (
+                        Outcome::failed(
+                            JobStatus::Crashed,
+                            "ProtocolViolation",
+                            format!("more than {MAX_AI_FRAMES} AI requests in one invocation"),
+                        ),
+                        false,
+                    )
+                }
                 Ok(Ok(Some(FromInstance::Ai(request)))) => {
+                    ai_frames += 1;
                     // Relay within the invocation's own deadline, then keep waiting.
                     let left = deadline.saturating_duration_since(tokio::time::Instant::now());
                     let reply = ai.handle(&serde_json::Value::Object(request), left).await;
@@ -542,10 +633,11 @@ impl Instance {
                             error: Some(e.to_string()),
                         },
                     };
-                    if let Err(e) = write_frame(&mut self.chan, &msg).await {
-                        return (self.died_or(e).await, false);
+                    match tokio::time::timeout_at(deadline, write_frame(&mut self.chan, &msg)).await {
+                        Ok(Ok(())) => continue,
+                        Ok(Err(e)) => return (self.died_or(e).await, false),
+                        Err(_) => return (self.timed_out(req.timeout_ms, started), false),
                     }
-                    continue;
                 }
                 Ok(Ok(Some(FromInstance::Result {
                     status,
@@ -558,7 +650,11 @@ impl Instance {
                     strays,
                     discard,
                 }))) => {
-                    let value = serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null);
+                    let value = if value_json.len() > MAX_RESULT_BYTES {
+                        serde_json::Value::Null
+                    } else {
+                        serde_json::from_str(&value_json).unwrap_or(serde_json::Value::Null)
+                    };
                     // The kernel stopped one of the instance's processes (a
                     // child the handler started) for exceeding the limit.
                     // (A new cgroup starts at 0, and an OOM retires the instance.)
@@ -577,12 +673,30 @@ impl Instance {
                     } else {
                         (status, error)
                     };
+                    // What the instance reports is the function's word: bound it here
+                    // too (the bootstrap's own caps can be bypassed by a forged frame).
+                    let (status, value, error) = if value_json.len() > MAX_RESULT_BYTES {
+                        (
+                            JobStatus::Error,
+                            serde_json::Value::Null,
+                            Some(crate::model::ErrorInfo {
+                                error_type: "ResultTooLarge".into(),
+                                message: format!(
+                                    "the handler returned {} bytes of JSON; the limit is {MAX_RESULT_BYTES}",
+                                    value_json.len()
+                                ),
+                                traceback: None,
+                            }),
+                        )
+                    } else {
+                        (status, value, error)
+                    };
                     let outcome = Outcome {
                         status,
                         value,
                         error,
-                        stdout,
-                        stderr,
+                        stdout: bounded(stdout),
+                        stderr: bounded(stderr),
                         duration_ms,
                         peak_memory_bytes,
                         exit_code: (status == JobStatus::Success).then_some(0),
@@ -601,21 +715,28 @@ impl Instance {
                 }
                 Ok(Ok(None)) => (self.crashed().await, false),
                 Ok(Err(e)) => (self.died_or(e).await, false),
-                Err(_) => {
-                    self.kill();
-                    let mut o = Outcome::failed(
-                        JobStatus::Timeout,
-                        "Timeout",
-                        format!(
-                            "the handler did not finish within {} ms and was stopped",
-                            req.timeout_ms
-                        ),
-                    );
-                    o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
-                    (o, false)
-                }
+                Err(_) => (self.timed_out(req.timeout_ms, started), false),
             };
         }
+    }
+
+    fn timed_out(&mut self, timeout_ms: u64, started: Instant) -> Outcome {
+        self.kill();
+        let mut o = Outcome::failed(
+            JobStatus::Timeout,
+            "Timeout",
+            format!("the handler did not finish within {timeout_ms} ms and was stopped"),
+        );
+        o.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        o
+    }
+
+    /// Whether the instance wrote anything it was not asked for (a handler
+    /// forging frames on the protocol socket) or went away: such an instance
+    /// is out of step with the worker and is never given another request.
+    pub fn is_out_of_step(&self) -> bool {
+        let mut probe = [0u8; 1];
+        !matches!(self.chan.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
     }
 
     /// Kills the instance and all its descendants.

@@ -334,7 +334,7 @@ impl Pool {
         if start_kind == StartKind::Stem {
             self.refill(spec.runtime);
         }
-        if reusable {
+        if reusable && !instance.is_out_of_step() {
             self.put_idle(key, spec, warm_pool, instance);
         } else {
             drop(instance);
@@ -388,12 +388,24 @@ impl Pool {
                 let mut st = self.lock();
                 if let Some(list) = st.idle.get_mut(key) {
                     // Most recently used first: it is the most likely to be hot in cache.
-                    if let Some(idle) = list.pop() {
-                        if list.is_empty() {
-                            st.idle.remove(key);
+                    let mut retired_mb = 0;
+                    let mut found = None;
+                    while let Some(idle) = list.pop() {
+                        if idle.instance.is_out_of_step() {
+                            // It spoke while idle: retire it and free its memory.
+                            retired_mb += idle.memory_mb;
+                            continue;
                         }
-                        self.metrics.warm_instances.set(st.idle_count() as i64);
-                        return Ok(Some(idle.instance));
+                        found = Some(idle.instance);
+                        break;
+                    }
+                    if list.is_empty() {
+                        st.idle.remove(key);
+                    }
+                    st.reserved_mb = st.reserved_mb.saturating_sub(retired_mb);
+                    self.metrics.warm_instances.set(st.idle_count() as i64);
+                    if found.is_some() {
+                        return Ok(found);
                     }
                 }
                 loop {

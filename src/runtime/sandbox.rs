@@ -280,6 +280,8 @@ pub fn plan(layout: &HostLayout, req: &Request<'_>) -> Plan {
         o.push(prefix.as_os_str().to_owned());
         o.push(neutral.into_os_string());
     }
+    o.push("--seccomp".into());
+    o.push(SECCOMP_FD.to_string().into());
     push(&mut o, ["--chdir", WORK_DIR, "--clearenv"]);
     let library = req.interpreter.library_path();
     for (k, v) in base_env(Path::new(WORK_DIR), library.as_deref()) {
@@ -331,6 +333,82 @@ pub fn accounts(uid: u32) -> (String, String) {
     passwd.push_str("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin\n");
     group.push_str("nogroup:x:65534:\n");
     (passwd, group)
+}
+
+/// The fd bubblewrap reads the seccomp filter from (`--seccomp`).
+pub const SECCOMP_FD: i32 = 5;
+
+#[cfg(target_arch = "x86_64")]
+const AUDIT_ARCH: u32 = 0xC000_003E;
+#[cfg(target_arch = "aarch64")]
+const AUDIT_ARCH: u32 = 0xC000_00B7;
+
+/// A seccomp filter (classic BPF, as bubblewrap's `--seccomp` takes it)
+/// refusing what a function never needs and what widens the kernel's attack
+/// surface or leaks between tenants:
+/// - the kernel keyrings (`keyctl`, `add_key`, `request_key`): a uid's user
+///   keyring outlives its instances, and uids are reused;
+/// - new namespaces (`unshare`, `setns`, `clone` with a `CLONE_NEW*` flag):
+///   user namespaces would hand the function a fresh root;
+/// - `clone3` answers ENOSYS (its flags live in memory a filter cannot read),
+///   so libc falls back to `clone`, which is checked;
+/// - any other architecture's system calls (32-bit entry points) kill.
+pub fn seccomp_filter() -> Vec<u8> {
+    const LD_W_ABS: u16 = 0x20;
+    const JEQ_K: u16 = 0x15;
+    const JSET_K: u16 = 0x45;
+    const JGE_K: u16 = 0x35;
+    const RET_K: u16 = 0x06;
+    const ALLOW: u32 = 0x7fff_0000;
+    const KILL: u32 = 0x8000_0000;
+    const ERRNO: u32 = 0x0005_0000;
+    const NEW_NAMESPACES: u32 = (libc::CLONE_NEWUSER
+        | libc::CLONE_NEWNS
+        | libc::CLONE_NEWPID
+        | libc::CLONE_NEWNET
+        | libc::CLONE_NEWUTS
+        | libc::CLONE_NEWIPC
+        | libc::CLONE_NEWCGROUP) as u32;
+    let refused = [
+        libc::SYS_keyctl,
+        libc::SYS_add_key,
+        libc::SYS_request_key,
+        libc::SYS_unshare,
+        libc::SYS_setns,
+    ];
+    let ins = |code: u16, jt: u8, jf: u8, k: u32| (code, jt, jf, k);
+    let mut prog = vec![
+        ins(LD_W_ABS, 0, 0, 4), // arch
+        ins(JEQ_K, 1, 0, AUDIT_ARCH),
+        ins(RET_K, 0, 0, KILL),
+        ins(LD_W_ABS, 0, 0, 0), // syscall number
+        // The x32 ABI's numbers carry bit 30 on x86_64.
+        ins(JGE_K, 0, 1, 0x4000_0000),
+        ins(RET_K, 0, 0, KILL),
+    ];
+    // Each refused call jumps to the EPERM return at the end.
+    let tail = 6; // clone3 check (2), clone checks (4)
+    for (i, nr) in refused.iter().enumerate() {
+        let to_eperm = (refused.len() - 1 - i) + tail;
+        prog.push(ins(JEQ_K, to_eperm as u8, 0, *nr as u32));
+    }
+    prog.extend([
+        ins(JEQ_K, 0, 1, libc::SYS_clone3 as u32),
+        ins(RET_K, 0, 0, ERRNO | libc::ENOSYS as u32),
+        ins(JEQ_K, 0, 2, libc::SYS_clone as u32),
+        ins(LD_W_ABS, 0, 0, 16), // clone's flags: args[0], low word
+        ins(JSET_K, 1, 0, NEW_NAMESPACES),
+        ins(RET_K, 0, 0, ALLOW),
+        ins(RET_K, 0, 0, ERRNO | libc::EPERM as u32),
+    ]);
+    let mut bytes = Vec::with_capacity(prog.len() * 8);
+    for (code, jt, jf, k) in prog {
+        bytes.extend_from_slice(&code.to_ne_bytes());
+        bytes.push(jt);
+        bytes.push(jf);
+        bytes.extend_from_slice(&k.to_ne_bytes());
+    }
+    bytes
 }
 
 #[cfg(test)]
@@ -509,5 +587,85 @@ mod tests {
         assert_eq!(passwd.lines().count(), 3);
         assert!(group.contains("function:x:100003:"));
         assert!(!accounts(0).0.contains("function"));
+    }
+
+    /// Runs the filter on a system call, as the kernel would (the subset of
+    /// classic BPF it uses).
+    fn verdict(filter: &[u8], arch: u32, nr: u32, arg0: u64) -> u32 {
+        let prog: Vec<(u16, u8, u8, u32)> = filter
+            .chunks(8)
+            .map(|c| {
+                (
+                    u16::from_ne_bytes([c[0], c[1]]),
+                    c[2],
+                    c[3],
+                    u32::from_ne_bytes([c[4], c[5], c[6], c[7]]),
+                )
+            })
+            .collect();
+        let (mut pc, mut acc) = (0usize, 0u32);
+        loop {
+            let (code, jt, jf, k) = prog[pc];
+            pc += 1;
+            match code {
+                0x20 => {
+                    acc = match k {
+                        0 => nr,
+                        4 => arch,
+                        16 => arg0 as u32,
+                        other => panic!("load of offset {other}"),
+                    }
+                }
+                0x15 => pc += if acc == k { jt } else { jf } as usize,
+                0x35 => pc += if acc >= k { jt } else { jf } as usize,
+                0x45 => pc += if acc & k != 0 { jt } else { jf } as usize,
+                0x06 => return k,
+                other => panic!("opcode {other:#x}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_seccomp_filter_refuses_keyrings_and_new_namespaces_only() {
+        let f = seccomp_filter();
+        let eperm = 0x0005_0000 | libc::EPERM as u32;
+        for nr in [
+            libc::SYS_keyctl,
+            libc::SYS_add_key,
+            libc::SYS_request_key,
+            libc::SYS_unshare,
+            libc::SYS_setns,
+        ] {
+            assert_eq!(verdict(&f, AUDIT_ARCH, nr as u32, 0), eperm, "syscall {nr}");
+        }
+        assert_eq!(
+            verdict(&f, AUDIT_ARCH, libc::SYS_clone3 as u32, 0),
+            0x0005_0000 | libc::ENOSYS as u32
+        );
+        let thread =
+            (libc::CLONE_VM | libc::CLONE_FS | libc::CLONE_FILES | libc::CLONE_SIGHAND | libc::CLONE_THREAD) as u64;
+        assert_eq!(verdict(&f, AUDIT_ARCH, libc::SYS_clone as u32, thread), 0x7fff_0000);
+        assert_eq!(
+            verdict(&f, AUDIT_ARCH, libc::SYS_clone as u32, libc::SIGCHLD as u64),
+            0x7fff_0000
+        );
+        assert_eq!(
+            verdict(&f, AUDIT_ARCH, libc::SYS_clone as u32, libc::CLONE_NEWUSER as u64),
+            eperm
+        );
+        for nr in [
+            libc::SYS_read,
+            libc::SYS_write,
+            libc::SYS_openat,
+            libc::SYS_mmap,
+            libc::SYS_execve,
+        ] {
+            assert_eq!(verdict(&f, AUDIT_ARCH, nr as u32, 0), 0x7fff_0000, "syscall {nr}");
+        }
+        assert_eq!(
+            verdict(&f, 0x4000_0003, libc::SYS_read as u32, 0),
+            0x8000_0000,
+            "foreign arch"
+        );
     }
 }

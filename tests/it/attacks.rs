@@ -193,6 +193,16 @@ async fn the_host_is_out_of_sight() {
     std::fs::set_permissions(&socket_path, std::fs::Permissions::from_mode(0o777)).unwrap();
     listener.set_nonblocking(true).unwrap();
 
+    // A descriptor the worker holds without close-on-exec (as a careless
+    // launcher would leave it): instances must not inherit it.
+    let leaked = tempfile::NamedTempFile::new().unwrap();
+    let leaked_path = leaked.path().display().to_string();
+    let leaked_fd = std::fs::File::open(leaked.path()).unwrap();
+    // SAFETY: clearing close-on-exec on a descriptor this test owns.
+    unsafe {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&leaked_fd);
+        libc::fcntl(fd, libc::F_SETFD, 0);
+    }
     let spy = format!(
         r#"{ATTEMPT}
 def listing(path):
@@ -222,7 +232,18 @@ def handler(event, context):
         'status': open('/proc/self/status').read(),
         'writeSystem': attempt(lambda: open('/usr/pwned', 'w').write('x')),
         'writeCode': attempt(lambda: open('/var/task/main.py', 'a').write('x')),
+        'keyring': attempt(lambda: keyctl_add()),
+        'userns': attempt(lambda: subprocess.run(['unshare', '-Ur', 'true'], check=True, capture_output=True).returncode),
+        'fds': {{fd: attempt(lambda: os.readlink('/proc/self/fd/' + fd)) for fd in os.listdir('/proc/self/fd')}},
     }}
+def keyctl_add():
+    import ctypes
+    libc = ctypes.CDLL(None, use_errno=True)
+    # add_key("user", "tenant", "secret", 6, KEY_SPEC_USER_KEYRING)
+    r = libc.syscall(248 if os.uname().machine == 'x86_64' else 217, b'user', b'tenant', b'secret', 6, -4)
+    if r < 0:
+        raise OSError(ctypes.get_errno(), 'add_key')
+    return r
 "#
     );
     let id = app.upload_py(&spy, &[]).await;
@@ -255,8 +276,18 @@ def handler(event, context):
             "workerEnv",
             "writeSystem",
             "writeCode",
+            "keyring",
+            "userns",
         ] {
             denied(k);
+        }
+        // Only its own descriptors: nothing the worker holds leaks in.
+        for (fd, target) in r["fds"].as_object().unwrap() {
+            let target = target.as_str().unwrap();
+            assert!(
+                !target.contains(&leaked_path) && fd.parse::<u32>().unwrap() < 16,
+                "{start}: fd {fd} -> {target}"
+            );
         }
         // Only the system, its own code and scratch space: nothing of the host's top level.
         let root: Vec<String> = serde_json::from_value(r["root"].clone()).unwrap();
@@ -294,6 +325,7 @@ def handler(event, context):
         );
     }
     assert!(listener.accept().is_err(), "the host socket was reached");
+    drop(leaked_fd);
     assert_eq!(
         app.run_ok(&victim, json!({})).await["result"],
         "victim-code",
@@ -583,4 +615,50 @@ async fn concurrent_large_uploads_keep_memory_flat() {
     assert!(peak < 200, "peak RSS {peak} MB");
     let _ = infra.child.kill();
     let _ = infra.child.wait();
+}
+
+/// A handler that speaks the instance protocol itself: floods AI requests and
+/// never reads the replies, or forges a result frame.
+#[tokio::test]
+async fn the_protocol_socket_cannot_hold_the_worker_or_forge_results() {
+    let app = TestApp::start_with(|a| a.pool.worker_concurrency = "1".into()).await;
+    let flood = app
+        .upload_py(
+            "import json, os, socket, struct, time\ndef handler(event, context):\n    s = socket.socket(fileno=os.dup(3))\n    b = json.dumps({'op': 'ai', 'kind': 'generate', 'prompt': 'x'}).encode()\n    s.sendall((struct.pack('>I', len(b)) + b) * 20000)\n    time.sleep(3600)\n",
+            &[("timeoutMs", "2000")],
+        )
+        .await;
+    let started = Instant::now();
+    let body = app.run_ok(&flood, json!({})).await;
+    assert!(matches!(body["status"].as_str(), Some("TIMEOUT" | "CRASHED")), "{body}");
+    assert!(
+        started.elapsed() < Duration::from_secs(15),
+        "the worker was held: {:?}",
+        started.elapsed()
+    );
+
+    // A forged early result: the worker takes it (it cannot tell), but the
+    // instance is then out of step and never serves another request.
+    let forger = app
+        .upload_py(
+            "import json, os, socket, struct\ndef handler(event, context):\n    if event.get('forge'):\n        s = socket.socket(fileno=os.dup(3))\n        b = json.dumps({'op': 'result', 'status': 'SUCCESS', 'valueJson': '\"forged\"', 'error': None, 'stdout': 'x' * (1024 * 1024), 'stderr': '', 'durationMs': 0, 'peakMemoryBytes': 0, 'strays': 0}).encode()\n        s.sendall(struct.pack('>I', len(b)) + b)\n    return event['n']\n",
+            &[],
+        )
+        .await;
+    let forged = app.run_ok(&forger, json!({"forge": true, "n": 1})).await;
+    assert!(
+        forged["stdout"].as_str().unwrap().len() <= 300 * 1024,
+        "stdout bounded by the worker"
+    );
+    for n in 2..5 {
+        let body = app.run_ok(&forger, json!({"n": n})).await;
+        assert_eq!(body["result"], n, "each caller gets its own result: {body}");
+    }
+    // Results past the response limit are refused, not stored.
+    let big = app
+        .upload_py("def handler(e, c):\n    return 'x' * (7 * 1024 * 1024)\n", &[])
+        .await;
+    let body = app.run_ok(&big, json!({})).await;
+    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["error"]["type"], "ResultTooLarge", "{body}");
 }

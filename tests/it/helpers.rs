@@ -31,6 +31,11 @@ impl TestApp {
         args.http.api_key = Some(KEY.to_string());
         args.http.rate_limit_per_minute = "100000".into();
         args.shutdown_timeout_seconds = "5".into();
+        // Apps in one test process are like workers on one host: each needs
+        // its own uid range, or one's fork bomb uses up another's process limit.
+        static NEXT_UID_RANGE: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+        let range = NEXT_UID_RANGE.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        args.pool.instance_uid_base = (200_000 + range * 1024).to_string();
         configure(&mut args);
         let cfg = args.validate().expect("valid config");
         let running = app::start_up(cfg).await.expect("start");

@@ -383,6 +383,8 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
     let app = TestApp::start_with(|a| {
         use std::os::unix::fs::PermissionsExt;
         a.pool.python = "/usr/bin/python3".into();
+        // A uid range of its own, so the counts below are this test's alone.
+        a.pool.instance_uid_base = "150000".into();
         // Instance users must reach their directories.
         std::fs::set_permissions(&a.data_dir, std::fs::Permissions::from_mode(0o755)).unwrap();
     })
@@ -401,7 +403,7 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
         .await;
     let body = app.run_ok(&who, json!({})).await;
     let uid = body["result"][0].as_u64().unwrap();
-    assert!((100_000..101_024).contains(&uid), "{body}");
+    assert!((150_000..151_024).contains(&uid), "{body}");
     assert_eq!(body["result"][1], uid);
     assert_eq!(body["result"][2], json!([]), "no supplementary groups");
 
@@ -424,7 +426,7 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
                 .lines()
                 .find(|l| l.starts_with("Uid:"))
                 .and_then(|l| l.split_whitespace().nth(1)?.parse::<u64>().ok());
-            if let Some(uid) = uid.filter(|u| (100_000..101_024).contains(u)) {
+            if let Some(uid) = uid.filter(|u| (150_000..151_024).contains(u)) {
                 *counts.entry(uid).or_default() += 1;
             }
         }
@@ -444,7 +446,7 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
                 };
                 if field("Uid:")
                     .and_then(|u| u.split_whitespace().next()?.parse::<u64>().ok())
-                    .is_some_and(|u| u >= 100_000)
+                    .is_some_and(|u| (150_000..151_024).contains(&u))
                 {
                     left.push(format!(
                         "{:?} {:?} {:?} ppid {:?}",
