@@ -553,8 +553,28 @@ async fn operator_against_a_real_cluster() {
 
     let mut cluster = Cluster::new().await;
     // Two replicas: one holds the Lease and reconciles, the other stands by.
-    let operator_a = cluster.spawn(&["operator"], &[("OPERATOR_PORT", "0"), ("POD_NAME", "op-a")]);
-    let operator_b = cluster.spawn(&["operator"], &[("OPERATOR_PORT", "0"), ("POD_NAME", "op-b")]);
+    // The operators may run as the chart's ServiceAccount (its RBAC, a real
+    // token): INFRA_TEST_OPERATOR_KUBECONFIG, with the Lease in
+    // INFRA_TEST_LEASE_NAMESPACE (the release namespace).
+    let operator_kubeconfig = std::env::var("INFRA_TEST_OPERATOR_KUBECONFIG")
+        .or_else(|_| std::env::var("KUBECONFIG"))
+        .unwrap_or_default();
+    let lease_ns = std::env::var("INFRA_TEST_LEASE_NAMESPACE").unwrap_or_else(|_| "default".into());
+    let operator_env = |pod: &'static str| {
+        vec![
+            ("OPERATOR_PORT", "0".to_string()),
+            ("POD_NAME", pod.to_string()),
+            ("POD_NAMESPACE", lease_ns.clone()),
+            ("KUBECONFIG", operator_kubeconfig.clone()),
+        ]
+    };
+    let spawn_operator = |pod: &'static str| {
+        let env = operator_env(pod);
+        let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+        cluster.spawn(&["operator"], &env)
+    };
+    let operator_a = spawn_operator("op-a");
+    let operator_b = spawn_operator("op-b");
     let mut operators = vec![("op-a", operator_a), ("op-b", operator_b)];
     let api = cluster.api(&[]);
     let _worker = cluster.worker(&[]);
@@ -739,7 +759,7 @@ async fn operator_against_a_real_cluster() {
 
     // 4. Leader hand-over: kill the Lease holder; the standby takes the Lease
     // once it expires and reconciles a Function created meanwhile.
-    let leases: Api<Lease> = Api::namespaced(client.clone(), ns);
+    let leases: Api<Lease> = Api::namespaced(client.clone(), &lease_ns);
     let holder = leases
         .get("infra-operator")
         .await
