@@ -14,7 +14,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::{self, metadata_watcher};
+use kube::runtime::watcher::{self, metadata_watcher, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -361,6 +361,18 @@ async fn keep_lease(lock: LeaseLock, leading: CancellationToken) -> bool {
     }
 }
 
+/// What of a Function calls for a reconcile: its generation (the spec), its
+/// finalizers (the finalizer helper adds ours, then expects to be called
+/// again) and whether it is being deleted.
+fn spec_or_lifecycle(f: &Function) -> Option<u64> {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    f.metadata.generation.hash(&mut h);
+    f.metadata.finalizers.hash(&mut h);
+    f.metadata.deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
 /// Maps a changed ConfigMap or Secret (metadata) to the Functions that read it.
 fn readers_of<K>(
     store: kube::runtime::reflector::Store<Function>,
@@ -388,7 +400,16 @@ fn readers_of<K>(
 }
 
 async fn control(functions: Api<Function>, ctx: Arc<Context>, shutdown: CancellationToken) {
-    let controller = Controller::new(functions, watcher::Config::default().any_semantic());
+    // Only changes of the spec (generation), the finalizers or deletion call
+    // for a reconcile: the operator's own status writes do not (the resync
+    // and the requeues still run).
+    let (reader, writer) = kube::runtime::reflector::store();
+    let changes = watcher(functions, watcher::Config::default().any_semantic())
+        .default_backoff()
+        .reflect(writer)
+        .applied_objects()
+        .predicate_filter(spec_or_lifecycle, Default::default());
+    let controller = Controller::for_stream(changes, reader);
     // ConfigMaps and Secrets a Function reads reconcile it when they appear
     // or change. Metadata only: no Secret value reaches the operator this way.
     let store = controller.store();
