@@ -217,6 +217,11 @@ impl Cgroup {
             .collect()
     }
 
+    /// Whether this cgroup bounds memory (else only processes).
+    pub fn limits_memory(&self) -> bool {
+        self.memory.is_some()
+    }
+
     /// Sets the memory limit (nothing without a memory controller).
     pub fn set_limit(&self, bytes: u64) -> std::io::Result<()> {
         let Some(dir) = &self.memory else { return Ok(()) };

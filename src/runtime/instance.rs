@@ -508,9 +508,14 @@ impl Instance {
         // Python lowers its own limit from the load message. Node has no
         // setrlimit: the worker sets it from here, which needs CAP_SYS_RESOURCE
         // over another user's process; without it the bootstrap runs prlimit
-        // on itself (always allowed) from the same message.
+        // on itself (always allowed) from the same message. With a memory
+        // cgroup (set above) that is the limit.
         let self_limit = match self.runtime {
             Runtime::Python => Some(memory_bytes),
+            // A memory cgroup already bounds the whole instance: the rlimit
+            // (a prlimit process in the instance when the worker lacks
+            // CAP_SYS_RESOURCE, ~6 ms) would add nothing.
+            Runtime::Nodejs if self.cgroup.as_ref().is_some_and(|c| c.limits_memory()) => None,
             Runtime::Nodejs => limit_tree(self.pid, libc::RLIMIT_DATA, memory_bytes).err().map(|e| {
                 tracing::debug!(error = %e, "the Node instance limits its own memory");
                 memory_bytes
