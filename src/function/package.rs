@@ -239,6 +239,14 @@ pub fn extract_zip(data: &[u8], dest: &Path) -> Result<(), ExtractError> {
         if copied > budget {
             return Err(PackageError::UnzippedTooLarge.into());
         }
+        if copied != entry.size() {
+            return Err(PackageError::SizeMismatch {
+                name: entry.name().to_string(),
+                declared: entry.size(),
+                actual: copied,
+            }
+            .into());
+        }
         budget -= copied;
     }
     Ok(())
@@ -253,7 +261,7 @@ pub enum ExtractError {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn pkg_of(name: &str, data: &[u8], h: &Handler, r: Runtime) -> Result<Artifact, PackageError> {

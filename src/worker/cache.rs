@@ -124,3 +124,38 @@ impl ArtifactCache {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::backend::embedded::LocalArtifactStore;
+
+    /// A zip whose only entry declares 1 byte but inflates to 4 MiB.
+    fn lying_zip() -> Vec<u8> {
+        use std::io::Write;
+        let mut w = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+        w.start_file("main.py", zip::write::SimpleFileOptions::default())
+            .unwrap();
+        w.write_all(&vec![b'#'; 4 << 20]).unwrap();
+        let mut zip = w.finish().unwrap().into_inner();
+        crate::function::package::tests::lie_about_sizes(&mut zip, 1);
+        zip
+    }
+
+    #[tokio::test]
+    async fn code_that_cannot_be_extracted_fails_fast_the_second_time() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(LocalArtifactStore::open(dir.path().join("store")).unwrap());
+        let zip = lying_zip();
+        let sha = hex::encode(Sha256::digest(&zip));
+        store.put("functions/f/x.zip", zip.into()).await.unwrap();
+        let cache = ArtifactCache::new(dir.path().join("cache"), store);
+        let first = cache.code_dir("functions/f/x.zip", &sha).await.unwrap_err();
+        assert!(matches!(first, CacheError::Extract(_)), "{first}");
+        // Nothing half-extracted is left behind.
+        let left: Vec<_> = std::fs::read_dir(dir.path().join("cache")).unwrap().flatten().collect();
+        assert!(left.is_empty(), "{left:?}");
+        let second = cache.code_dir("functions/f/x.zip", &sha).await.unwrap_err();
+        assert!(matches!(second, CacheError::Unusable(_)), "{second}");
+    }
+}

@@ -611,8 +611,8 @@ async fn operator_against_a_real_cluster() {
                     .iter()
                     .any(|c| c.type_ == "Ready" && c.status == "True");
                 let sha = status.artifact.as_ref().map(|a| a.sha256.clone());
-                if is_ready && sha.is_some() && sha != not_sha {
-                    return (status.function_id.unwrap(), sha.unwrap(), f);
+                if let Some(sha) = sha.filter(|s| is_ready && Some(s) != not_sha.as_ref()) {
+                    return (status.function_id.unwrap(), sha, f);
                 }
                 assert!(
                     Instant::now() < deadline,
@@ -632,18 +632,15 @@ async fn operator_against_a_real_cluster() {
     };
     // The API serves a looked-up record for up to 2 s (its cache's bound
     // across processes), so a change shows within that, not at once.
-    let serves = |id: String, want: &'static str| {
-        let run = run.clone();
-        async move {
-            let deadline = Instant::now() + Duration::from_secs(10);
-            loop {
-                let got = run(id.clone()).await;
-                if got == want {
-                    return;
-                }
-                assert!(Instant::now() < deadline, "still serving {got} instead of {want}");
-                tokio::time::sleep(Duration::from_millis(250)).await;
+    let serves = |id: String, want: &'static str| async move {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let got = run(id.clone()).await;
+            if got == want {
+                return;
             }
+            assert!(Instant::now() < deadline, "still serving {got} instead of {want}");
+            tokio::time::sleep(Duration::from_millis(250)).await;
         }
     };
 
