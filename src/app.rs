@@ -291,7 +291,7 @@ pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
     crate::tls::install_crypto_provider();
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(&cfg.aws, &cfg.bucket).await);
     let registry: Arc<dyn FunctionRegistry> = Arc::new(DynamoRegistry::new(&cfg.aws, &cfg.table).await);
-    let client = kube::Client::try_default().await.map_err(AppError::Kube)?;
+    let client = kube_client().await?;
     let metrics = Arc::new(Metrics::new()?);
     let probe = Arc::new(Probe {
         checks: vec![
@@ -427,6 +427,20 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Result<Arc
     ));
     pool.refill_stem_cells();
     Ok(pool)
+}
+
+/// A client of the cluster (KUBECONFIG or in-cluster) that names itself: the
+/// API server records a request without a User-Agent (the finalizer patches
+/// of kube's helper) under the field manager `unknown`.
+async fn kube_client() -> Result<kube::Client, AppError> {
+    let mut config = kube::Config::infer()
+        .await
+        .map_err(|e| AppError::Kube(kube::Error::InferConfig(e)))?;
+    config.headers.push((
+        axum::http::header::USER_AGENT,
+        axum::http::HeaderValue::from_static(concat!("infra-operator/", env!("CARGO_PKG_VERSION"))),
+    ));
+    kube::Client::try_from(config).map_err(AppError::Kube)
 }
 
 /// How many unprivileged uids instances may use at once.

@@ -524,32 +524,10 @@ async fn operator_against_a_real_cluster() {
     use k8s_openapi::api::coordination::v1::Lease;
     use k8s_openapi::api::core::v1::{ConfigMap, Secret};
     use k8s_openapi::api::events::v1::Event;
-    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
 
-    // A real cluster is HTTPS: the process needs the one crypto provider, as `infra` installs it.
-    infra_controller::tls::install_crypto_provider();
-    let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
-    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let client = real_cluster_with_crd().await;
     let apply = PatchParams::apply("infra-test").force();
-    crds.patch(
-        "functions.faas.infra.dev",
-        &apply,
-        &Patch::Apply(&infra_controller::operator::crd::crd()),
-    )
-    .await
-    .expect("apply the CRD");
-    let established = |crd: &CustomResourceDefinition| {
-        crd.status
-            .as_ref()
-            .and_then(|s| s.conditions.as_ref())
-            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
-    };
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while !established(&crds.get("functions.faas.infra.dev").await.unwrap()) {
-        assert!(Instant::now() < deadline, "the CRD did not become established");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 
     let mut cluster = Cluster::new().await;
     // Two replicas: one holds the Lease and reconciles, the other stands by.
@@ -652,12 +630,19 @@ async fn operator_against_a_real_cluster() {
     };
     apply_fn(name.clone(), inline("from the cluster")).await;
     let (id, sha1, f) = ready(name.clone(), None, Duration::from_secs(60)).await;
-    assert!(f
+    let finalizers = f.metadata.finalizers.clone().unwrap_or_default();
+    assert!(finalizers.iter().any(|x| x == "faas.infra.dev/cleanup"));
+    // Every write of the operator (finalizer patch included) is recorded under its name.
+    let managers: Vec<String> = f
         .metadata
-        .finalizers
-        .unwrap_or_default()
+        .managed_fields
         .iter()
-        .any(|x| x == "faas.infra.dev/cleanup"));
+        .flatten()
+        .filter_map(|m| m.manager.clone())
+        .collect();
+    eprintln!("field managers: {managers:?}");
+    assert!(!managers.iter().any(|m| m == "unknown"), "{managers:?}");
+    assert!(managers.iter().any(|m| m.starts_with("infra-operator")), "{managers:?}");
     assert_eq!(run(id.clone()).await, "from the cluster");
     apply_fn(name.clone(), inline("updated")).await;
     let (_, sha2, _) = ready(name.clone(), Some(sha1.clone()), Duration::from_secs(30)).await;
@@ -810,6 +795,36 @@ async fn operator_against_a_real_cluster() {
     let _ = secrets.delete(&secret_name, &DeleteParams::default()).await;
 }
 
+/// A client of the cluster in KUBECONFIG, with the Function CRD applied and
+/// established.
+async fn real_cluster_with_crd() -> kube::Client {
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{Api, Patch, PatchParams};
+    // A real cluster is HTTPS: the process needs the one crypto provider, as `infra` installs it.
+    infra_controller::tls::install_crypto_provider();
+    let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.patch(
+        "functions.faas.infra.dev",
+        &PatchParams::apply("infra-test").force(),
+        &Patch::Apply(&infra_controller::operator::crd::crd()),
+    )
+    .await
+    .expect("apply the CRD");
+    let established = |crd: &CustomResourceDefinition| {
+        crd.status
+            .as_ref()
+            .and_then(|s| s.conditions.as_ref())
+            .is_some_and(|c| c.iter().any(|c| c.type_ == "Established" && c.status == "True"))
+    };
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !established(&crds.get("functions.faas.infra.dev").await.unwrap()) {
+        assert!(Instant::now() < deadline, "the CRD did not become established");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    client
+}
+
 /// Scale on a real API server: N Function resources (OPERATOR_SCALE_N,
 /// default 1,000) applied at once reach Ready on one operator replica, then
 /// are deleted and cleaned up; prints per-resource p50/p99 and totals (the
@@ -823,23 +838,12 @@ async fn operator_reconciles_a_thousand_functions() {
     use kube::runtime::{watcher, WatchStreamExt};
     use std::collections::HashMap;
 
-    infra_controller::tls::install_crypto_provider();
     let n: usize = std::env::var("OPERATOR_SCALE_N")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1000);
-    let client = kube::Client::try_default().await.expect("a cluster (KUBECONFIG)");
-    let crds: Api<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition> =
-        Api::all(client.clone());
+    let client = real_cluster_with_crd().await;
     let apply = PatchParams::apply("infra-scale").force();
-    crds.patch(
-        "functions.faas.infra.dev",
-        &apply,
-        &Patch::Apply(&infra_controller::operator::crd::crd()),
-    )
-    .await
-    .expect("apply the CRD");
-    tokio::time::sleep(Duration::from_secs(2)).await;
     let ns = unique("scale");
     let namespaces: Api<k8s_openapi::api::core::v1::Namespace> = Api::all(client.clone());
     let namespace: k8s_openapi::api::core::v1::Namespace =
