@@ -14,7 +14,7 @@ use kube::runtime::controller::{Action, Controller};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::finalizer::{finalizer, Event as Finalized};
 use kube::runtime::reflector::ObjectRef;
-use kube::runtime::watcher::{self, metadata_watcher, watcher};
+use kube::runtime::watcher::{self, watcher};
 use kube::runtime::WatchStreamExt;
 use kube::{Client, Resource, ResourceExt};
 use tokio_util::sync::CancellationToken;
@@ -413,10 +413,16 @@ async fn control(functions: Api<Function>, ctx: Arc<Context>, shutdown: Cancella
     // ConfigMaps and Secrets a Function reads reconcile it when they appear
     // or change. Metadata only: no Secret value reaches the operator this way.
     let store = controller.store();
-    let config_maps =
-        metadata_watcher(Api::<ConfigMap>::all(ctx.client.clone()), watcher::Config::default()).touched_objects();
-    let secrets =
-        metadata_watcher(Api::<Secret>::all(ctx.client.clone()), watcher::Config::default()).touched_objects();
+    let config_maps = watcher(
+        Api::<PartialObjectMeta<ConfigMap>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
+    let secrets = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(ctx.client.clone()),
+        watcher::Config::default(),
+    )
+    .touched_objects();
     controller
         .watches_stream(config_maps, readers_of(store.clone(), desired::Referenced::ConfigMap))
         .watches_stream(secrets, readers_of(store, desired::Referenced::Secret))

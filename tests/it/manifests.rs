@@ -185,7 +185,7 @@ fn plain_manifests_and_examples_are_valid_objects() {
                 "Service" => drop(typed::<Service>(&doc, &at)),
                 "Deployment" => {
                     let d: Deployment = typed(&doc, &at);
-                    let spec = d.spec.unwrap();
+                    let spec = d.spec;
                     let containers = spec.template.spec.unwrap().containers;
                     let args: Vec<_> = containers.iter().map(|c| c.args.clone().unwrap()[0].clone()).collect();
                     assert_eq!(args, ["operator", "api"], "{at}");
