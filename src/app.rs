@@ -394,10 +394,9 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Result<Arc
     // Working dirs of instances from a previous run are garbage now.
     let _ = std::fs::remove_dir_all(&instances_dir);
     let users = instance_users(cfg);
-    // Instance users reach their own dirs only without a sandbox (with one,
-    // bubblewrap mounts them); either way nobody else may list them.
-    let traversable = cfg.bwrap.is_none() && matches!(users, Users::Own(_));
-    private_dir(&instances_dir, if traversable { 0o711 } else { 0o700 })?;
+    // Same rule as the data dir: traversable only for instance users without
+    // a sandbox (with one, bubblewrap mounts their dirs); never listable.
+    private_dir(&instances_dir, data_dir_mode(cfg))?;
     let sandbox = cfg.bwrap.clone().map(|bwrap| Sandbox {
         bwrap,
         layout: crate::runtime::host::layout(),

@@ -191,15 +191,27 @@ pub struct Instance {
     _uid: Option<UidLease>,
 }
 
-/// Moves `fd` to `target` in a child between fork and exec (clearing
-/// close-on-exec), via a high temporary so two moves cannot collide.
-/// Async-signal-safe.
-fn place_fd(fd: i32, target: i32) -> std::io::Result<()> {
+/// Puts each `(fd, target)` at its target in a child between fork and exec
+/// (clearing close-on-exec). Every source is first copied above the targets,
+/// so a source that already sits on another pair's target is not overwritten
+/// before it moves. Async-signal-safe (no allocation: at most 3 pairs).
+fn place_fds(pairs: &[(i32, i32)]) -> std::io::Result<()> {
+    let mut high = [-1i32; 3];
+    if pairs.len() > high.len() {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
     // SAFETY: plain fcntl/dup2 on fds this process owns.
     unsafe {
-        let high = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 64);
-        if high < 0 || libc::dup2(high, target) < 0 {
-            return Err(std::io::Error::last_os_error());
+        for (slot, (fd, _)) in high.iter_mut().zip(pairs) {
+            *slot = libc::fcntl(*fd, libc::F_DUPFD_CLOEXEC, 64);
+            if *slot < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+        }
+        for (copy, (_, target)) in high.iter().zip(pairs) {
+            if libc::dup2(*copy, *target) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
         }
     }
     Ok(())
@@ -381,12 +393,11 @@ impl Instance {
                 for p in &procs {
                     super::cgroup::join_from_child(p)?;
                 }
-                place_fd(child_fd, 3)?;
-                if let Some(fd) = options_fd {
-                    place_fd(fd, 4)?;
-                }
-                if let Some(fd) = seccomp_fd {
-                    place_fd(fd, sandbox::SECCOMP_FD)?;
+                match (options_fd, seccomp_fd) {
+                    (Some(options), Some(filter)) => {
+                        place_fds(&[(child_fd, 3), (options, 4), (filter, sandbox::SECCOMP_FD)])?
+                    }
+                    _ => place_fds(&[(child_fd, 3)])?,
                 }
                 // Nothing else the worker holds (whatever its launcher left
                 // open without close-on-exec) may reach the instance.

@@ -403,6 +403,7 @@ impl Pool {
                         st.idle.remove(key);
                     }
                     st.reserved_mb = st.reserved_mb.saturating_sub(retired_mb);
+                    self.gauges(&st);
                     self.metrics.warm_instances.set(st.idle_count() as i64);
                     if found.is_some() {
                         return Ok(found);
