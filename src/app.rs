@@ -15,11 +15,12 @@ use tokio_util::sync::CancellationToken;
 use crate::ai::AiClient;
 use crate::api::system::{probe_router, Backend, Probe};
 use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
-use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
+use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, S3RecordStore, SqsQueue};
 use crate::backend::embedded::{
-    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
-    LocalArtifactStore,
+    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory,
+    InProcessRateLimiter, LocalArtifactStore,
 };
+use crate::jobs::{Jobs, Ledger};
 use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
 use crate::backend::{
     self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
@@ -42,6 +43,18 @@ const LOG_RETENTION: chrono::TimeDelta = chrono::TimeDelta::days(7);
 const LEASE_DURATION: Duration = Duration::from_secs(15);
 /// Deliveries after which a job is given up as LOST.
 const MAX_ATTEMPTS: u32 = 5;
+/// Where durable job records live in the artifacts bucket.
+const RECORDS_PREFIX: &str = "records/";
+/// How long `infra up` keeps each kind of durable job record (in S3 the
+/// bucket's lifecycle rules decide; see docs/operations.md).
+const RECORD_RETENTION: &[(&str, chrono::TimeDelta)] = &[
+    ("results/", JOB_RETENTION),
+    ("payloads/", JOB_RETENTION),
+    ("idempotency/", crate::jobs::IDEMPOTENCY_WINDOW),
+    ("dead-letters/", chrono::TimeDelta::days(14)),
+];
+/// Most dead letters counted for the depth gauge.
+const DEAD_LETTER_COUNT_LIMIT: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AppError {
@@ -117,6 +130,9 @@ struct Parts {
     functions: Option<Arc<FunctionService>>,
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
+    embedded_records: Option<Arc<EmbeddedRecordStore>>,
+    /// The job ledger whose dead letters the API counts (API roles).
+    ledger: Option<(Ledger, Arc<Metrics>)>,
     /// The Kubernetes controller (`infra operator`).
     operator: Option<(kube::Client, Reconciler, Arc<Metrics>, Option<LeaseLock>)>,
     /// A folder of Function resources (`infra up --functions DIR`).
@@ -141,6 +157,8 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         tracing::info!(jobs = recovered.0.len(), "re-queued jobs left from the previous run");
     }
     let bus: Arc<dyn ResultBus> = embedded_bus.clone();
+    let embedded_records = Arc::new(EmbeddedRecordStore::new(db.clone()));
+    let jobs = Jobs::new(bus, Ledger::new(embedded_records.clone()));
     let limiter = (cfg.http.rate_limit_per_minute > 0)
         .then(|| Arc::new(InProcessRateLimiter::new(cfg.http.rate_limit_per_minute)) as Arc<dyn RateLimiter>);
     let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
@@ -152,7 +170,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     let parts = ApiParts {
         functions: functions.clone(),
         queue: queue.clone(),
-        bus: bus.clone(),
+        jobs: jobs.clone(),
         limiter,
         directory: directory.clone(),
         logs: Some(logs.clone()),
@@ -161,7 +179,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let backends = WorkerBackends {
         queue,
-        bus,
+        jobs: jobs.clone(),
         directory,
         logs: Some(logs),
         registry: Some(functions.registry().clone()),
@@ -173,7 +191,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         data_dir: &cfg.data_dir,
         visibility: cfg.visibility_timeout,
     };
-    let (worker, pool) = runner.build(Duration::from_secs(1), backends, artifacts, metrics)?;
+    let (worker, pool) = runner.build(Duration::from_secs(1), backends, artifacts, metrics.clone())?;
     let parts = Parts {
         router: Some(router),
         worker: Some(worker),
@@ -185,6 +203,8 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         functions: Some(functions),
         embedded_bus: Some(embedded_bus),
         embedded_logs: Some(embedded_logs),
+        embedded_records: Some(embedded_records),
+        ledger: Some((jobs.ledger().clone(), metrics.clone())),
         operator: None,
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
@@ -201,6 +221,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     // The API only sends; the visibility timeout matters to receivers.
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, Duration::from_secs(30)).await);
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let jobs = Jobs::new(bus, ledger(&cfg.cloud).await);
     let prefix = &cfg.cloud.redis_key_prefix;
     let limiter = (cfg.http.rate_limit_per_minute > 0).then(|| {
         Arc::new(RedisRateLimiter::new(
@@ -217,7 +238,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let parts = ApiParts {
         functions: functions.clone(),
         queue,
-        bus,
+        jobs: jobs.clone(),
         limiter,
         directory,
         logs,
@@ -227,6 +248,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let parts = Parts {
         router: Some(router),
         functions: Some(functions),
+        ledger: Some((jobs.ledger().clone(), metrics.clone())),
         ..Parts::default()
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
@@ -242,13 +264,15 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let jobs = Jobs::new(bus.clone(), ledger(&cfg.cloud).await);
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, &cfg.cloud.redis_key_prefix));
     let metrics = Arc::new(Metrics::new()?);
     let logs = logs_store(&cfg.cloud).await;
     let mut checks = vec![
         Backend::Artifacts(artifacts.clone()),
         Backend::Queue(queue.clone()),
-        Backend::ResultBus(bus.clone()),
+        Backend::ResultBus(bus),
+        Backend::Records(jobs.ledger().store().clone()),
     ];
     checks.extend(logs.clone().map(Backend::Logs));
     let isolation = Some(isolation(&cfg.pool));
@@ -263,7 +287,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     };
     let backends = WorkerBackends {
         queue,
-        bus,
+        jobs,
         directory,
         logs,
         registry,
@@ -322,6 +346,13 @@ async fn logs_store(cloud: &CloudConfig) -> Option<Arc<dyn LogStore>> {
     ))
 }
 
+/// Durable job records in the artifacts bucket, under `records/`.
+async fn ledger(cloud: &CloudConfig) -> Ledger {
+    Ledger::new(Arc::new(
+        S3RecordStore::new(&cloud.aws, &cloud.bucket, RECORDS_PREFIX).await,
+    ))
+}
+
 async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::aio::ConnectionManager), AppError> {
     let (client, conn) = connect(&cloud.redis_url).await?;
     let bus = RedisResultBus::new(client, conn.clone(), cloud.job_ttl, &cloud.redis_key_prefix);
@@ -335,7 +366,7 @@ async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::ai
 struct ApiParts {
     functions: Arc<FunctionService>,
     queue: Arc<dyn JobQueue>,
-    bus: Arc<dyn ResultBus>,
+    jobs: Jobs,
     limiter: Option<Arc<dyn RateLimiter>>,
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
@@ -353,7 +384,7 @@ fn api_state(
     let ApiParts {
         functions,
         queue,
-        bus,
+        jobs,
         limiter,
         directory,
         logs,
@@ -363,14 +394,15 @@ fn api_state(
         Backend::Artifacts(functions.artifacts().clone()),
         Backend::Registry(functions.registry().clone()),
         Backend::Queue(queue.clone()),
-        Backend::ResultBus(bus.clone()),
+        Backend::ResultBus(jobs.bus().clone()),
+        Backend::Records(jobs.ledger().store().clone()),
     ];
     checks.extend(limiter.clone().map(Backend::RateLimiter));
     checks.extend(logs.clone().map(Backend::Logs));
     Arc::new(ApiState {
         functions,
         queue,
-        bus,
+        jobs,
         limiter,
         metrics: metrics.clone(),
         probe: Arc::new(Probe {
@@ -584,11 +616,16 @@ async fn serve(
             result
         })
     });
-    let embedded = (parts.embedded_bus, parts.embedded_logs);
+    let embedded = Embedded {
+        bus: parts.embedded_bus,
+        logs: parts.embedded_logs,
+        records: parts.embedded_records,
+    };
     let housekeeping = tokio::spawn(housekeeping(
         parts.functions.clone(),
         parts.pool,
         embedded,
+        parts.ledger,
         shutdown.clone(),
     ));
     let served = match parts.router {
@@ -638,12 +675,25 @@ async fn serve(
     served.map_err(AppError::Serve)
 }
 
+/// The embedded stores housekeeping expires (`infra up`).
+struct Embedded {
+    bus: Option<Arc<EmbeddedResultBus>>,
+    logs: Option<Arc<EmbeddedLogStore>>,
+    records: Option<Arc<EmbeddedRecordStore>>,
+}
+
 async fn housekeeping(
     functions: Option<Arc<FunctionService>>,
     pool: Option<Arc<Pool>>,
-    (embedded_bus, embedded_logs): (Option<Arc<EmbeddedResultBus>>, Option<Arc<EmbeddedLogStore>>),
+    embedded: Embedded,
+    ledger: Option<(Ledger, Arc<Metrics>)>,
     shutdown: CancellationToken,
 ) {
+    let Embedded {
+        bus: embedded_bus,
+        logs: embedded_logs,
+        records: embedded_records,
+    } = embedded;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
@@ -669,6 +719,22 @@ async fn housekeeping(
                 Ok(0) => {}
                 Ok(purged) => tracing::info!(purged, "removed expired job records"),
                 Err(e) => tracing::warn!(error = %e, "could not purge expired job records"),
+            }
+        }
+        if let (Some(records), 1) = (&embedded_records, n % 600) {
+            let now = chrono::Utc::now();
+            for (prefix, keep) in RECORD_RETENTION {
+                match records.purge_before(prefix, now - *keep).await {
+                    Ok(0) => {}
+                    Ok(purged) => tracing::info!(purged, prefix, "removed expired job records"),
+                    Err(e) => tracing::warn!(error = %e, "could not purge expired job records"),
+                }
+            }
+        }
+        if let (Some((ledger, metrics)), 1) = (&ledger, n % 30) {
+            match ledger.count_dead_letters(DEAD_LETTER_COUNT_LIMIT).await {
+                Ok(depth) => metrics.dead_letter_depth.set(depth as i64),
+                Err(e) => tracing::debug!(error = %e, "could not count dead letters"),
             }
         }
         if let (Some(logs), 1) = (&embedded_logs, n % 600) {

@@ -11,6 +11,7 @@ pub mod app;
 pub mod backend;
 pub mod config;
 pub mod function;
+pub mod jobs;
 pub mod metrics;
 pub mod model;
 pub mod operator;

@@ -26,6 +26,10 @@ pub struct Metrics {
     pub pool_wanted_mb: IntGaugeVec,
     pub reconciles: IntCounterVec,
     pub reconcile_duration: HistogramVec,
+    pub retries: IntCounterVec,
+    pub dead_letters: IntCounterVec,
+    pub dead_letter_depth: IntGauge,
+    pub idempotent_replays: IntCounter,
 }
 
 impl Metrics {
@@ -125,6 +129,29 @@ impl Metrics {
                 .buckets(vec![0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0]),
             &["operation"],
         )?;
+        let retries = IntCounterVec::new(
+            Opts::new("infra_retries_total", "Asynchronous runs that failed and were queued again, by function"),
+            &["function"],
+        )?;
+        let dead_letters = IntCounterVec::new(
+            Opts::new(
+                "infra_dead_letters_total",
+                "Jobs given up (out of retries, too old or lost) and kept as dead letters, by function",
+            ),
+            &["function"],
+        )?;
+        let dead_letter_depth = IntGauge::new(
+            "infra_dead_letters",
+            "Dead letters waiting for a redrive (counted by the API every 30 s, up to 10000)",
+        )?;
+        let idempotent_replays = IntCounter::new(
+            "infra_idempotent_replays_total",
+            "/run requests answered with the job of an earlier request under the same Idempotency-Key",
+        )?;
+        registry.register(Box::new(retries.clone()))?;
+        registry.register(Box::new(dead_letters.clone()))?;
+        registry.register(Box::new(dead_letter_depth.clone()))?;
+        registry.register(Box::new(idempotent_replays.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(reconcile_duration.clone()))?;
         registry.register(Box::new(pool_capacity_mb.clone()))?;
@@ -169,6 +196,10 @@ impl Metrics {
             pool_wanted_mb,
             reconciles,
             reconcile_duration,
+            retries,
+            dead_letters,
+            dead_letter_depth,
+            idempotent_replays,
         })
     }
 

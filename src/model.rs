@@ -117,6 +117,88 @@ pub struct FunctionRecord {
     /// (`namespace/name`); such functions are read-only over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub owner: Option<String>,
+    /// What happens to an asynchronous run that fails.
+    #[serde(default)]
+    pub retry: RetryPolicy,
+}
+
+/// Retries and dead-lettering of asynchronous runs (Lambda's asynchronous
+/// invocation settings). Synchronous runs are never retried: their caller
+/// holds the outcome.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase", default)]
+pub struct RetryPolicy {
+    /// Runs after the first one when it ends ERROR, TIMEOUT or CRASHED,
+    /// 0 to 5 (default 2, as Lambda). A job out of retries is dead-lettered.
+    pub max_retries: u32,
+    /// Wait before the first retry in seconds, doubled for each further one
+    /// (0 to 300, default 1).
+    pub backoff_seconds: u32,
+    /// Retry runs that ran out of memory too (default false: the same input
+    /// would most likely run out again).
+    pub retry_on_oom: bool,
+    /// A job still waiting this long after it was accepted is dead-lettered
+    /// without running (60 to 21600, default 21600 = 6 h, as Lambda).
+    pub max_event_age_seconds: u64,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        RetryPolicy {
+            max_retries: 2,
+            backoff_seconds: 1,
+            retry_on_oom: false,
+            max_event_age_seconds: 21_600,
+        }
+    }
+}
+
+/// One failed run of a job, kept on the job for its retries and dead letter.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AttemptFailure {
+    pub attempt: u32,
+    pub status: JobStatus,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<ErrorInfo>,
+    pub finished_at: DateTime<Utc>,
+}
+
+/// Where a job is in its life beyond the original task fields: how it was
+/// run, which run this is, what failed before. All optional on the wire, so
+/// the original's tasks read as first runs.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct JobLifecycle {
+    /// An `x-async` run: only these are retried and dead-lettered.
+    #[serde(default, rename = "async", skip_serializing_if = "std::ops::Not::not")]
+    pub asynchronous: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetryPolicy>,
+    /// The run this message starts (1 for the first; 0 on the wire means 1).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub attempt: u32,
+    /// Earlier runs that failed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub failures: Vec<AttemptFailure>,
+    /// The input, when too large for a queue message, is stored under this
+    /// key of the record store (`input` is then null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub input_ref: Option<String>,
+    /// The dead-lettered job this one re-runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redrive_of: Option<String>,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
+}
+
+impl JobLifecycle {
+    /// The number of the run this message starts.
+    pub fn first_attempt(&self) -> u32 {
+        self.attempt.max(1)
+    }
 }
 
 /// One unit of work on the queue (the original "task" JSON, plus a few fields
@@ -149,6 +231,8 @@ pub struct Job {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
     pub submitted_at: DateTime<Utc>,
+    #[serde(flatten)]
+    pub lifecycle: JobLifecycle,
 }
 
 pub fn default_handler() -> String {
@@ -236,6 +320,12 @@ pub struct JobResult {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::ai::Usage>,
     pub finished_at: DateTime<Utc>,
+    /// Earlier runs of this job that failed (retries).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub attempts: Vec<AttemptFailure>,
+    /// The job ran out of retries (or age) and is kept among the dead letters.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dead_lettered: bool,
 }
 
 impl JobResult {
@@ -259,11 +349,42 @@ impl JobResult {
             cold_start: false,
             start_kind: None,
             init_ms: None,
-            attempt: 0,
+            attempt: job.lifecycle.first_attempt(),
             usage: None,
             finished_at: Utc::now(),
+            attempts: job.lifecycle.failures.clone(),
+            dead_lettered: false,
         }
     }
+
+    /// This result as one failed run, for the job's history.
+    pub fn as_failure(&self) -> AttemptFailure {
+        AttemptFailure {
+            attempt: self.attempt,
+            status: self.status,
+            error: self.error.clone(),
+            finished_at: self.finished_at,
+        }
+    }
+}
+
+/// A job that ran out of retries or age, with everything needed to run it again.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DeadLetter {
+    pub job_id: String,
+    pub function_id: String,
+    /// Why it was given up.
+    pub reason: String,
+    /// The last run's status.
+    pub status: JobStatus,
+    /// The input the job was given.
+    #[schema(value_type = Object)]
+    pub input: serde_json::Value,
+    /// Every failed run, oldest first.
+    pub attempts: Vec<AttemptFailure>,
+    pub submitted_at: DateTime<Utc>,
+    pub dead_lettered_at: DateTime<Utc>,
 }
 
 /// What `/status/{jobId}` knows about a job: its state, and the result once terminal.
@@ -414,6 +535,7 @@ mod tests {
             network: false,
             trace_id: None,
             submitted_at: Utc::now(),
+            lifecycle: JobLifecycle::default(),
         };
         let v = serde_json::to_value(&job).unwrap();
         for key in [

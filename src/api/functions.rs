@@ -21,11 +21,12 @@ use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 const ACCEPTED_FIELDS: &str =
-    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network";
+    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network, maxRetries, retryBackoffSeconds, retryOnOom, maxEventAgeSeconds";
 
 /// Multipart fields of `POST /upload` (also accepted as query parameters;
 /// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
 #[derive(ToSchema)]
+#[schema(rename_all = "camelCase")]
 #[allow(dead_code)]
 pub struct UploadForm {
     /// A `.py`, `.js` or `.mjs` file (stored as the handler's module; its
@@ -58,6 +59,18 @@ pub struct UploadForm {
     /// `true` lets the function use the network (default: none in the sandbox).
     #[schema(value_type = Option<bool>)]
     network: Option<String>,
+    /// Retries of a failed asynchronous run, 0 to 5 (default 2).
+    #[schema(value_type = Option<u32>)]
+    max_retries: Option<String>,
+    /// Seconds before the first retry, doubled for each further one, 0 to 300 (default 1).
+    #[schema(value_type = Option<u32>)]
+    retry_backoff_seconds: Option<String>,
+    /// `true` retries runs that ran out of memory too (default false).
+    #[schema(value_type = Option<bool>)]
+    retry_on_oom: Option<String>,
+    /// An asynchronous job waiting longer than this is dead-lettered unrun, 60 to 21600 (default 21600).
+    #[schema(value_type = Option<u64>)]
+    max_event_age_seconds: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -103,6 +116,14 @@ pub struct UpdateRequest {
     keep_alive_seconds: Option<serde_json::Value>,
     #[schema(value_type = Option<bool>)]
     network: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    max_retries: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    retry_backoff_seconds: Option<serde_json::Value>,
+    #[schema(value_type = Option<bool>)]
+    retry_on_oom: Option<serde_json::Value>,
+    #[schema(value_type = Option<u64>)]
+    max_event_age_seconds: Option<serde_json::Value>,
 }
 
 fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
@@ -118,6 +139,10 @@ fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Opt
         "maxWarm" => &mut draft.max_warm,
         "keepAliveSeconds" => &mut draft.keep_alive_seconds,
         "network" => &mut draft.network,
+        "maxRetries" => &mut draft.max_retries,
+        "retryBackoffSeconds" => &mut draft.retry_backoff_seconds,
+        "retryOnOom" => &mut draft.retry_on_oom,
+        "maxEventAgeSeconds" => &mut draft.max_event_age_seconds,
         _ => return None,
     })
 }
@@ -415,6 +440,10 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
         max_warm: scalar(body.max_warm),
         keep_alive_seconds: scalar(body.keep_alive_seconds),
         network: scalar(body.network),
+        max_retries: scalar(body.max_retries),
+        retry_backoff_seconds: scalar(body.retry_backoff_seconds),
+        retry_on_oom: scalar(body.retry_on_oom),
+        max_event_age_seconds: scalar(body.max_event_age_seconds),
     })
 }
 

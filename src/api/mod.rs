@@ -2,6 +2,7 @@
 //! original controller, at `/api/…`. The OpenAPI document is generated from
 //! the same route registrations, so it cannot list a route that does not exist.
 
+mod dead_letters;
 pub mod error;
 mod functions;
 pub mod middleware;
@@ -21,7 +22,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use crate::ai::AiClient;
-use crate::backend::{JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
+use crate::backend::{JobQueue, LogStore, RateLimiter, WorkerDirectory};
 use crate::function::package::MAX_UPLOAD_BYTES;
 use crate::function::FunctionService;
 use crate::metrics::Metrics;
@@ -42,7 +43,8 @@ pub struct ApiSettings {
 pub struct ApiState {
     pub functions: Arc<FunctionService>,
     pub queue: Arc<dyn JobQueue>,
-    pub bus: Arc<dyn ResultBus>,
+    /// Job states and outcomes: the result bus backed by the durable ledger.
+    pub jobs: crate::jobs::Jobs,
     /// `None` disables rate limiting.
     pub limiter: Option<Arc<dyn RateLimiter>>,
     pub metrics: Arc<Metrics>,
@@ -100,6 +102,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(functions::list_functions))
         .routes(routes!(run::run))
         .routes(routes!(run::status))
+        .routes(routes!(dead_letters::list))
+        .routes(routes!(dead_letters::redrive))
         .routes(routes!(system::health))
         .routes(routes!(system::metrics))
         .routes(routes!(system::models))

@@ -14,10 +14,16 @@ use utoipa::ToSchema;
 use super::error::{ApiError, ApiJson};
 use super::middleware::current_request_id;
 use super::ApiState;
+use crate::backend::Subscription;
+use crate::jobs::{self, policy};
 use crate::model::{Job, JobRecord, JobResult, JobStatus};
 
 /// Time a sync caller waits beyond the function's timeout: queueing and a cold start.
 const SYNC_MARGIN: Duration = Duration::from_secs(15);
+/// Inputs larger than this travel beside the queue message, not in it (SQS
+/// takes 256 KiB per message on older set-ups and some emulators, 1 MiB on
+/// newer ones; the rest of the job needs room too).
+const INLINE_INPUT_BYTES: usize = 128 * 1024;
 
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
@@ -98,12 +104,16 @@ fn is_async(headers: &HeaderMap) -> bool {
 #[utoipa::path(
     post, path = "/run", tag = "jobs",
     request_body = RunRequest,
-    params(("x-async" = Option<bool>, Header, description = "true: answer 202 at once")),
+    params(
+        ("x-async" = Option<bool>, Header, description = "true: answer 202 at once"),
+        ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same request within 24 h answers with the first request's job instead of running again (`idempotent-replayed: true`); with a different request, 422"),
+    ),
     responses(
         (status = 200, description = "The finished job (sync)", body = FinishedJob),
         (status = 202, description = "Accepted (async)", body = Accepted),
         (status = 400, body = super::ErrorBody),
         (status = 404, description = "Unknown function", body = super::ErrorBody),
+        (status = 422, description = "Idempotency-Key reused with a different request", body = super::ErrorBody),
         (status = 503, description = "Queue or result bus unavailable", body = super::ErrorBody),
         (status = 504, description = "Sync wait over; the job goes on (jobId)", body = super::ErrorBody),
     )
@@ -137,36 +147,89 @@ pub async fn run(
             }
         }
     }
-    let job = Job {
-        request_id: uuid::Uuid::new_v4().to_string(),
-        function_id: function.function_id.clone(),
-        runtime: function.runtime,
-        memory_mb: function.memory_mb,
-        s3_bucket: state.functions.artifacts().bucket().to_string(),
-        s3_key: function.s3_key.clone(),
-        timeout_ms: function.timeout_ms,
-        input: req.input_data.unwrap_or_else(|| serde_json::json!({})),
-        model_id: Some(req.model_id.unwrap_or_else(|| state.ai.default_model().to_string())),
-        env_vars: function.env_vars.clone(),
-        handler: function.handler.clone(),
-        sha256: function.sha256.clone(),
-        warm_pool: function.warm_pool,
-        network: function.network,
-        trace_id: current_request_id(),
-        submitted_at: Utc::now(),
-    };
-    state.bus.set_state(&JobRecord::pending(&job)).await?;
     let asynchronous = is_async(&headers);
-    // Subscribe before enqueueing, so a fast result cannot be missed.
+    let idempotency_key = idempotency_key(&headers)?;
+    let input = req.input_data.unwrap_or_else(|| serde_json::json!({}));
+    let model_id = Some(req.model_id.unwrap_or_else(|| state.ai.default_model().to_string()));
+    let fingerprint = idempotency_key
+        .as_ref()
+        .map(|_| jobs::fingerprint(&function.function_id, &serde_json::json!({"input": &input, "modelId": &model_id})));
+    let mut job = policy::new_job(
+        &function,
+        state.functions.artifacts().bucket(),
+        policy::RunRequest {
+            input,
+            model_id,
+            asynchronous,
+            trace_id: current_request_id(),
+        },
+    );
+    if let (Some(key), Some(fingerprint)) = (&idempotency_key, fingerprint) {
+        let claim = jobs::IdempotencyClaim {
+            job_id: job.request_id.clone(),
+            fingerprint,
+            asynchronous,
+            created_at: job.submitted_at,
+        };
+        if let Some(first) = state.jobs.ledger().claim_idempotency_key(key, &claim).await? {
+            if first.fingerprint != claim.fingerprint {
+                return Err(ApiError::new(
+                    StatusCode::UNPROCESSABLE_ENTITY,
+                    "this Idempotency-Key was used with a different request (function or body) in the last 24 h",
+                ));
+            }
+            state.metrics.idempotent_replays.inc();
+            return replay(&state, first.job_id, asynchronous, job.timeout_ms).await;
+        }
+    }
+    match admit(&state, &mut job, asynchronous).await {
+        Ok(subscription) => respond(&state, job, subscription).await,
+        Err(e) => {
+            if let Some(key) = &idempotency_key {
+                // Nothing was accepted: the key is free for the caller's retry.
+                if let Err(e) = state.jobs.ledger().release_idempotency_key(key).await {
+                    tracing::warn!(error = %e, "could not release an idempotency key");
+                }
+            }
+            Err(e)
+        }
+    }
+}
+
+/// The `Idempotency-Key` header, if any: 1 to 255 visible ASCII characters.
+fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    let Some(value) = headers.get("idempotency-key") else {
+        return Ok(None);
+    };
+    match value.to_str() {
+        Ok(k) if !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic() || b == b' ') => {
+            Ok(Some(k.to_string()))
+        }
+        _ => Err(ApiError::bad_request(
+            "Idempotency-Key must be 1 to 255 visible ASCII characters",
+        )),
+    }
+}
+
+/// Queues the job (its input kept aside when too large for a queue message);
+/// for a sync run, the subscription to its result, made before it is queued
+/// so a fast result cannot be missed.
+pub(super) async fn admit(state: &ApiState, job: &mut Job, asynchronous: bool) -> Result<Option<Subscription>, ApiError> {
+    if serde_json::to_vec(&job.input).map(|b| b.len()).unwrap_or(0) > INLINE_INPUT_BYTES {
+        let input = std::mem::take(&mut job.input);
+        let key = state.jobs.ledger().put_payload(&job.request_id, &input).await?;
+        job.lifecycle.input_ref = Some(key);
+    }
+    state.jobs.set_state(&JobRecord::pending(job)).await?;
     let subscription = if asynchronous {
         None
     } else {
-        Some(state.bus.subscribe(&job.request_id).await?)
+        Some(state.jobs.subscribe(&job.request_id).await?)
     };
-    if let Err(e) = state.queue.send(&job).await {
+    if let Err(e) = state.queue.send(job).await {
         // Leave no job PENDING forever: record why it never ran.
-        let failed = JobResult::platform(&job, JobStatus::Error, "EnqueueFailed", "the job could not be queued");
-        let _ = state.bus.publish(job.submitted_at, &failed).await;
+        let failed = JobResult::platform(job, JobStatus::Error, "EnqueueFailed", "the job could not be queued");
+        let _ = state.jobs.finish(job.submitted_at, &failed).await;
         return Err(e.into());
     }
     state.functions.record_invocation(&job.function_id);
@@ -180,7 +243,30 @@ pub async fn run(
         asynchronous,
         "job accepted"
     );
+    Ok(subscription)
+}
 
+/// The answer to a repeated request under an idempotency key: the first
+/// request's job (its result, for a sync run, once it is there).
+async fn replay(state: &ApiState, job_id: String, asynchronous: bool, timeout_ms: u64) -> Result<Response, ApiError> {
+    let replayed = [("idempotent-replayed", "true")];
+    if asynchronous {
+        return Ok((
+            StatusCode::ACCEPTED,
+            replayed,
+            Json(Accepted {
+                status: "ACCEPTED",
+                job_id,
+            }),
+        )
+            .into_response());
+    }
+    let subscription = state.jobs.subscribe(&job_id).await?;
+    let response = wait_for(state, job_id, Some(subscription), timeout_ms).await?;
+    Ok((replayed, response).into_response())
+}
+
+async fn respond(state: &ApiState, job: Job, subscription: Option<Subscription>) -> Result<Response, ApiError> {
     let Some(subscription) = subscription else {
         return Ok((
             StatusCode::ACCEPTED,
@@ -191,42 +277,60 @@ pub async fn run(
         )
             .into_response());
     };
-    let wait = (Duration::from_millis(job.timeout_ms) + SYNC_MARGIN).min(state.settings.sync_timeout);
-    match tokio::time::timeout(wait, subscription.recv()).await {
-        Ok(Some(result)) => Ok(Json(FinishedJob {
-            job_id: job.request_id,
+    wait_for(state, job.request_id, Some(subscription), job.timeout_ms).await
+}
+
+/// Waits for a sync job's result: the subscription, else the stored record.
+async fn wait_for(
+    state: &ApiState,
+    job_id: String,
+    subscription: Option<Subscription>,
+    timeout_ms: u64,
+) -> Result<Response, ApiError> {
+    let finished = |result| {
+        Json(FinishedJob {
+            job_id: job_id.clone(),
             result,
         })
-        .into_response()),
-        Ok(None) => Err(ApiError::internal(
-            StatusCode::SERVICE_UNAVAILABLE,
-            &"result bus closed the subscription",
-        )),
-        Err(_) => {
-            // A notification can be missed (a subscriber reconnecting): the
-            // stored record is the truth, so look once before giving up.
-            if let Ok(Some(record)) = state.bus.get(&job.request_id).await {
-                if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
-                    return Ok(Json(FinishedJob {
-                        job_id: job.request_id,
-                        result,
-                    })
-                    .into_response());
-                }
-            }
-            Err(ApiError {
-                job_id: Some(job.request_id.clone()),
-                ..ApiError::new(
-                    StatusCode::GATEWAY_TIMEOUT,
-                    format!(
-                        "no result within {} ms; the job continues: poll /status/{}",
-                        wait.as_millis(),
-                        job.request_id
-                    ),
-                )
-            })
+        .into_response()
+    };
+    // Already finished (a replayed request)?
+    if let Ok(Some(record)) = state.jobs.get(&job_id).await {
+        if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
+            return Ok(finished(result));
         }
     }
+    let wait = (Duration::from_millis(timeout_ms) + SYNC_MARGIN).min(state.settings.sync_timeout);
+    if let Some(subscription) = subscription {
+        match tokio::time::timeout(wait, subscription.recv()).await {
+            Ok(Some(result)) => return Ok(finished(result)),
+            Ok(None) => {
+                return Err(ApiError::internal(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &"result bus closed the subscription",
+                ))
+            }
+            Err(_) => {}
+        }
+    }
+    // A notification can be missed (a subscriber reconnecting, a bus that
+    // was down when the result came): the stored record is the truth, so
+    // look once before giving up.
+    if let Ok(Some(record)) = state.jobs.get(&job_id).await {
+        if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
+            return Ok(finished(result));
+        }
+    }
+    Err(ApiError {
+        job_id: Some(job_id.clone()),
+        ..ApiError::new(
+            StatusCode::GATEWAY_TIMEOUT,
+            format!(
+                "no result within {} ms; the job continues: poll /status/{job_id}",
+                wait.as_millis(),
+            ),
+        )
+    })
 }
 
 /// A job's state, and its full result once finished.
@@ -236,7 +340,7 @@ pub async fn run(
     responses((status = 200, body = JobView), (status = 404, body = super::ErrorBody))
 )]
 pub async fn status(State(state): State<Arc<ApiState>>, Path(job_id): Path<String>) -> Result<Json<JobView>, ApiError> {
-    match state.bus.get(&job_id).await? {
+    match state.jobs.get(&job_id).await? {
         Some(record) => Ok(Json(JobView::of(record))),
         None => Err(ApiError::not_found(format!("job {job_id} not found"))),
     }

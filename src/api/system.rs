@@ -14,7 +14,7 @@ use utoipa::ToSchema;
 
 use super::ApiState;
 use crate::ai::ModelsResponse;
-use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus};
+use crate::backend::{self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, RecordStore, ResultBus};
 use crate::function::{warm_pool_spec, WarmPoolSpec};
 use crate::metrics::Metrics;
 use crate::model::WorkerStatus;
@@ -28,6 +28,7 @@ pub enum Backend {
     Registry(Arc<dyn FunctionRegistry>),
     Queue(Arc<dyn JobQueue>),
     ResultBus(Arc<dyn ResultBus>),
+    Records(Arc<dyn RecordStore>),
     RateLimiter(Arc<dyn RateLimiter>),
     Logs(Arc<dyn LogStore>),
 }
@@ -39,6 +40,7 @@ impl Backend {
             Backend::Registry(_) => "registry",
             Backend::Queue(_) => "queue",
             Backend::ResultBus(_) => "resultBus",
+            Backend::Records(_) => "records",
             Backend::RateLimiter(_) => "rateLimiter",
             Backend::Logs(_) => "logs",
         }
@@ -50,6 +52,7 @@ impl Backend {
             Backend::Registry(b) => b.ping().await,
             Backend::Queue(b) => b.ping().await,
             Backend::ResultBus(b) => b.ping().await,
+            Backend::Records(r) => r.ping().await,
             Backend::RateLimiter(b) => b.ping().await,
             Backend::Logs(b) => b.ping().await,
         }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{ArtifactStore, Error, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
+use super::{ArtifactStore, Error, RecordStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
 use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
 
 fn unique(prefix: &str) -> String {
@@ -42,6 +42,7 @@ pub fn sample_function(id: &str) -> FunctionRecord {
         },
         network: false,
         owner: None,
+        retry: Default::default(),
     }
 }
 
@@ -63,6 +64,7 @@ pub fn sample_job(function_id: &str) -> Job {
         network: false,
         trace_id: None,
         submitted_at: Utc::now(),
+        lifecycle: Default::default(),
     }
 }
 
@@ -88,6 +90,8 @@ fn sample_result(job: &Job, status: JobStatus, value: serde_json::Value) -> JobR
         attempt: 1,
         usage: None,
         finished_at: Utc::now(),
+        attempts: Vec::new(),
+        dead_lettered: false,
     }
 }
 
@@ -233,6 +237,87 @@ pub async fn job_queue(queue: &dyn JobQueue, visibility: Duration) {
         .await
         .expect("receive")
         .is_empty());
+}
+
+/// A delayed job (a retry with backoff) is not receivable before its delay.
+/// (Not for SQS FIFO queues, which have no per-message delay.)
+pub async fn delayed_send(queue: &dyn JobQueue) {
+    let mut retry = sample_job("f");
+    retry.lifecycle.attempt = 2;
+    let sent = std::time::Instant::now();
+    queue
+        .send_delayed(&retry, Duration::from_secs(2))
+        .await
+        .expect("send delayed");
+    let mut delivered = Vec::new();
+    while delivered.is_empty() {
+        assert!(sent.elapsed() < Duration::from_secs(10), "a delayed job must arrive");
+        delivered = queue.receive(10, Duration::from_secs(1)).await.expect("receive");
+    }
+    assert!(
+        sent.elapsed() >= Duration::from_millis(1900),
+        "delivered {:?} after a 2 s delay",
+        sent.elapsed()
+    );
+    assert_eq!(delivered[0].job, retry, "the job's run number travels with it");
+    queue.ack(&delivered[0].receipt).await.expect("ack");
+}
+
+/// A `RecordStore`: first writer wins, values round-trip, prefixes list.
+pub async fn record_store(store: &dyn RecordStore) {
+    store.ping().await.expect("ping");
+    let base = unique("records");
+    let a = format!("{base}/a");
+    assert_eq!(store.get(&a).await.expect("get"), None, "absent");
+    assert_eq!(store.create(&a, Bytes::from_static(b"first")).await.expect("create"), None);
+    assert_eq!(
+        store.create(&a, Bytes::from_static(b"second")).await.expect("create again"),
+        Some(Bytes::from_static(b"first")),
+        "the first writer wins and the second sees its value"
+    );
+    assert_eq!(store.get(&a).await.expect("get"), Some(Bytes::from_static(b"first")));
+    store.put(&a, Bytes::from_static(b"third")).await.expect("put replaces");
+    assert_eq!(store.get(&a).await.expect("get"), Some(Bytes::from_static(b"third")));
+
+    // Many concurrent creators of one key: exactly one wins, all agree on its value.
+    let contested = format!("{base}/contested");
+    let outcomes = futures::future::join_all((0..16).map(|i| {
+        let key = contested.clone();
+        async move { (i, store.create(&key, Bytes::from(format!("v{i}"))).await) }
+    }))
+    .await;
+    let winners: Vec<_> = outcomes
+        .iter()
+        .filter(|(_, r)| matches!(r, Ok(None)))
+        .map(|(i, _)| *i)
+        .collect();
+    assert_eq!(winners.len(), 1, "exactly one creator wins: {outcomes:?}");
+    let value = Bytes::from(format!("v{}", winners[0]));
+    for (_, r) in &outcomes {
+        match r {
+            Ok(None) => {}
+            Ok(Some(v)) => assert_eq!(v, &value),
+            // A loser may find the winner's write still in progress.
+            Err(Error::Conflict(_)) => {}
+            Err(e) => panic!("create failed: {e}"),
+        }
+    }
+
+    let big = Bytes::from(vec![b'x'; 6 * 1024 * 1024]);
+    store.put(&format!("{base}/big"), big.clone()).await.expect("6 MiB");
+    assert_eq!(store.get(&format!("{base}/big")).await.expect("get big"), Some(big));
+
+    store.put(&format!("{base}/p/1"), Bytes::from_static(b"1")).await.expect("put");
+    store.put(&format!("{base}/p/2"), Bytes::from_static(b"2")).await.expect("put");
+    store.put(&format!("{base}/q/3"), Bytes::from_static(b"3")).await.expect("put");
+    assert_eq!(
+        store.list(&format!("{base}/p/"), 10).await.expect("list"),
+        vec![format!("{base}/p/1"), format!("{base}/p/2")]
+    );
+    assert_eq!(store.list(&format!("{base}/p/"), 1).await.expect("list").len(), 1, "limit");
+    store.delete(&format!("{base}/p/1")).await.expect("delete");
+    store.delete(&format!("{base}/p/1")).await.expect("delete is idempotent");
+    assert_eq!(store.get(&format!("{base}/p/1")).await.expect("get"), None);
 }
 
 pub async fn result_bus(bus: &dyn ResultBus) {

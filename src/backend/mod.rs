@@ -96,6 +96,9 @@ pub struct Delivery {
 pub trait JobQueue: Send + Sync + 'static {
     /// Durably enqueues the job before returning.
     async fn send(&self, job: &Job) -> Result<()>;
+    /// As `send`, but the job becomes receivable only after `delay` (at most
+    /// 15 minutes, SQS's limit; longer delays are cut to it).
+    async fn send_delayed(&self, job: &Job, delay: Duration) -> Result<()>;
     /// Up to `max` jobs, waiting at most `wait` for the first one. Received jobs
     /// are invisible to other receivers until acked or their visibility lapses.
     async fn receive(&self, max: usize, wait: Duration) -> Result<Vec<Delivery>>;
@@ -136,6 +139,25 @@ pub trait ResultBus: Send + Sync + 'static {
     /// stored (winning) record is returned.
     async fn publish(&self, submitted_at: chrono::DateTime<chrono::Utc>, result: &JobResult) -> Result<JobRecord>;
     async fn subscribe(&self, request_id: &str) -> Result<Subscription>;
+    async fn ping(&self) -> Result<()>;
+}
+
+/// Durable documents by key: terminal job records, idempotency claims, dead
+/// letters and inputs too large for a queue message. Unlike the result bus
+/// (a fast, possibly volatile path) what is here survives any restart.
+#[async_trait]
+pub trait RecordStore: Send + Sync + 'static {
+    /// Stores `value` under `key` unless the key exists. `None` when stored;
+    /// otherwise the value already there (the first writer wins, atomically,
+    /// across processes).
+    async fn create(&self, key: &str, value: Bytes) -> Result<Option<Bytes>>;
+    /// Stores `value` under `key`, replacing any previous value.
+    async fn put(&self, key: &str, value: Bytes) -> Result<()>;
+    async fn get(&self, key: &str) -> Result<Option<Bytes>>;
+    /// Idempotent: deleting a missing key succeeds.
+    async fn delete(&self, key: &str) -> Result<()>;
+    /// Up to `limit` keys starting with `prefix`, sorted.
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>>;
     async fn ping(&self) -> Result<()>;
 }
 

@@ -241,6 +241,7 @@ impl FunctionService {
             warm_pool: settings.warm_pool,
             network: settings.network,
             owner,
+            retry: settings.retry,
         };
         self.registry.put(&record).await?;
         self.invalidate(id);

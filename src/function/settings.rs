@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{FunctionRecord, Runtime, WarmPool};
+use crate::model::{FunctionRecord, RetryPolicy, Runtime, WarmPool};
 
 pub const MEMORY_MB_MIN: u32 = 128;
 pub const MEMORY_MB_MAX: u32 = 10240;
@@ -16,6 +16,10 @@ pub const ENV_VARS_MAX_BYTES: usize = 4096;
 /// Most instances of one function a worker keeps warm.
 pub const WARM_MAX: u32 = 100;
 pub const KEEP_ALIVE_MAX_SECONDS: u64 = 86_400;
+pub const MAX_RETRIES: u64 = 5;
+pub const RETRY_BACKOFF_MAX_SECONDS: u64 = 300;
+pub const EVENT_AGE_MIN_SECONDS: u64 = 60;
+pub const EVENT_AGE_MAX_SECONDS: u64 = 21_600;
 const NAME_MAX: usize = 128;
 const DESCRIPTION_MAX: usize = 1024;
 
@@ -35,6 +39,10 @@ pub struct SettingsDraft {
     pub keep_alive_seconds: Option<String>,
     /// `true` lets the function use the network.
     pub network: Option<String>,
+    pub max_retries: Option<String>,
+    pub retry_backoff_seconds: Option<String>,
+    pub retry_on_oom: Option<String>,
+    pub max_event_age_seconds: Option<String>,
 }
 
 impl SettingsDraft {
@@ -52,6 +60,10 @@ impl SettingsDraft {
             max_warm: self.max_warm.or(other.max_warm),
             keep_alive_seconds: self.keep_alive_seconds.or(other.keep_alive_seconds),
             network: self.network.or(other.network),
+            max_retries: self.max_retries.or(other.max_retries),
+            retry_backoff_seconds: self.retry_backoff_seconds.or(other.retry_backoff_seconds),
+            retry_on_oom: self.retry_on_oom.or(other.retry_on_oom),
+            max_event_age_seconds: self.max_event_age_seconds.or(other.max_event_age_seconds),
         }
     }
 
@@ -67,6 +79,10 @@ impl SettingsDraft {
             && self.max_warm.is_none()
             && self.keep_alive_seconds.is_none()
             && self.network.is_none()
+            && self.max_retries.is_none()
+            && self.retry_backoff_seconds.is_none()
+            && self.retry_on_oom.is_none()
+            && self.max_event_age_seconds.is_none()
     }
 }
 
@@ -82,6 +98,7 @@ pub struct FunctionSettings {
     pub env_vars: BTreeMap<String, String>,
     pub warm_pool: WarmPool,
     pub network: bool,
+    pub retry: RetryPolicy,
 }
 
 impl FunctionSettings {
@@ -97,6 +114,7 @@ impl FunctionSettings {
             env_vars: r.env_vars.clone(),
             warm_pool: r.warm_pool,
             network: r.network,
+            retry: r.retry,
         })
     }
 }
@@ -292,14 +310,59 @@ pub fn validate(
         max_warm,
         keep_alive_seconds,
     };
-    let network = match draft.network.as_deref().map(|v| v.trim().to_ascii_lowercase()) {
-        None => base.is_some_and(|b| b.network),
+    let mut flag = |field: &str, raw: Option<&str>, base: bool| match raw.map(|v| v.trim().to_ascii_lowercase()) {
+        None => base,
         Some(v) if v == "true" || v == "1" => true,
         Some(v) if v == "false" || v == "0" || v.is_empty() => false,
         Some(v) => {
-            errors.push(format!("network must be true or false, got {v:?}"));
+            errors.push(format!("{field} must be true or false, got {v:?}"));
             false
         }
+    };
+    let network = flag("network", draft.network.as_deref(), base.is_some_and(|b| b.network));
+    let base_retry = base.map(|b| b.retry).unwrap_or_default();
+    let retry_on_oom = flag("retryOnOom", draft.retry_on_oom.as_deref(), base_retry.retry_on_oom);
+    let defaults = RetryPolicy::default();
+    let mut count = |field: &str, raw: Option<&str>, min: u64, max: u64, base: u64, default: u64| -> u64 {
+        // "" goes back to the default.
+        match raw.map(str::trim) {
+            None => base,
+            Some("") => default,
+            Some(v) => match v.parse::<u64>() {
+                Ok(n) if (min..=max).contains(&n) => n,
+                _ => {
+                    errors.push(format!("{field} must be an integer from {min} to {max}, got {v:?}"));
+                    default
+                }
+            },
+        }
+    };
+    let retry = RetryPolicy {
+        max_retries: count(
+            "maxRetries",
+            draft.max_retries.as_deref(),
+            0,
+            MAX_RETRIES,
+            u64::from(base_retry.max_retries),
+            u64::from(defaults.max_retries),
+        ) as u32,
+        backoff_seconds: count(
+            "retryBackoffSeconds",
+            draft.retry_backoff_seconds.as_deref(),
+            0,
+            RETRY_BACKOFF_MAX_SECONDS,
+            u64::from(base_retry.backoff_seconds),
+            u64::from(defaults.backoff_seconds),
+        ) as u32,
+        retry_on_oom,
+        max_event_age_seconds: count(
+            "maxEventAgeSeconds",
+            draft.max_event_age_seconds.as_deref(),
+            EVENT_AGE_MIN_SECONDS,
+            EVENT_AGE_MAX_SECONDS,
+            base_retry.max_event_age_seconds,
+            defaults.max_event_age_seconds,
+        ),
     };
 
     if errors.is_empty() {
@@ -313,6 +376,7 @@ pub fn validate(
             env_vars,
             warm_pool,
             network,
+            retry,
         })
     } else {
         Err(ValidationErrors(errors))

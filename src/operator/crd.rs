@@ -57,6 +57,31 @@ pub struct FunctionSpec {
     /// Let the function use the network (sandboxed functions have none by default).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub network: bool,
+    /// Retries and dead-lettering of asynchronous runs that fail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retry: Option<RetrySpec>,
+}
+
+/// What happens to an asynchronous run that fails (synchronous runs are never retried).
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct RetrySpec {
+    /// Runs after the first one when it ends ERROR, TIMEOUT or CRASHED (default 2).
+    /// A job out of retries is kept among the dead letters.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 5))]
+    pub max_retries: Option<u32>,
+    /// Seconds before the first retry, doubled for each further one (default 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 300))]
+    pub backoff_seconds: Option<u32>,
+    /// Retry runs that ran out of memory too (default false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub retry_on_oom: bool,
+    /// A job waiting longer than this is dead-lettered without running (default 21600).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 60, max = 21600))]
+    pub max_event_age_seconds: Option<u64>,
 }
 
 fn default_memory_mb() -> u32 {

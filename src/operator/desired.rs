@@ -132,6 +132,7 @@ pub fn readers<'a>(
 pub fn settings_draft(name: &str, spec: &FunctionSpec, env: &BTreeMap<String, String>) -> SettingsDraft {
     let runtime = Runtime::from(spec.runtime);
     let pool = spec.warm_pool.unwrap_or_default();
+    let retry = spec.retry.unwrap_or_default();
     let opt = |v: Option<u64>| Some(v.map(|n| n.to_string()).unwrap_or_default());
     SettingsDraft {
         name: Some(name.to_string()),
@@ -149,6 +150,10 @@ pub fn settings_draft(name: &str, spec: &FunctionSpec, env: &BTreeMap<String, St
         max_warm: opt(pool.max_warm.map(u64::from)),
         keep_alive_seconds: opt(pool.keep_alive_seconds),
         network: Some(spec.network.to_string()),
+        max_retries: opt(retry.max_retries.map(u64::from)),
+        retry_backoff_seconds: opt(retry.backoff_seconds.map(u64::from)),
+        retry_on_oom: Some(retry.retry_on_oom.to_string()),
+        max_event_age_seconds: opt(retry.max_event_age_seconds),
     }
 }
 
@@ -314,6 +319,7 @@ mod tests {
             warm_pool: None,
             description: None,
             network: false,
+            retry: None,
         }
     }
 
@@ -392,6 +398,35 @@ mod tests {
         assert_eq!(d.description.as_deref(), Some(""));
         let settings = crate::function::settings::validate(&d, None, "x").unwrap();
         assert_eq!(settings.warm_pool.min_warm, 2);
+        assert_eq!(settings.retry, crate::model::RetryPolicy::default(), "no retry block: defaults");
+
+        s.retry = Some(crate::operator::crd::RetrySpec {
+            max_retries: Some(0),
+            backoff_seconds: None,
+            retry_on_oom: true,
+            max_event_age_seconds: Some(120),
+        });
+        let d = settings_draft("hello", &s, &env);
+        let base = crate::function::settings::validate(
+            &SettingsDraft {
+                retry_backoff_seconds: Some("9".into()),
+                ..SettingsDraft::default()
+            },
+            None,
+            "x",
+        )
+        .unwrap();
+        let settings = crate::function::settings::validate(&d, Some(&base), "x").unwrap();
+        assert_eq!(
+            settings.retry,
+            crate::model::RetryPolicy {
+                max_retries: 0,
+                backoff_seconds: 1,
+                retry_on_oom: true,
+                max_event_age_seconds: 120,
+            },
+            "a field left out of the resource goes back to its default"
+        );
     }
 
     #[test]

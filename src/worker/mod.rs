@@ -13,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use crate::ai::{AiClient, AiSession};
-use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, ResultBus, WorkerDirectory};
+use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, WorkerDirectory};
+use crate::jobs::policy::{self, Next};
+use crate::jobs::Jobs;
 use crate::function::settings::Handler;
 use crate::metrics::Metrics;
-use crate::model::{FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
+use crate::model::{DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
 
@@ -42,7 +44,7 @@ const LOG_STREAM_BYTES: usize = 150_000;
 /// The backends a worker uses.
 pub struct WorkerBackends {
     pub queue: Arc<dyn JobQueue>,
-    pub bus: Arc<dyn ResultBus>,
+    pub jobs: Jobs,
     pub directory: Arc<dyn WorkerDirectory>,
     /// Where invocation logs go, when enabled.
     pub logs: Option<Arc<dyn LogStore>>,
@@ -70,7 +72,7 @@ pub struct Worker {
     registry: Option<Arc<dyn FunctionRegistry>>,
     changes: Option<Arc<tokio::sync::Notify>>,
     queue: Arc<dyn JobQueue>,
-    bus: Arc<dyn ResultBus>,
+    jobs: Jobs,
     cache: ArtifactCache,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
@@ -86,7 +88,7 @@ impl Worker {
     ) -> Self {
         let WorkerBackends {
             queue,
-            bus,
+            jobs,
             directory,
             logs,
             registry,
@@ -101,7 +103,7 @@ impl Worker {
             registry,
             changes,
             queue,
-            bus,
+            jobs,
             cache,
             pool,
             metrics,
@@ -286,7 +288,7 @@ impl Worker {
             request_id = %job.request_id,
             function_id = %job.function_id,
             trace_id = job.trace_id.as_deref().unwrap_or(""),
-            attempt = delivery.attempt,
+            attempt = job.lifecycle.first_attempt() + delivery.attempt - 1,
         );
         async {
             if let Some(defect) = &delivery.defect {
@@ -294,18 +296,26 @@ impl Worker {
                 tracing::error!(defect, "dropping a malformed queue message");
                 if !job.request_id.is_empty() {
                     let result = JobResult::platform(job, JobStatus::Error, "MalformedJob", defect.clone());
-                    self.publish(&delivery, &result).await;
+                    if !self.finish(&delivery, &result).await {
+                        return;
+                    }
                 }
                 self.ack(&delivery).await;
                 return;
             }
-            // Redelivered after its result was stored (e.g. the ack was lost): just ack.
-            if let Ok(Some(record)) = self.bus.get(&job.request_id).await {
-                if record.status.is_terminal() {
-                    self.ack(&delivery).await;
-                    return;
+            // Delivered again after its outcome was kept (e.g. the ack was
+            // lost): make sure it is kept durably, then just ack.
+            if delivery.attempt > 1 || job.lifecycle.first_attempt() > 1 {
+                if let Ok(Some(record)) = self.jobs.get(&job.request_id).await {
+                    if let (true, Some(result)) = (record.status.is_terminal(), &record.result) {
+                        if self.finish(&delivery, result).await {
+                            self.ack(&delivery).await;
+                        }
+                        return;
+                    }
                 }
             }
+            let attempt = job.lifecycle.first_attempt() + delivery.attempt - 1;
             let result = if delivery.attempt > self.cfg.max_attempts {
                 let mut r = JobResult::platform(
                     job,
@@ -316,20 +326,47 @@ impl Worker {
                         delivery.attempt - 1
                     ),
                 );
-                r.attempt = delivery.attempt;
+                r.attempt = attempt;
+                if let Next::DeadLetter { reason } = policy::after(job, &r) {
+                    self.dead_letter(job, &mut r, &reason).await;
+                }
+                r
+            } else if policy::too_old(job, Utc::now()) {
+                let mut r = JobResult::platform(
+                    job,
+                    JobStatus::Error,
+                    "MaxEventAgeExceeded",
+                    "the job waited longer than the function's maxEventAgeSeconds; it was not run",
+                );
+                r.attempt = attempt;
+                self.dead_letter(job, &mut r, "too old to run (maxEventAgeSeconds)").await;
                 r
             } else {
                 let running = JobRecord::pending(job).with_status(JobStatus::Running);
-                if let Err(e) = self.bus.set_state(&running).await {
+                if let Err(e) = self.jobs.set_state(&running).await {
                     tracing::warn!(error = %e, "could not record RUNNING state");
                 }
                 let extender = self.keep_invisible(&delivery);
-                let result = self.execute(&delivery).await;
+                let mut result = self.execute(&delivery, attempt).await;
                 extender.abort();
+                match policy::after(job, &result) {
+                    Next::Finish => {}
+                    Next::Retry { delay } => {
+                        if self.retry(&delivery, &result, delay).await {
+                            return;
+                        }
+                    }
+                    Next::DeadLetter { reason } => self.dead_letter(job, &mut result, &reason).await,
+                }
                 result
             };
-            if self.publish(&delivery, &result).await {
+            if self.finish(&delivery, &result).await {
                 self.ack(&delivery).await;
+                if let Some(key) = &job.lifecycle.input_ref {
+                    if let Err(e) = self.jobs.ledger().remove_payload(key).await {
+                        tracing::debug!(error = %e, "could not remove the stored input");
+                    }
+                }
                 if let Some(logs) = &self.logs {
                     // Best effort: the result itself is already stored.
                     if let Err(e) = logs.put(&LogEntry::of(&result, LOG_STREAM_BYTES)).await {
@@ -340,6 +377,65 @@ impl Worker {
         }
         .instrument(span)
         .await
+    }
+
+    /// Queues the job's next run and acks this one. False when the next run
+    /// could not be queued: the failure then stands as the outcome.
+    async fn retry(&self, delivery: &Delivery, result: &JobResult, delay: Duration) -> bool {
+        let next = policy::retried(&delivery.job, result);
+        if let Err(e) = self.queue.send_delayed(&next, delay).await {
+            tracing::warn!(error = %e, "could not queue a retry; the failure is the outcome");
+            return false;
+        }
+        self.metrics
+            .retries
+            .with_label_values(&[&delivery.job.function_id])
+            .inc();
+        tracing::info!(
+            status = result.status.as_str(),
+            next_attempt = next.lifecycle.attempt,
+            delay_ms = delay.as_millis() as u64,
+            "run failed; retrying"
+        );
+        if let Err(e) = self.jobs.set_state(&JobRecord::pending(&next)).await {
+            tracing::debug!(error = %e, "could not record PENDING for the retry");
+        }
+        self.ack(delivery).await;
+        true
+    }
+
+    /// Keeps the job among the dead letters and marks its result so.
+    async fn dead_letter(&self, job: &crate::model::Job, result: &mut JobResult, reason: &str) {
+        let mut input = job.input.clone();
+        if let Some(key) = &job.lifecycle.input_ref {
+            match self.jobs.ledger().payload(key).await {
+                Ok(v) => input = v,
+                Err(e) => tracing::warn!(error = %e, "dead letter without its stored input"),
+            }
+        }
+        let mut attempts = job.lifecycle.failures.clone();
+        attempts.push(result.as_failure());
+        let letter = DeadLetter {
+            job_id: job.request_id.clone(),
+            function_id: job.function_id.clone(),
+            reason: reason.to_string(),
+            status: result.status,
+            input,
+            attempts,
+            submitted_at: job.submitted_at,
+            dead_lettered_at: Utc::now(),
+        };
+        match self.jobs.ledger().put_dead_letter(&letter).await {
+            Ok(()) => {
+                result.dead_lettered = true;
+                self.metrics
+                    .dead_letters
+                    .with_label_values(&[&job.function_id])
+                    .inc();
+                tracing::warn!(reason, "job dead-lettered");
+            }
+            Err(e) => tracing::error!(error = %e, "could not keep the dead letter"),
+        }
     }
 
     /// Extends the job's visibility while it runs, so no other worker takes it.
@@ -357,13 +453,27 @@ impl Worker {
         })
     }
 
-    async fn execute(&self, delivery: &Delivery) -> JobResult {
+    async fn execute(&self, delivery: &Delivery, attempt: u32) -> JobResult {
         let job = &delivery.job;
+        let input = match &job.lifecycle.input_ref {
+            Some(key) => match self.jobs.ledger().payload(key).await {
+                Ok(v) => v,
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot read the job's stored input");
+                    let mut r = JobResult::platform(job, JobStatus::Error, "InputUnavailable", e.to_string());
+                    r.attempt = attempt;
+                    return r;
+                }
+            },
+            None => job.input.clone(),
+        };
         let (code_dir, version) = match self.cache.code_dir(&job.s3_key, &job.sha256).await {
             Ok(c) => c,
             Err(e) => {
                 tracing::error!(error = %e, "cannot prepare function code");
-                return JobResult::platform(job, JobStatus::Error, "CodeUnavailable", e.to_string());
+                let mut r = JobResult::platform(job, JobStatus::Error, "CodeUnavailable", e.to_string());
+                r.attempt = attempt;
+                return r;
             }
         };
         let spec = match instance_spec(
@@ -376,7 +486,11 @@ impl Worker {
             (code_dir, version),
         ) {
             Ok(s) => s,
-            Err(e) => return JobResult::platform(job, JobStatus::Error, "InvalidHandler", e),
+            Err(e) => {
+                let mut r = JobResult::platform(job, JobStatus::Error, "InvalidHandler", e);
+                r.attempt = attempt;
+                return r;
+            }
         };
         let req = InvokeRequest {
             request_id: job.request_id.clone(),
@@ -385,7 +499,7 @@ impl Worker {
             memory_mb: job.memory_mb,
             model_id: job.model_id.clone(),
             timeout_ms: job.timeout_ms,
-            event: job.input.clone(),
+            event: input,
         };
         let mut ai = AiSession::new(
             self.cfg.ai.clone(),
@@ -409,17 +523,20 @@ impl Worker {
             cold_start: inv.cold_start,
             start_kind: Some(inv.start_kind),
             init_ms: inv.init_ms,
-            attempt: delivery.attempt,
+            attempt,
             usage: ai.usage(),
             finished_at: Utc::now(),
+            attempts: job.lifecycle.failures.clone(),
+            dead_lettered: false,
         }
     }
 
-    /// Stores the result, retrying briefly. False if it could not be stored:
-    /// the job is then left unacknowledged and will be delivered again.
-    async fn publish(&self, delivery: &Delivery, result: &JobResult) -> bool {
+    /// Ends the job: published to callers and kept durably, retrying
+    /// briefly. False if it could not be kept: the job is then left
+    /// unacknowledged and will be delivered again.
+    async fn finish(&self, delivery: &Delivery, result: &JobResult) -> bool {
         for attempt in 0..3u32 {
-            match self.bus.publish(delivery.job.submitted_at, result).await {
+            match self.jobs.finish(delivery.job.submitted_at, result).await {
                 Ok(stored) => {
                     self.metrics
                         .invocations
@@ -434,7 +551,7 @@ impl Worker {
                     return true;
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, attempt, "could not publish result");
+                    tracing::warn!(error = %e, attempt, "could not keep the result");
                     tokio::time::sleep(Duration::from_millis(200 * u64::from(attempt + 1))).await;
                 }
             }

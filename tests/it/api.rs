@@ -532,6 +532,8 @@ async fn openapi_document_matches_the_served_routes() {
     assert_eq!(
         listed,
         [
+            "/dead-letters",
+            "/dead-letters/redrive",
             "/functions",
             "/functions/{id}",
             "/functions/{id}/logs",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use infra_controller::backend::conformance;
 use infra_controller::backend::embedded::{
-    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
+    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
     LocalArtifactStore,
 };
 use infra_controller::backend::JobQueue;
@@ -32,6 +32,13 @@ async fn embedded_queue() {
     let (queue, recovered) = EmbeddedQueue::open(db, visibility).await.unwrap();
     assert!(recovered.0.is_empty());
     conformance::job_queue(&queue, visibility).await;
+    conformance::delayed_send(&queue).await;
+}
+
+#[tokio::test]
+async fn embedded_record_store() {
+    let dir = tempfile::tempdir().unwrap();
+    conformance::record_store(&EmbeddedRecordStore::new(Db::open(dir.path()).unwrap())).await;
 }
 
 #[tokio::test]
@@ -98,7 +105,7 @@ mod aws {
     use std::sync::Arc;
     use std::time::Duration;
 
-    use infra_controller::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
+    use infra_controller::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, S3RecordStore, SqsQueue};
     use infra_controller::backend::conformance;
 
     use crate::services::{aws, unique};
@@ -108,6 +115,13 @@ mod aws {
         let store = S3ArtifactStore::new(&aws(), &unique("bucket")).await;
         store.ensure_bucket().await.unwrap();
         conformance::artifact_store(&store).await;
+    }
+
+    #[tokio::test]
+    async fn s3_record_store() {
+        let bucket = unique("bucket");
+        S3ArtifactStore::new(&aws(), &bucket).await.ensure_bucket().await.unwrap();
+        conformance::record_store(&S3RecordStore::new(&aws(), &bucket, "records/").await).await;
     }
 
     #[tokio::test]
@@ -162,7 +176,9 @@ mod aws {
     async fn sqs_standard_queue() {
         let url = SqsQueue::create_queue(&aws(), &unique("jobs")).await.unwrap();
         let visibility = Duration::from_secs(2);
-        conformance::job_queue(&SqsQueue::new(&aws(), &url, visibility).await, visibility).await;
+        let queue = SqsQueue::new(&aws(), &url, visibility).await;
+        conformance::job_queue(&queue, visibility).await;
+        conformance::delayed_send(&queue).await;
     }
 
     #[tokio::test]

@@ -325,10 +325,18 @@ pub fn sandbox_available() -> bool {
 
 /// Uploads Python source as `main.py` to the API at `base`; returns the function id.
 pub async fn upload_at(client: &reqwest::Client, base: &str, source: &str) -> String {
-    let form = reqwest::multipart::Form::new().part(
+    upload_at_with(client, base, source, &[]).await
+}
+
+/// Uploads Python source as `main.py` with extra form fields.
+pub async fn upload_at_with(client: &reqwest::Client, base: &str, source: &str, fields: &[(&str, &str)]) -> String {
+    let mut form = reqwest::multipart::Form::new().part(
         "file",
         reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
     );
+    for (k, v) in fields {
+        form = form.text(k.to_string(), v.to_string());
+    }
     let r = client
         .post(format!("{base}/upload"))
         .header("x-api-key", KEY)

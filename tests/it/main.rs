@@ -9,6 +9,7 @@ mod conformance;
 mod examples;
 mod folder;
 mod helpers;
+mod jobs;
 mod manifests;
 mod node;
 mod operator;

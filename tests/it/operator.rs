@@ -234,6 +234,7 @@ fn function(name: &str, source: &str) -> Function {
             }),
             description: Some("hello".into()),
             network: false,
+            retry: None,
         },
     );
     f.meta_mut().namespace = Some("default".into());

@@ -256,6 +256,205 @@ async fn redis_outage_gives_503_fast_and_recovers_without_restart() {
     assert_eq!(status, 202, "{body}");
 }
 
+/// Polls `/status` until the job is terminal. A 404 is allowed while the job
+/// waits in the queue after a Redis loss (its PENDING record went with Redis);
+/// once finished, the durable record answers.
+async fn wait_durable(client: &reqwest::Client, base: &str, job: &str, within: Duration) -> Value {
+    let deadline = Instant::now() + within;
+    loop {
+        let r = client
+            .get(format!("{base}/status/{job}"))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap();
+        let code = r.status().as_u16();
+        let body: Value = r.json().await.unwrap_or(Value::Null);
+        if code == 200 && !matches!(body["status"].as_str(), Some("PENDING" | "RUNNING")) {
+            return body;
+        }
+        assert!(
+            matches!(code, 200 | 404 | 503),
+            "status of {job}: {code} {body}"
+        );
+        assert!(Instant::now() < deadline, "job {job} not terminal in {within:?}: {code} {body}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_redis_restart_mid_load_loses_no_accepted_job() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let _w1 = cluster.worker(&[]);
+    let _w2 = cluster.worker(&[]);
+    let client = reqwest::Client::new();
+    let id = upload_at(
+        &client,
+        &api.base,
+        "import time\ndef handler(event, context):\n    time.sleep(0.01)\n    return event['n']\n",
+    )
+    .await;
+    const JOBS: i64 = 1000;
+    let mut accepted: Vec<(i64, String)> = Vec::new();
+    let mut refused = 0;
+    let mut n = 0;
+    let mut restarted = false;
+    while n < JOBS {
+        if !restarted && n >= JOBS / 3 {
+            // Mid-load: Redis goes away without persistence and comes back empty.
+            cluster.redis.stop();
+            for _ in 0..20 {
+                let (status, _) = run_at(&client, &api.base, &id, json!({"n": -1}), true).await;
+                if status == 202 {
+                    panic!("accepted while Redis is down");
+                }
+                refused += 1;
+            }
+            cluster.redis.resume();
+            restarted = true;
+        }
+        let chunk: Vec<i64> = (n..(n + 25).min(JOBS)).collect();
+        let answers = futures::future::join_all(chunk.iter().map(|k| {
+            let client = client.clone();
+            let base = api.base.clone();
+            let id = id.clone();
+            async move { (*k, run_at(&client, &base, &id, json!({"n": k}), true).await) }
+        }))
+        .await;
+        for (k, (status, body)) in answers {
+            match status {
+                202 => accepted.push((k, body["jobId"].as_str().unwrap().to_string())),
+                // Refused while Redis reconnects: not accepted, so not owed a result.
+                503 => refused += 1,
+                other => panic!("/run answered {other}: {body}"),
+            }
+        }
+        n += 25;
+    }
+    assert!(accepted.len() >= 900, "only {} of {JOBS} accepted", accepted.len());
+    let mut success = 0;
+    for (k, job) in &accepted {
+        let body = wait_durable(&client, &api.base, job, Duration::from_secs(180)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], *k);
+        success += 1;
+    }
+    eprintln!(
+        "redis restart mid-load: {} accepted, {success} SUCCESS readable from /status, {refused} refused with 503",
+        accepted.len()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn production_retries_dead_letters_idempotency_and_large_payloads() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let api2 = cluster.api(&[]);
+    let _worker = cluster.worker(&[]);
+    let client = reqwest::Client::new();
+
+    // Idempotency across two API processes: 50 concurrent requests, one job.
+    let echo = upload_at(
+        &client,
+        &api.base,
+        "def handler(event, context):\n    b = event.get('blob', '')\n    return {'len': len(b), 'tail': b[-10:], 'big': b[::-1]}\n",
+    )
+    .await;
+    let answers = futures::future::join_all((0..50).map(|i| {
+        let client = client.clone();
+        let base = if i % 2 == 0 { api.base.clone() } else { api2.base.clone() };
+        let echo = echo.clone();
+        async move {
+            let r = client
+                .post(format!("{base}/run"))
+                .header("x-api-key", KEY)
+                .header("x-async", "true")
+                .header("idempotency-key", "order-42")
+                .json(&json!({"functionId": echo, "inputData": {"blob": "abc"}}))
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    }))
+    .await;
+    let mut ids: Vec<String> = answers
+        .iter()
+        .map(|(s, b)| {
+            assert_eq!(*s, 202, "{b}");
+            b["jobId"].as_str().unwrap().to_string()
+        })
+        .collect();
+    ids.sort();
+    ids.dedup();
+    assert_eq!(ids.len(), 1, "two API processes, one key, one job: {ids:?}");
+    let r = client
+        .post(format!("{}/run", api2.base))
+        .header("x-api-key", KEY)
+        .header("idempotency-key", "order-42")
+        .json(&json!({"functionId": echo, "inputData": {"blob": "other"}}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422);
+
+    // 5 MiB in and out through SQS (the input rides in S3 beside the message).
+    let blob: String = (0..5 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let (status, body) = run_at(&client, &api.base, &echo, json!({"blob": blob}), false).await;
+    assert_eq!(status, 200, "{}", body["error"]);
+    assert_eq!(body["result"]["len"], 5 * 1024 * 1024);
+    assert_eq!(body["result"]["big"].as_str().unwrap().len(), 5 * 1024 * 1024);
+    let (status, body) = run_at(&client, &api.base, &echo, json!({"blob": blob}), true).await;
+    assert_eq!(status, 202);
+    let body = wait_durable(&client, &api.base, body["jobId"].as_str().unwrap(), Duration::from_secs(60)).await;
+    assert_eq!(body["result"]["len"], 5 * 1024 * 1024, "{}", body["error"]);
+
+    // Retries through SQS delays, then the dead letter in S3, then redrive.
+    let failing = upload_at_with(
+        &client,
+        &api.base,
+        "def handler(event, context):\n    raise ValueError('nope')\n",
+        &[("maxRetries", "1"), ("retryBackoffSeconds", "1")],
+    )
+    .await;
+    let (_, body) = run_at(&client, &api.base, &failing, json!({"k": 1}), true).await;
+    let job = body["jobId"].as_str().unwrap().to_string();
+    let body = wait_durable(&client, &api.base, &job, Duration::from_secs(60)).await;
+    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["attempt"], 2, "{body}");
+    assert_eq!(body["deadLettered"], true);
+    let list = get_json(&client, format!("{}/dead-letters?functionId={failing}", api2.base)).await;
+    assert_eq!(list["count"], 1, "{list}");
+    assert_eq!(list["deadLetters"][0]["attempts"].as_array().unwrap().len(), 2);
+    let r = client
+        .put(format!("{}/functions/{failing}", api.base))
+        .header("x-api-key", KEY)
+        .multipart(reqwest::multipart::Form::new().part(
+            "file",
+            reqwest::multipart::Part::bytes(b"def handler(event, context):\n    return event['k'] + 1\n".to_vec())
+                .file_name("main.py"),
+        ))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r: Value = client
+        .post(format!("{}/dead-letters/redrive", api2.base))
+        .header("x-api-key", KEY)
+        .json(&json!({"jobIds": [job]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let new_job = r["redriven"][0]["newJobId"].as_str().expect("redriven").to_string();
+    let body = wait_durable(&client, &api.base, &new_job, Duration::from_secs(60)).await;
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    assert_eq!(body["result"], 2);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_api_processes_share_one_exact_rate_limit() {
     let cluster = Cluster::new().await;

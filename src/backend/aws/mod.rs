@@ -8,7 +8,7 @@ mod sqs;
 
 pub use dynamodb::DynamoRegistry;
 pub use logs::DynamoLogStore;
-pub use s3::S3ArtifactStore;
+pub use s3::{S3ArtifactStore, S3RecordStore};
 pub use sqs::SqsQueue;
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};

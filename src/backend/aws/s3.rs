@@ -4,7 +4,7 @@ use aws_sdk_s3::Client;
 use bytes::Bytes;
 
 use super::{sdk_config, unavailable, AwsSettings};
-use crate::backend::{ArtifactStore, Error, Result};
+use crate::backend::{ArtifactStore, Error, RecordStore, Result};
 
 /// Artifacts as S3 objects in one bucket.
 pub struct S3ArtifactStore {
@@ -12,17 +12,20 @@ pub struct S3ArtifactStore {
     bucket: String,
 }
 
+async fn client(settings: &AwsSettings) -> Client {
+    let sdk = sdk_config(settings).await;
+    // Path-style addressing works with every emulator and with real S3.
+    let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true);
+    if let Some(url) = &settings.s3_endpoint_url {
+        conf = conf.endpoint_url(url);
+    }
+    Client::from_conf(conf.build())
+}
+
 impl S3ArtifactStore {
     pub async fn new(settings: &AwsSettings, bucket: &str) -> Self {
-        let sdk = sdk_config(settings).await;
-        // Path-style addressing works with every emulator and with real S3.
-        let mut conf = aws_sdk_s3::config::Builder::from(&sdk).force_path_style(true);
-        if let Some(url) = &settings.s3_endpoint_url {
-            conf = conf.endpoint_url(url);
-        }
-        let conf = conf.build();
         S3ArtifactStore {
-            client: Client::from_conf(conf),
+            client: client(settings).await,
             bucket: bucket.to_string(),
         }
     }
@@ -108,6 +111,135 @@ impl ArtifactStore for S3ArtifactStore {
 
     fn bucket(&self) -> &str {
         &self.bucket
+    }
+
+    async fn ping(&self) -> Result<()> {
+        self.client
+            .head_bucket()
+            .bucket(&self.bucket)
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 head_bucket", e))?;
+        Ok(())
+    }
+}
+
+/// Durable records as S3 objects under a prefix of the artifacts bucket
+/// (`records/`): no table to provision, no item size limit, and S3's
+/// conditional writes (`If-None-Match: *`) make `create` atomic across
+/// processes. Expiry is the bucket's lifecycle rules' (see docs/operations.md).
+pub struct S3RecordStore {
+    client: Client,
+    bucket: String,
+    prefix: String,
+}
+
+impl S3RecordStore {
+    pub async fn new(settings: &AwsSettings, bucket: &str, prefix: &str) -> Self {
+        S3RecordStore {
+            client: client(settings).await,
+            bucket: bucket.to_string(),
+            prefix: prefix.to_string(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        format!("{}{key}", self.prefix)
+    }
+}
+
+#[async_trait]
+impl RecordStore for S3RecordStore {
+    async fn create(&self, key: &str, value: Bytes) -> Result<Option<Bytes>> {
+        let put = self
+            .client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type("application/json")
+            .if_none_match("*")
+            .body(ByteStream::from(value))
+            .send()
+            .await;
+        match put {
+            Ok(_) => Ok(None),
+            // 412: the key exists. (409 when a concurrent conditional write is in progress.)
+            Err(e) if matches!(e.raw_response().map(|r| r.status().as_u16()), Some(412 | 409)) => {
+                match self.get(key).await? {
+                    Some(existing) => Ok(Some(existing)),
+                    None => Err(Error::Conflict(format!("record {key} is being written"))),
+                }
+            }
+            Err(e) => Err(unavailable("s3 put_object (if-none-match)", e)),
+        }
+    }
+
+    async fn put(&self, key: &str, value: Bytes) -> Result<()> {
+        self.client
+            .put_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .content_type("application/json")
+            .body(ByteStream::from(value))
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 put_object", e))?;
+        Ok(())
+    }
+
+    async fn get(&self, key: &str) -> Result<Option<Bytes>> {
+        let out = match self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await {
+            Ok(o) => o,
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+            Err(e) => return Err(unavailable("s3 get_object", e)),
+        };
+        let body = out
+            .body
+            .collect()
+            .await
+            .map_err(|e| Error::unavailable("s3 object body", e))?;
+        Ok(Some(body.into_bytes()))
+    }
+
+    async fn delete(&self, key: &str) -> Result<()> {
+        self.client
+            .delete_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+            .map_err(|e| unavailable("s3 delete_object", e))?;
+        Ok(())
+    }
+
+    async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
+        let mut keys = Vec::new();
+        let mut token = None;
+        let full = self.key(prefix);
+        while keys.len() < limit {
+            let out = self
+                .client
+                .list_objects_v2()
+                .bucket(&self.bucket)
+                .prefix(&full)
+                .max_keys((limit - keys.len()).min(1000) as i32)
+                .set_continuation_token(token)
+                .send()
+                .await
+                .map_err(|e| unavailable("s3 list_objects_v2", e))?;
+            keys.extend(
+                out.contents()
+                    .iter()
+                    .filter_map(|o| o.key().and_then(|k| k.strip_prefix(&self.prefix)).map(str::to_string)),
+            );
+            match out.next_continuation_token() {
+                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+                _ => break,
+            }
+        }
+        keys.sort();
+        keys.truncate(limit);
+        Ok(keys)
     }
 
     async fn ping(&self) -> Result<()> {

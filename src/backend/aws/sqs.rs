@@ -15,8 +15,13 @@ const BATCH: usize = 10;
 /// Batches in flight at once.
 const IN_FLIGHT_BATCHES: usize = 32;
 
+/// SQS's longest message delay.
+const MAX_DELAY_SECONDS: u64 = 900;
+
 struct SendReq {
     job: Job,
+    /// Seconds before the message becomes receivable (0 to 900).
+    delay_seconds: i32,
     done: oneshot::Sender<Result<()>>,
 }
 
@@ -107,10 +112,18 @@ async fn send_batch(client: &Client, url: &str, batch: Vec<SendReq>) {
             .message_body(body);
         if is_fifo(url) {
             // Group per job: FIFO is used for exactly-once admission, not to
-            // serialise a function's jobs. Dedup on the job id.
+            // serialise a function's jobs. Dedup on the job id and run, so a
+            // retry is not taken for a duplicate. FIFO queues have no
+            // per-message delay: retries there go out at once.
             entry = entry
                 .message_group_id(&req.job.request_id)
-                .message_deduplication_id(&req.job.request_id);
+                .message_deduplication_id(format!(
+                    "{}-{}",
+                    req.job.request_id,
+                    req.job.lifecycle.first_attempt()
+                ));
+        } else if req.delay_seconds > 0 {
+            entry = entry.delay_seconds(req.delay_seconds);
         }
         match entry.build() {
             Ok(e) => {
@@ -185,6 +198,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         network: false,
         trace_id: None,
         submitted_at: chrono::Utc::now(),
+        lifecycle: Default::default(),
     };
     (job, reason)
 }
@@ -192,9 +206,18 @@ fn defective(body: &str, reason: String) -> (Job, String) {
 #[async_trait]
 impl JobQueue for SqsQueue {
     async fn send(&self, job: &Job) -> Result<()> {
+        self.send_delayed(job, Duration::ZERO).await
+    }
+
+    async fn send_delayed(&self, job: &Job, delay: Duration) -> Result<()> {
         let (done, rx) = oneshot::channel();
+        let delay_seconds = delay.as_secs().min(MAX_DELAY_SECONDS) as i32;
         self.sender
-            .send(SendReq { job: job.clone(), done })
+            .send(SendReq {
+                job: job.clone(),
+                delay_seconds,
+                done,
+            })
             .map_err(|_| Error::Unavailable {
                 message: "sqs sender stopped".into(),
                 source: None,

@@ -14,6 +14,9 @@ use crate::backend::Error;
 pub const FUNCTIONS: TableDefinition<&str, &[u8]> = TableDefinition::new("functions");
 pub const JOBS: TableDefinition<&str, &[u8]> = TableDefinition::new("jobs");
 pub const QUEUE: TableDefinition<u64, &[u8]> = TableDefinition::new("queue");
+/// Durable records (`RecordStore`): 8 bytes of creation time (Unix ms, big
+/// endian) followed by the value.
+pub const RECORDS: TableDefinition<&str, &[u8]> = TableDefinition::new("records");
 /// Keyed `{functionId}/{requestId}`.
 pub const LOGS: TableDefinition<&str, &[u8]> = TableDefinition::new("logs");
 
@@ -62,6 +65,7 @@ impl Db {
         txn.open_table(JOBS).map_err(|e| unavailable("table", e))?;
         txn.open_table(QUEUE).map_err(|e| unavailable("table", e))?;
         txn.open_table(LOGS).map_err(|e| unavailable("table", e))?;
+        txn.open_table(RECORDS).map_err(|e| unavailable("table", e))?;
         txn.commit().map_err(|e| unavailable("commit", e))?;
 
         let db = Arc::new(db);

@@ -13,6 +13,7 @@ mod directory;
 mod logs;
 mod queue;
 mod ratelimit;
+mod records;
 mod registry;
 
 pub use artifacts::LocalArtifactStore;
@@ -22,4 +23,5 @@ pub use directory::InProcessDirectory;
 pub use logs::EmbeddedLogStore;
 pub use queue::{EmbeddedQueue, RecoveredJobs};
 pub use ratelimit::InProcessRateLimiter;
+pub use records::EmbeddedRecordStore;
 pub use registry::EmbeddedRegistry;

@@ -21,6 +21,10 @@ struct Stored {
     /// keeps killing its worker (or the platform) is eventually given up.
     #[serde(default)]
     deliveries: u32,
+    /// When a delayed job becomes receivable (Unix ms; wall clock, so the
+    /// delay holds across a restart).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    not_before_ms: Option<i64>,
 }
 
 struct Entry {
@@ -34,6 +38,8 @@ struct Entry {
 #[derive(Default)]
 struct State {
     ready: VecDeque<u64>,
+    /// Jobs sent with a delay that has not passed yet.
+    delayed: Vec<(Instant, u64)>,
     in_flight: HashSet<u64>,
     entries: HashMap<u64, Entry>,
 }
@@ -56,6 +62,15 @@ pub struct EmbeddedQueue {
 
 fn encode(stored: &Stored) -> Result<Vec<u8>> {
     serde_json::to_vec(stored).map_err(|e| Error::Invalid(format!("unencodable job: {e}")))
+}
+
+/// The same limit as SQS's message delay.
+const MAX_DELAY: Duration = Duration::from_secs(900);
+
+/// The instant a wall-clock time (Unix ms) falls on; `None` when it passed.
+fn delay_until(not_before_ms: i64) -> Option<Instant> {
+    let left = not_before_ms - chrono::Utc::now().timestamp_millis();
+    (left > 0).then(|| Instant::now() + Duration::from_millis(left as u64))
 }
 
 fn parse_receipt(receipt: &str) -> Result<(u64, u64)> {
@@ -94,7 +109,10 @@ impl EmbeddedQueue {
                 }
             };
             recovered.push(stored.job.clone());
-            state.ready.push_back(seq);
+            match stored.not_before_ms.and_then(delay_until) {
+                Some(at) => state.delayed.push((at, seq)),
+                None => state.ready.push_back(seq),
+            }
             state.entries.insert(
                 seq,
                 Entry {
@@ -139,6 +157,7 @@ impl EmbeddedQueue {
                 encode(&Stored {
                     job: d.job.clone(),
                     deliveries: d.attempt,
+                    not_before_ms: None,
                 }),
             ) {
                 rows.push((seq, bytes));
@@ -165,9 +184,22 @@ impl EmbeddedQueue {
     }
 
     /// Moves in-flight jobs whose visibility lapsed back to the front of the
-    /// queue; returns the earliest remaining deadline.
+    /// queue, and delayed jobs whose time came to its end; returns the
+    /// earliest remaining deadline.
     fn requeue_expired(state: &mut State, now: Instant) -> Option<Instant> {
         let mut next = None::<Instant>;
+        let mut due = Vec::new();
+        state.delayed.retain(|&(at, seq)| {
+            if at <= now {
+                due.push((at, seq));
+                false
+            } else {
+                next = Some(next.map_or(at, |n: Instant| n.min(at)));
+                true
+            }
+        });
+        due.sort_unstable();
+        state.ready.extend(due.into_iter().map(|(_, seq)| seq));
         let mut expired = Vec::new();
         for seq in &state.in_flight {
             if let Some(until) = state.entries.get(seq).and_then(|e| e.invisible_until) {
@@ -193,10 +225,18 @@ impl EmbeddedQueue {
 #[async_trait]
 impl JobQueue for EmbeddedQueue {
     async fn send(&self, job: &Job) -> Result<()> {
+        self.send_delayed(job, Duration::ZERO).await
+    }
+
+    async fn send_delayed(&self, job: &Job, delay: Duration) -> Result<()> {
+        let delay = delay.min(MAX_DELAY);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        let not_before_ms = (!delay.is_zero())
+            .then(|| chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64);
         let bytes = encode(&Stored {
             job: job.clone(),
             deliveries: 0,
+            not_before_ms,
         })?;
         self.db
             .write(move |txn| {
@@ -215,7 +255,11 @@ impl JobQueue for EmbeddedQueue {
                     invisible_until: None,
                 },
             );
-            st.ready.push_back(seq);
+            if delay.is_zero() {
+                st.ready.push_back(seq);
+            } else {
+                st.delayed.push((Instant::now() + delay, seq));
+            }
         }
         self.notify.notify_one();
         Ok(())
