@@ -18,15 +18,15 @@ use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
 use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, S3RecordStore, SqsQueue};
 use crate::backend::embedded::{
     Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory,
-    InProcessRateLimiter, LocalArtifactStore,
+    InProcessJobCounter, InProcessRateLimiter, LocalArtifactStore,
 };
-use crate::jobs::{Jobs, Ledger};
-use crate::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
+use crate::backend::redis::{connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus};
 use crate::backend::{
     self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
 };
 use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, OperatorConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
+use crate::jobs::{Jobs, Ledger};
 use crate::metrics::Metrics;
 use crate::model::JobRecord;
 use crate::operator::leader::LeaseLock;
@@ -131,8 +131,8 @@ struct Parts {
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
     embedded_records: Option<Arc<EmbeddedRecordStore>>,
-    /// The job ledger whose dead letters the API counts (API roles).
-    ledger: Option<(Ledger, Arc<Metrics>)>,
+    /// The jobs whose dead letters and per-function load the API exports (API roles).
+    jobs: Option<(Jobs, Arc<Metrics>)>,
     /// The Kubernetes controller (`infra operator`).
     operator: Option<(kube::Client, Reconciler, Arc<Metrics>, Option<LeaseLock>)>,
     /// A folder of Function resources (`infra up --functions DIR`).
@@ -158,7 +158,11 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     }
     let bus: Arc<dyn ResultBus> = embedded_bus.clone();
     let embedded_records = Arc::new(EmbeddedRecordStore::new(db.clone()));
-    let jobs = Jobs::new(bus, Ledger::new(embedded_records.clone()));
+    let jobs = Jobs::new(
+        bus,
+        Ledger::new(embedded_records.clone()),
+        Arc::new(InProcessJobCounter::default()),
+    );
     let limiter = (cfg.http.rate_limit_per_minute > 0)
         .then(|| Arc::new(InProcessRateLimiter::new(cfg.http.rate_limit_per_minute)) as Arc<dyn RateLimiter>);
     let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
@@ -204,7 +208,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         embedded_bus: Some(embedded_bus),
         embedded_logs: Some(embedded_logs),
         embedded_records: Some(embedded_records),
-        ledger: Some((jobs.ledger().clone(), metrics.clone())),
+        jobs: Some((jobs.clone(), metrics.clone())),
         operator: None,
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
@@ -221,7 +225,8 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     // The API only sends; the visibility timeout matters to receivers.
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, Duration::from_secs(30)).await);
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
-    let jobs = Jobs::new(bus, ledger(&cfg.cloud).await);
+    let counter = Arc::new(RedisJobCounter::new(conn.clone(), &cfg.cloud.redis_key_prefix));
+    let jobs = Jobs::new(bus, ledger(&cfg.cloud).await, counter);
     let prefix = &cfg.cloud.redis_key_prefix;
     let limiter = (cfg.http.rate_limit_per_minute > 0).then(|| {
         Arc::new(RedisRateLimiter::new(
@@ -248,7 +253,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let parts = Parts {
         router: Some(router),
         functions: Some(functions),
-        ledger: Some((jobs.ledger().clone(), metrics.clone())),
+        jobs: Some((jobs.clone(), metrics.clone())),
         ..Parts::default()
     };
     let mut running = launch(cfg.http.listen, parts, cfg.shutdown_timeout).await?;
@@ -264,7 +269,8 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
     let (bus, conn) = redis_bus(&cfg.cloud).await?;
-    let jobs = Jobs::new(bus.clone(), ledger(&cfg.cloud).await);
+    let counter = Arc::new(RedisJobCounter::new(conn.clone(), &cfg.cloud.redis_key_prefix));
+    let jobs = Jobs::new(bus.clone(), ledger(&cfg.cloud).await, counter);
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, &cfg.cloud.redis_key_prefix));
     let metrics = Arc::new(Metrics::new()?);
     let logs = logs_store(&cfg.cloud).await;
@@ -625,7 +631,7 @@ async fn serve(
         parts.functions.clone(),
         parts.pool,
         embedded,
-        parts.ledger,
+        parts.jobs,
         shutdown.clone(),
     ));
     let served = match parts.router {
@@ -686,7 +692,7 @@ async fn housekeeping(
     functions: Option<Arc<FunctionService>>,
     pool: Option<Arc<Pool>>,
     embedded: Embedded,
-    ledger: Option<(Ledger, Arc<Metrics>)>,
+    jobs: Option<(Jobs, Arc<Metrics>)>,
     shutdown: CancellationToken,
 ) {
     let Embedded {
@@ -731,8 +737,26 @@ async fn housekeeping(
                 }
             }
         }
-        if let (Some((ledger, metrics)), 1) = (&ledger, n % 30) {
-            match ledger.count_dead_letters(DEAD_LETTER_COUNT_LIMIT).await {
+        if let (Some((jobs, metrics)), 1) = (&jobs, n % 5) {
+            match jobs.counter().load().await {
+                Ok(load) => {
+                    metrics.function_jobs.reset();
+                    for (f, l) in load {
+                        metrics
+                            .function_jobs
+                            .with_label_values(&[&f, "unfinished"])
+                            .set(l.jobs as i64);
+                        metrics
+                            .function_jobs
+                            .with_label_values(&[&f, "running"])
+                            .set(l.running as i64);
+                    }
+                }
+                Err(e) => tracing::debug!(error = %e, "could not read the per-function load"),
+            }
+        }
+        if let (Some((jobs, metrics)), 1) = (&jobs, n % 30) {
+            match jobs.ledger().count_dead_letters(DEAD_LETTER_COUNT_LIMIT).await {
                 Ok(depth) => metrics.dead_letter_depth.set(depth as i64),
                 Err(e) => tracing::debug!(error = %e, "could not count dead letters"),
             }

@@ -30,6 +30,8 @@ pub struct Metrics {
     pub dead_letters: IntCounterVec,
     pub dead_letter_depth: IntGauge,
     pub idempotent_replays: IntCounter,
+    pub deferred: IntCounterVec,
+    pub function_jobs: IntGaugeVec,
 }
 
 impl Metrics {
@@ -130,7 +132,10 @@ impl Metrics {
             &["operation"],
         )?;
         let retries = IntCounterVec::new(
-            Opts::new("infra_retries_total", "Asynchronous runs that failed and were queued again, by function"),
+            Opts::new(
+                "infra_retries_total",
+                "Asynchronous runs that failed and were queued again, by function",
+            ),
             &["function"],
         )?;
         let dead_letters = IntCounterVec::new(
@@ -148,6 +153,22 @@ impl Metrics {
             "infra_idempotent_replays_total",
             "/run requests answered with the job of an earlier request under the same Idempotency-Key",
         )?;
+        let deferred = IntCounterVec::new(
+            Opts::new(
+                "infra_jobs_deferred_total",
+                "Jobs put back on the queue because their function's maxConcurrency was reached",
+            ),
+            &["function"],
+        )?;
+        let function_jobs = IntGaugeVec::new(
+            Opts::new(
+                "infra_function_jobs",
+                "Jobs per function (API, every 5 s): unfinished (accepted, not finished: queued, running or between retries) and running (holding a run slot; counted for functions with a maxConcurrency)",
+            ),
+            &["function", "state"],
+        )?;
+        registry.register(Box::new(deferred.clone()))?;
+        registry.register(Box::new(function_jobs.clone()))?;
         registry.register(Box::new(retries.clone()))?;
         registry.register(Box::new(dead_letters.clone()))?;
         registry.register(Box::new(dead_letter_depth.clone()))?;
@@ -200,6 +221,8 @@ impl Metrics {
             dead_letters,
             dead_letter_depth,
             idempotent_replays,
+            deferred,
+            function_jobs,
         })
     }
 

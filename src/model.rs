@@ -120,6 +120,12 @@ pub struct FunctionRecord {
     /// What happens to an asynchronous run that fails.
     #[serde(default)]
     pub retry: RetryPolicy,
+    /// Most runs of this function at once across all workers (none: unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
+    /// Most accepted, unfinished jobs; beyond it `/run` answers 429 (none: unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_queued: Option<u32>,
 }
 
 /// Retries and dead-lettering of asynchronous runs (Lambda's asynchronous
@@ -188,6 +194,9 @@ pub struct JobLifecycle {
     /// The dead-lettered job this one re-runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redrive_of: Option<String>,
+    /// The function's `maxConcurrency` when the job was accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<u32>,
 }
 
 fn is_zero(n: &u32) -> bool {

@@ -129,7 +129,11 @@ pub async fn redrive(
             }),
         }
     }
-    tracing::info!(redriven = out.redriven.len(), failed = out.failed.len(), "dead letters redriven");
+    tracing::info!(
+        redriven = out.redriven.len(),
+        failed = out.failed.len(),
+        "dead letters redriven"
+    );
     Ok(Json(out))
 }
 
@@ -146,7 +150,7 @@ async fn redrive_one(state: &ApiState, letter: &DeadLetter) -> Result<String, Ap
         },
     );
     job.lifecycle.redrive_of = Some(letter.job_id.clone());
-    super::run::admit(state, &mut job, true).await?;
+    super::run::admit(state, &mut job, true, function.max_queued).await?;
     state
         .jobs
         .ledger()

@@ -17,6 +17,8 @@ pub struct ApiError {
     pub message: String,
     pub details: Vec<String>,
     pub job_id: Option<String>,
+    /// Seconds for a `Retry-After` header (429, 503).
+    pub retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -26,6 +28,7 @@ impl ApiError {
             message: message.into(),
             details: Vec::new(),
             job_id: None,
+            retry_after: None,
         }
     }
 
@@ -58,7 +61,13 @@ impl IntoResponse for ApiError {
         if let Some(job_id) = self.job_id {
             body["jobId"] = json!(job_id);
         }
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, axum::http::HeaderValue::from(secs));
+        }
+        response
     }
 }
 

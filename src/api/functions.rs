@@ -21,7 +21,7 @@ use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 const ACCEPTED_FIELDS: &str =
-    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network, maxRetries, retryBackoffSeconds, retryOnOom, maxEventAgeSeconds";
+    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network, maxRetries, retryBackoffSeconds, retryOnOom, maxEventAgeSeconds, maxConcurrency, maxQueued";
 
 /// Multipart fields of `POST /upload` (also accepted as query parameters;
 /// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
@@ -71,6 +71,12 @@ pub struct UploadForm {
     /// An asynchronous job waiting longer than this is dead-lettered unrun, 60 to 21600 (default 21600).
     #[schema(value_type = Option<u64>)]
     max_event_age_seconds: Option<String>,
+    /// Most runs at once across all workers, 1 to 10000 (default: unbounded; "" clears).
+    #[schema(value_type = Option<u32>)]
+    max_concurrency: Option<String>,
+    /// Most accepted, unfinished jobs; beyond it /run answers 429, 1 to 1000000 (default: unbounded; "" clears).
+    #[schema(value_type = Option<u32>)]
+    max_queued: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -124,6 +130,10 @@ pub struct UpdateRequest {
     retry_on_oom: Option<serde_json::Value>,
     #[schema(value_type = Option<u64>)]
     max_event_age_seconds: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    max_concurrency: Option<serde_json::Value>,
+    #[schema(value_type = Option<u32>)]
+    max_queued: Option<serde_json::Value>,
 }
 
 fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
@@ -143,6 +153,8 @@ fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Opt
         "retryBackoffSeconds" => &mut draft.retry_backoff_seconds,
         "retryOnOom" => &mut draft.retry_on_oom,
         "maxEventAgeSeconds" => &mut draft.max_event_age_seconds,
+        "maxConcurrency" => &mut draft.max_concurrency,
+        "maxQueued" => &mut draft.max_queued,
         _ => return None,
     })
 }
@@ -444,6 +456,8 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
         retry_backoff_seconds: scalar(body.retry_backoff_seconds),
         retry_on_oom: scalar(body.retry_on_oom),
         max_event_age_seconds: scalar(body.max_event_age_seconds),
+        max_concurrency: scalar(body.max_concurrency),
+        max_queued: scalar(body.max_queued),
     })
 }
 

@@ -114,6 +114,7 @@ fn is_async(headers: &HeaderMap) -> bool {
         (status = 400, body = super::ErrorBody),
         (status = 404, description = "Unknown function", body = super::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = super::ErrorBody),
+        (status = 429, description = "The function's maxQueued is reached (Retry-After)", body = super::ErrorBody),
         (status = 503, description = "Queue or result bus unavailable", body = super::ErrorBody),
         (status = 504, description = "Sync wait over; the job goes on (jobId)", body = super::ErrorBody),
     )
@@ -151,9 +152,12 @@ pub async fn run(
     let idempotency_key = idempotency_key(&headers)?;
     let input = req.input_data.unwrap_or_else(|| serde_json::json!({}));
     let model_id = Some(req.model_id.unwrap_or_else(|| state.ai.default_model().to_string()));
-    let fingerprint = idempotency_key
-        .as_ref()
-        .map(|_| jobs::fingerprint(&function.function_id, &serde_json::json!({"input": &input, "modelId": &model_id})));
+    let fingerprint = idempotency_key.as_ref().map(|_| {
+        jobs::fingerprint(
+            &function.function_id,
+            &serde_json::json!({"input": &input, "modelId": &model_id}),
+        )
+    });
     let mut job = policy::new_job(
         &function,
         state.functions.artifacts().bucket(),
@@ -182,7 +186,7 @@ pub async fn run(
             return replay(&state, first.job_id, asynchronous, job.timeout_ms).await;
         }
     }
-    match admit(&state, &mut job, asynchronous).await {
+    match admit(&state, &mut job, asynchronous, function.max_queued).await {
         Ok(subscription) => respond(&state, job, subscription).await,
         Err(e) => {
             if let Some(key) = &idempotency_key {
@@ -214,13 +218,45 @@ fn idempotency_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
 /// Queues the job (its input kept aside when too large for a queue message);
 /// for a sync run, the subscription to its result, made before it is queued
 /// so a fast result cannot be missed.
-pub(super) async fn admit(state: &ApiState, job: &mut Job, asynchronous: bool) -> Result<Option<Subscription>, ApiError> {
+pub(super) async fn admit(
+    state: &ApiState,
+    job: &mut Job,
+    asynchronous: bool,
+    max_queued: Option<u32>,
+) -> Result<Option<Subscription>, ApiError> {
     if serde_json::to_vec(&job.input).map(|b| b.len()).unwrap_or(0) > INLINE_INPUT_BYTES {
         let input = std::mem::take(&mut job.input);
         let key = state.jobs.ledger().put_payload(&job.request_id, &input).await?;
         job.lifecycle.input_ref = Some(key);
     }
-    state.jobs.set_state(&JobRecord::pending(job)).await?;
+    let counter = state.jobs.counter();
+    let pending = JobRecord::pending(job);
+    match max_queued {
+        // The bound must hold before anything else happens.
+        Some(limit) => {
+            if !counter.admit(&job.function_id, &job.request_id, Some(limit)).await? {
+                return Err(ApiError {
+                    retry_after: Some(1),
+                    ..ApiError::new(
+                        StatusCode::TOO_MANY_REQUESTS,
+                        format!(
+                            "function {} has {limit} unfinished jobs (its maxQueued); retry later",
+                            job.function_id
+                        ),
+                    )
+                });
+            }
+            state.jobs.set_state(&pending).await?;
+        }
+        None => {
+            let (counted, stated) = tokio::join!(
+                counter.admit(&job.function_id, &job.request_id, None),
+                state.jobs.set_state(&pending)
+            );
+            counted?;
+            stated?;
+        }
+    }
     let subscription = if asynchronous {
         None
     } else {

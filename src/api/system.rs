@@ -193,6 +193,11 @@ pub struct SystemStatus {
     status: &'static str,
     totals: Totals,
     workers: Vec<WorkerStatus>,
+    /// Per function with unfinished jobs: `jobs` accepted and not finished
+    /// (queued, running or between retries), `running` holding a run slot
+    /// (counted for functions with a maxConcurrency). The signal to scale
+    /// workers on.
+    functions: std::collections::BTreeMap<String, crate::backend::FunctionLoad>,
 }
 
 /// Workers that reported recently, their warm pools and running jobs.
@@ -208,10 +213,12 @@ pub async fn system_status(State(state): State<Arc<ApiState>>) -> Result<Json<Sy
         active_jobs: workers.iter().map(|w| w.active_jobs).sum(),
         warm_instances: workers.iter().map(|w| w.warm_instances).sum(),
     };
+    let functions = state.jobs.counter().load().await?;
     Ok(Json(SystemStatus {
         status: if workers.is_empty() { "offline" } else { "online" },
         totals,
         workers,
+        functions,
     }))
 }
 

@@ -11,7 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use chrono::Utc;
 
-use super::{ArtifactStore, Error, RecordStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory};
+use super::{
+    ArtifactStore, Error, FunctionRegistry, JobCounter, JobQueue, LogStore, RateLimiter, RecordStore, ResultBus,
+    WorkerDirectory,
+};
 use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
 
 fn unique(prefix: &str) -> String {
@@ -43,6 +46,8 @@ pub fn sample_function(id: &str) -> FunctionRecord {
         network: false,
         owner: None,
         retry: Default::default(),
+        max_concurrency: None,
+        max_queued: None,
     }
 }
 
@@ -269,9 +274,15 @@ pub async fn record_store(store: &dyn RecordStore) {
     let base = unique("records");
     let a = format!("{base}/a");
     assert_eq!(store.get(&a).await.expect("get"), None, "absent");
-    assert_eq!(store.create(&a, Bytes::from_static(b"first")).await.expect("create"), None);
     assert_eq!(
-        store.create(&a, Bytes::from_static(b"second")).await.expect("create again"),
+        store.create(&a, Bytes::from_static(b"first")).await.expect("create"),
+        None
+    );
+    assert_eq!(
+        store
+            .create(&a, Bytes::from_static(b"second"))
+            .await
+            .expect("create again"),
         Some(Bytes::from_static(b"first")),
         "the first writer wins and the second sees its value"
     );
@@ -307,16 +318,32 @@ pub async fn record_store(store: &dyn RecordStore) {
     store.put(&format!("{base}/big"), big.clone()).await.expect("6 MiB");
     assert_eq!(store.get(&format!("{base}/big")).await.expect("get big"), Some(big));
 
-    store.put(&format!("{base}/p/1"), Bytes::from_static(b"1")).await.expect("put");
-    store.put(&format!("{base}/p/2"), Bytes::from_static(b"2")).await.expect("put");
-    store.put(&format!("{base}/q/3"), Bytes::from_static(b"3")).await.expect("put");
+    store
+        .put(&format!("{base}/p/1"), Bytes::from_static(b"1"))
+        .await
+        .expect("put");
+    store
+        .put(&format!("{base}/p/2"), Bytes::from_static(b"2"))
+        .await
+        .expect("put");
+    store
+        .put(&format!("{base}/q/3"), Bytes::from_static(b"3"))
+        .await
+        .expect("put");
     assert_eq!(
         store.list(&format!("{base}/p/"), 10).await.expect("list"),
         vec![format!("{base}/p/1"), format!("{base}/p/2")]
     );
-    assert_eq!(store.list(&format!("{base}/p/"), 1).await.expect("list").len(), 1, "limit");
+    assert_eq!(
+        store.list(&format!("{base}/p/"), 1).await.expect("list").len(),
+        1,
+        "limit"
+    );
     store.delete(&format!("{base}/p/1")).await.expect("delete");
-    store.delete(&format!("{base}/p/1")).await.expect("delete is idempotent");
+    store
+        .delete(&format!("{base}/p/1"))
+        .await
+        .expect("delete is idempotent");
     assert_eq!(store.get(&format!("{base}/p/1")).await.expect("get"), None);
 }
 
@@ -471,5 +498,64 @@ pub async fn log_store(logs: &dyn LogStore) {
     assert!(
         matches!(logs.get(&function, &other.request_id).await, Err(Error::NotFound(_))),
         "scoped to the function"
+    );
+}
+
+/// A `JobCounter`: admission bounded per function, run slots bounded and
+/// leased, counts visible in `load`.
+pub async fn job_counter(counter: &dyn JobCounter) {
+    let f = unique("fn");
+    let other = unique("fn");
+    assert!(counter.admit(&f, "j1", Some(2)).await.expect("admit"));
+    assert!(
+        counter.admit(&f, "j1", Some(2)).await.expect("admit again"),
+        "same job: no-op"
+    );
+    assert!(counter.admit(&f, "j2", Some(2)).await.expect("admit"));
+    assert!(!counter.admit(&f, "j3", Some(2)).await.expect("admit"), "limit reached");
+    assert!(counter.admit(&f, "j3", None).await.expect("admit"), "no limit");
+    assert!(
+        counter.admit(&other, "j1", Some(1)).await.expect("admit"),
+        "per function"
+    );
+    counter.done(&f, "j3").await.expect("done");
+    counter.done(&f, "j2").await.expect("done");
+    counter.done(&f, "j2").await.expect("done is idempotent");
+    assert!(counter.admit(&f, "j4", Some(2)).await.expect("admit"), "freed by done");
+
+    let lease = Duration::from_millis(800);
+    assert!(counter.acquire(&f, "j1", 2, lease).await.expect("acquire"));
+    assert!(counter.acquire(&f, "j4", 2, lease).await.expect("acquire"));
+    assert!(
+        !counter.acquire(&f, "j5", 2, lease).await.expect("acquire"),
+        "all slots held"
+    );
+    assert!(
+        counter.acquire(&f, "j1", 2, lease).await.expect("renew"),
+        "a holder renews"
+    );
+    let load = counter.load().await.expect("load");
+    assert_eq!(
+        load.get(&f),
+        Some(&super::FunctionLoad { jobs: 2, running: 2 }),
+        "{load:?}"
+    );
+    assert_eq!(load.get(&other).map(|l| l.jobs), Some(1));
+    counter.release(&f, "j4").await.expect("release");
+    assert!(
+        counter.acquire(&f, "j5", 2, lease).await.expect("acquire"),
+        "freed by release"
+    );
+    // A holder that stops renewing (a dead worker) loses its slot with its lease.
+    tokio::time::sleep(lease + Duration::from_millis(300)).await;
+    assert!(counter.acquire(&f, "j6", 1, lease).await.expect("acquire after expiry"));
+    counter.release(&f, "j6").await.expect("release");
+    counter.done(&f, "j1").await.expect("done");
+    counter.done(&f, "j4").await.expect("done");
+    counter.done(&other, "j1").await.expect("done");
+    let load = counter.load().await.expect("load");
+    assert!(
+        !load.contains_key(&f) && !load.contains_key(&other),
+        "idle functions leave: {load:?}"
     );
 }

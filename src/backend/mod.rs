@@ -161,6 +161,40 @@ pub trait RecordStore: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 }
 
+/// What a function has in flight across the platform.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionLoad {
+    /// Accepted jobs not finished yet (waiting, running or between retries).
+    pub jobs: u64,
+    /// Run slots held (jobs running under a `maxConcurrency`).
+    pub running: u64,
+}
+
+/// Per-function counts shared by every API process and worker: accepted,
+/// unfinished jobs (bounded by `maxQueued` at admission) and run slots
+/// (bounded by `maxConcurrency`). Slots are leases: a worker that dies stops
+/// renewing, and its slots come free when the lease lapses.
+#[async_trait]
+pub trait JobCounter: Send + Sync + 'static {
+    /// Counts the job as accepted unless `limit` jobs of the function are
+    /// counted already; false when refused. Counting the same job twice is a
+    /// no-op (true).
+    async fn admit(&self, function_id: &str, job_id: &str, limit: Option<u32>) -> Result<bool>;
+    /// Stops counting the job (finished, or never queued after all).
+    async fn done(&self, function_id: &str, job_id: &str) -> Result<()>;
+    /// Takes one of `max` run slots for `lease`; false when all are held.
+    /// Taking a slot the job holds already renews it.
+    async fn acquire(&self, function_id: &str, job_id: &str, max: u32, lease: Duration) -> Result<bool>;
+    async fn release(&self, function_id: &str, job_id: &str) -> Result<()>;
+    /// Every function with jobs counted or slots held.
+    async fn load(&self) -> Result<std::collections::BTreeMap<String, FunctionLoad>>;
+}
+
+/// Accepted jobs stop counting after this even if no `done` came (a job
+/// lost with its record): the longest a job may wait (maxEventAgeSeconds).
+pub const JOB_COUNT_HORIZON: Duration = Duration::from_secs(6 * 3600 + 600);
+
 /// The outcome of one rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {

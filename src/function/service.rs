@@ -242,6 +242,8 @@ impl FunctionService {
             network: settings.network,
             owner,
             retry: settings.retry,
+            max_concurrency: settings.max_concurrency,
+            max_queued: settings.max_queued,
         };
         self.registry.put(&record).await?;
         self.invalidate(id);

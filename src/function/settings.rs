@@ -17,6 +17,8 @@ pub const ENV_VARS_MAX_BYTES: usize = 4096;
 pub const WARM_MAX: u32 = 100;
 pub const KEEP_ALIVE_MAX_SECONDS: u64 = 86_400;
 pub const MAX_RETRIES: u64 = 5;
+pub const MAX_CONCURRENCY: u64 = 10_000;
+pub const MAX_QUEUED: u64 = 1_000_000;
 pub const RETRY_BACKOFF_MAX_SECONDS: u64 = 300;
 pub const EVENT_AGE_MIN_SECONDS: u64 = 60;
 pub const EVENT_AGE_MAX_SECONDS: u64 = 21_600;
@@ -43,6 +45,8 @@ pub struct SettingsDraft {
     pub retry_backoff_seconds: Option<String>,
     pub retry_on_oom: Option<String>,
     pub max_event_age_seconds: Option<String>,
+    pub max_concurrency: Option<String>,
+    pub max_queued: Option<String>,
 }
 
 impl SettingsDraft {
@@ -64,6 +68,8 @@ impl SettingsDraft {
             retry_backoff_seconds: self.retry_backoff_seconds.or(other.retry_backoff_seconds),
             retry_on_oom: self.retry_on_oom.or(other.retry_on_oom),
             max_event_age_seconds: self.max_event_age_seconds.or(other.max_event_age_seconds),
+            max_concurrency: self.max_concurrency.or(other.max_concurrency),
+            max_queued: self.max_queued.or(other.max_queued),
         }
     }
 
@@ -83,6 +89,8 @@ impl SettingsDraft {
             && self.retry_backoff_seconds.is_none()
             && self.retry_on_oom.is_none()
             && self.max_event_age_seconds.is_none()
+            && self.max_concurrency.is_none()
+            && self.max_queued.is_none()
     }
 }
 
@@ -99,6 +107,8 @@ pub struct FunctionSettings {
     pub warm_pool: WarmPool,
     pub network: bool,
     pub retry: RetryPolicy,
+    pub max_concurrency: Option<u32>,
+    pub max_queued: Option<u32>,
 }
 
 impl FunctionSettings {
@@ -115,6 +125,8 @@ impl FunctionSettings {
             warm_pool: r.warm_pool,
             network: r.network,
             retry: r.retry,
+            max_concurrency: r.max_concurrency,
+            max_queued: r.max_queued,
         })
     }
 }
@@ -286,6 +298,12 @@ pub fn validate(
             },
         }
     };
+    let max_concurrency = count("maxConcurrency", draft.max_concurrency.as_deref(), 1, MAX_CONCURRENCY)
+        .map(|v| v.map(|n| n as u32))
+        .unwrap_or(base.and_then(|b| b.max_concurrency));
+    let max_queued = count("maxQueued", draft.max_queued.as_deref(), 1, MAX_QUEUED)
+        .map(|v| v.map(|n| n as u32))
+        .unwrap_or(base.and_then(|b| b.max_queued));
     let warm_max = u64::from(WARM_MAX);
     let min_warm = count("minWarm", draft.min_warm.as_deref(), 0, warm_max)
         .map(|v| v.unwrap_or(0) as u32)
@@ -377,6 +395,8 @@ pub fn validate(
             warm_pool,
             network,
             retry,
+            max_concurrency,
+            max_queued,
         })
     } else {
         Err(ValidationErrors(errors))

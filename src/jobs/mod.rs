@@ -12,7 +12,7 @@ use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Error, RecordStore, Result, ResultBus, Subscription};
+use crate::backend::{Error, JobCounter, RecordStore, Result, ResultBus, Subscription};
 use crate::model::{DeadLetter, JobRecord, JobResult};
 
 /// How long an idempotency key holds.
@@ -187,11 +187,17 @@ impl Ledger {
 pub struct Jobs {
     bus: Arc<dyn ResultBus>,
     ledger: Ledger,
+    counter: Arc<dyn JobCounter>,
 }
 
 impl Jobs {
-    pub fn new(bus: Arc<dyn ResultBus>, ledger: Ledger) -> Self {
-        Jobs { bus, ledger }
+    pub fn new(bus: Arc<dyn ResultBus>, ledger: Ledger, counter: Arc<dyn JobCounter>) -> Self {
+        Jobs { bus, ledger, counter }
+    }
+
+    /// Per-function counts of unfinished jobs and run slots.
+    pub fn counter(&self) -> &Arc<dyn JobCounter> {
+        &self.counter
     }
 
     pub fn bus(&self) -> &Arc<dyn ResultBus> {
@@ -237,6 +243,11 @@ impl Jobs {
                 JobRecord::finished(submitted_at, result.clone())
             }
         };
-        self.ledger.finish(&record).await
+        let kept = self.ledger.finish(&record).await?;
+        if let Err(e) = self.counter.done(&result.function_id, &result.request_id).await {
+            // The count lapses on its own; maxQueued may refuse a little early meanwhile.
+            tracing::warn!(error = %e, "could not uncount a finished job");
+        }
+        Ok(kept)
     }
 }

@@ -52,7 +52,10 @@ pub fn after(job: &Job, result: &JobResult) -> Next {
     }
     if !retryable(result.status, &policy) {
         return Next::DeadLetter {
-            reason: format!("{} is not retried under the function's retry policy", result.status.as_str()),
+            reason: format!(
+                "{} is not retried under the function's retry policy",
+                result.status.as_str()
+            ),
         };
     }
     let runs = result.attempt.max(job.lifecycle.first_attempt());
@@ -117,6 +120,7 @@ pub fn new_job(function: &FunctionRecord, bucket: &str, req: RunRequest) -> Job 
         lifecycle: JobLifecycle {
             asynchronous: req.asynchronous,
             retry: req.asynchronous.then_some(function.retry),
+            max_concurrency: function.max_concurrency,
             ..JobLifecycle::default()
         },
     }
@@ -173,8 +177,14 @@ mod tests {
     #[test]
     fn oom_and_lost_are_dead_lettered_unless_asked() {
         let job = async_job(RetryPolicy::default());
-        assert!(matches!(after(&job, &run(&job, JobStatus::Oom, 1)), Next::DeadLetter { .. }));
-        assert!(matches!(after(&job, &run(&job, JobStatus::Lost, 6)), Next::DeadLetter { .. }));
+        assert!(matches!(
+            after(&job, &run(&job, JobStatus::Oom, 1)),
+            Next::DeadLetter { .. }
+        ));
+        assert!(matches!(
+            after(&job, &run(&job, JobStatus::Lost, 6)),
+            Next::DeadLetter { .. }
+        ));
         let job = async_job(RetryPolicy {
             retry_on_oom: true,
             ..RetryPolicy::default()
@@ -184,7 +194,10 @@ mod tests {
             max_retries: 0,
             ..RetryPolicy::default()
         });
-        assert!(matches!(after(&none, &run(&none, JobStatus::Error, 1)), Next::DeadLetter { .. }));
+        assert!(matches!(
+            after(&none, &run(&none, JobStatus::Error, 1)),
+            Next::DeadLetter { .. }
+        ));
     }
 
     #[test]

@@ -60,6 +60,14 @@ pub struct FunctionSpec {
     /// Retries and dead-lettering of asynchronous runs that fail.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retry: Option<RetrySpec>,
+    /// Most runs of this function at once across all workers (default: unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 10000))]
+    pub max_concurrency: Option<u32>,
+    /// Most accepted, unfinished jobs; beyond it `/run` answers 429 (default: unbounded).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000000))]
+    pub max_queued: Option<u32>,
 }
 
 /// What happens to an asynchronous run that fails (synchronous runs are never retried).

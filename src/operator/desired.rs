@@ -154,6 +154,8 @@ pub fn settings_draft(name: &str, spec: &FunctionSpec, env: &BTreeMap<String, St
         retry_backoff_seconds: opt(retry.backoff_seconds.map(u64::from)),
         retry_on_oom: Some(retry.retry_on_oom.to_string()),
         max_event_age_seconds: opt(retry.max_event_age_seconds),
+        max_concurrency: opt(spec.max_concurrency.map(u64::from)),
+        max_queued: opt(spec.max_queued.map(u64::from)),
     }
 }
 
@@ -320,6 +322,8 @@ mod tests {
             description: None,
             network: false,
             retry: None,
+            max_concurrency: None,
+            max_queued: None,
         }
     }
 
@@ -398,7 +402,11 @@ mod tests {
         assert_eq!(d.description.as_deref(), Some(""));
         let settings = crate::function::settings::validate(&d, None, "x").unwrap();
         assert_eq!(settings.warm_pool.min_warm, 2);
-        assert_eq!(settings.retry, crate::model::RetryPolicy::default(), "no retry block: defaults");
+        assert_eq!(
+            settings.retry,
+            crate::model::RetryPolicy::default(),
+            "no retry block: defaults"
+        );
 
         s.retry = Some(crate::operator::crd::RetrySpec {
             max_retries: Some(0),

@@ -14,9 +14,9 @@ use tracing::Instrument;
 
 use crate::ai::{AiClient, AiSession};
 use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, WorkerDirectory};
+use crate::function::settings::Handler;
 use crate::jobs::policy::{self, Next};
 use crate::jobs::Jobs;
-use crate::function::settings::Handler;
 use crate::metrics::Metrics;
 use crate::model::{DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
@@ -54,6 +54,15 @@ pub struct WorkerBackends {
     /// Signalled when functions change, to follow at once rather than at
     /// the next poll (in-process registries).
     pub changes: Option<Arc<tokio::sync::Notify>>,
+}
+
+/// The shortest wait of a job put back for lack of a run slot (SQS delays
+/// are in whole seconds, so 1 s there).
+const DEFER_MIN: Duration = Duration::from_millis(1000);
+
+/// Up to 500 ms, so deferred jobs do not all come back at once.
+fn rand_jitter_ms() -> u64 {
+    u64::from(uuid::Uuid::new_v4().as_u128() as u16 % 500)
 }
 
 /// How often a worker re-reads the warm-pool spec from the registry.
@@ -342,13 +351,34 @@ impl Worker {
                 self.dead_letter(job, &mut r, "too old to run (maxEventAgeSeconds)").await;
                 r
             } else {
+                let slot = match job.lifecycle.max_concurrency {
+                    None => None,
+                    Some(max) => match self.jobs.counter().acquire(&job.function_id, &job.request_id, max, self.cfg.visibility).await {
+                        Ok(true) => Some(max),
+                        // Every run slot of the function is taken: back to the queue, unrun.
+                        Ok(false) => {
+                            self.defer(&delivery).await;
+                            return;
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "cannot take a run slot; the job waits");
+                            self.defer(&delivery).await;
+                            return;
+                        }
+                    },
+                };
                 let running = JobRecord::pending(job).with_status(JobStatus::Running);
                 if let Err(e) = self.jobs.set_state(&running).await {
                     tracing::warn!(error = %e, "could not record RUNNING state");
                 }
-                let extender = self.keep_invisible(&delivery);
+                let extender = self.keep_invisible(&delivery, slot);
                 let mut result = self.execute(&delivery, attempt).await;
                 extender.abort();
+                if slot.is_some() {
+                    if let Err(e) = self.jobs.counter().release(&job.function_id, &job.request_id).await {
+                        tracing::warn!(error = %e, "could not release the run slot; it lapses with its lease");
+                    }
+                }
                 match policy::after(job, &result) {
                     Next::Finish => {}
                     Next::Retry { delay } => {
@@ -428,10 +458,7 @@ impl Worker {
         match self.jobs.ledger().put_dead_letter(&letter).await {
             Ok(()) => {
                 result.dead_lettered = true;
-                self.metrics
-                    .dead_letters
-                    .with_label_values(&[&job.function_id])
-                    .inc();
+                self.metrics.dead_letters.with_label_values(&[&job.function_id]).inc();
                 tracing::warn!(reason, "job dead-lettered");
             }
             Err(e) => tracing::error!(error = %e, "could not keep the dead letter"),
@@ -439,9 +466,12 @@ impl Worker {
     }
 
     /// Extends the job's visibility while it runs, so no other worker takes it.
-    fn keep_invisible(&self, delivery: &Delivery) -> tokio::task::JoinHandle<()> {
+    /// With `slot` (the function's maxConcurrency) it renews the run slot's lease too.
+    fn keep_invisible(&self, delivery: &Delivery, slot: Option<u32>) -> tokio::task::JoinHandle<()> {
         let queue = self.queue.clone();
+        let counter = self.jobs.counter().clone();
         let receipt = delivery.receipt.clone();
+        let (function_id, job_id) = (delivery.job.function_id.clone(), delivery.job.request_id.clone());
         let visibility = self.cfg.visibility;
         tokio::spawn(async move {
             loop {
@@ -449,8 +479,29 @@ impl Worker {
                 if let Err(e) = queue.extend(&receipt, visibility).await {
                     tracing::warn!(error = %e, "could not extend job visibility");
                 }
+                if let Some(max) = slot {
+                    if let Err(e) = counter.acquire(&function_id, &job_id, max, visibility).await {
+                        tracing::warn!(error = %e, "could not renew the run slot");
+                    }
+                }
             }
         })
+    }
+
+    /// Puts a job whose function has no free run slot back on the queue for
+    /// a little later (a new message, so waiting does not count as a failed
+    /// delivery), then acks this one. Left unacknowledged if that fails.
+    async fn defer(&self, delivery: &Delivery) {
+        let delay = DEFER_MIN + Duration::from_millis(rand_jitter_ms());
+        if let Err(e) = self.queue.send_delayed(&delivery.job, delay).await {
+            tracing::warn!(error = %e, "could not put the job back; it is delivered again after its visibility");
+            return;
+        }
+        self.metrics
+            .deferred
+            .with_label_values(&[&delivery.job.function_id])
+            .inc();
+        self.ack(delivery).await;
     }
 
     async fn execute(&self, delivery: &Delivery, attempt: u32) -> JobResult {

@@ -5,8 +5,8 @@ use std::time::Duration;
 
 use infra_controller::backend::conformance;
 use infra_controller::backend::embedded::{
-    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory, InProcessRateLimiter,
-    LocalArtifactStore,
+    Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory,
+    InProcessJobCounter, InProcessRateLimiter, LocalArtifactStore,
 };
 use infra_controller::backend::JobQueue;
 
@@ -33,6 +33,11 @@ async fn embedded_queue() {
     assert!(recovered.0.is_empty());
     conformance::job_queue(&queue, visibility).await;
     conformance::delayed_send(&queue).await;
+}
+
+#[tokio::test]
+async fn in_process_job_counter() {
+    conformance::job_counter(&InProcessJobCounter::default()).await;
 }
 
 #[tokio::test]
@@ -120,7 +125,11 @@ mod aws {
     #[tokio::test]
     async fn s3_record_store() {
         let bucket = unique("bucket");
-        S3ArtifactStore::new(&aws(), &bucket).await.ensure_bucket().await.unwrap();
+        S3ArtifactStore::new(&aws(), &bucket)
+            .await
+            .ensure_bucket()
+            .await
+            .unwrap();
         conformance::record_store(&S3RecordStore::new(&aws(), &bucket, "records/").await).await;
     }
 
@@ -195,7 +204,9 @@ mod redis {
     use std::time::Duration;
 
     use infra_controller::backend::conformance;
-    use infra_controller::backend::redis::{connect, RedisDirectory, RedisRateLimiter, RedisResultBus};
+    use infra_controller::backend::redis::{
+        connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus,
+    };
 
     use crate::services::RedisServer;
 
@@ -216,6 +227,13 @@ mod redis {
         let server = RedisServer::start();
         let (_, conn) = connect(&server.url()).await.unwrap();
         conformance::rate_limiter(&RedisRateLimiter::new(conn, 100, ""), 100).await;
+    }
+
+    #[tokio::test]
+    async fn redis_job_counter() {
+        let server = RedisServer::start();
+        let (_, conn) = connect(&server.url()).await.unwrap();
+        conformance::job_counter(&RedisJobCounter::new(conn, "p:")).await;
     }
 
     #[tokio::test]

@@ -38,13 +38,23 @@ async fn failing_async_runs_are_retried_until_they_succeed() {
         assert_eq!(a["attempt"], i as u64 + 1);
         assert_eq!(a["status"], "ERROR");
         assert!(
-            a["error"]["message"].as_str().unwrap().contains(&format!("flaky failure {}", i + 1)),
+            a["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("flaky failure {}", i + 1)),
             "{a}"
         );
     }
     // Backoff 1 s, then 2 s.
-    assert!(t0.elapsed() >= Duration::from_secs(3), "retried after {:?}", t0.elapsed());
-    assert!(app.metrics().await.contains(&format!("infra_retries_total{{function=\"{id}\"}} 2")));
+    assert!(
+        t0.elapsed() >= Duration::from_secs(3),
+        "retried after {:?}",
+        t0.elapsed()
+    );
+    assert!(app
+        .metrics()
+        .await
+        .contains(&format!("infra_retries_total{{function=\"{id}\"}} 2")));
 
     // A sync run is never retried: its caller gets the failure.
     let (status, body) = app.run(&id, json!({"id": "b"})).await;
@@ -82,7 +92,11 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
     let letter = &list["deadLetters"][0];
     assert_eq!(letter["jobId"], job.as_str());
     assert_eq!(letter["input"], json!({"x": "input"}));
-    assert_eq!(letter["attempts"].as_array().unwrap().len(), 2, "every failed run: {letter}");
+    assert_eq!(
+        letter["attempts"].as_array().unwrap().len(),
+        2,
+        "every failed run: {letter}"
+    );
     assert!(letter["attempts"][1]["error"]["message"]
         .as_str()
         .unwrap()
@@ -99,7 +113,12 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
         reqwest::multipart::Part::bytes(b"def handler(event, context):\n    return 'fixed ' + event['x']\n".to_vec())
             .file_name("main.py"),
     );
-    let r = app.put(&format!("/functions/{id}")).multipart(form).send().await.unwrap();
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     let r = app
         .post("/dead-letters/redrive")
@@ -137,12 +156,22 @@ async fn retry_settings_are_validated_and_updated_field_by_field() {
     assert_eq!(r.status(), 400);
     let body: Value = r.json().await.unwrap();
     let details = body["details"].to_string();
-    assert!(details.contains("maxEventAgeSeconds must be an integer from 60 to 21600"), "{body}");
+    assert!(
+        details.contains("maxEventAgeSeconds must be an integer from 60 to 21600"),
+        "{body}"
+    );
     assert!(details.contains("maxRetries must be an integer from 0 to 5"), "{body}");
     let id = app
         .upload_py("def handler(e, c):\n    return 1\n", &[("maxEventAgeSeconds", "60")])
         .await;
-    let f: Value = app.get(&format!("/functions/{id}")).send().await.unwrap().json().await.unwrap();
+    let f: Value = app
+        .get(&format!("/functions/{id}"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(
         f["retry"],
         json!({"maxRetries": 2, "backoffSeconds": 1, "retryOnOom": false, "maxEventAgeSeconds": 60})
@@ -175,7 +204,11 @@ async fn one_idempotency_key_makes_one_job() {
             .post("/run")
             .header("idempotency-key", key)
             .json(&json!({"functionId": id, "inputData": {"n": n}}));
-        let req = if asynchronous { req.header("x-async", "true") } else { req };
+        let req = if asynchronous {
+            req.header("x-async", "true")
+        } else {
+            req
+        };
         async move {
             let r = req.send().await.unwrap();
             let replayed = r.headers().get("idempotent-replayed").is_some();
@@ -224,7 +257,9 @@ async fn five_mib_inputs_and_results_round_trip() {
             &[],
         )
         .await;
-    let blob: String = (0..5 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let blob: String = (0..5 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let reversed: String = blob.chars().rev().collect();
     let body = app.run_ok(&id, json!({"blob": blob})).await;
     assert_eq!(body["status"], "SUCCESS");
@@ -233,5 +268,87 @@ async fn five_mib_inputs_and_results_round_trip() {
     let job = app.run_async(&id, json!({"blob": blob})).await;
     let (_, body) = app.wait_job(&job, Duration::from_secs(60)).await;
     assert_eq!(body["result"]["len"], 5 * 1024 * 1024, "{}", body["error"]);
+    app.stop().await;
+}
+
+/// Records when each run started and ended (wall clock, shared by every
+/// process on the host), so overlap can be measured from the results alone.
+const TIMED: &str = r#"
+import time
+def handler(event, context):
+    start = time.time()
+    time.sleep(0.2)
+    return {"start": start, "end": time.time()}
+"#;
+
+/// Most runs that overlapped at any moment.
+pub fn max_overlap(intervals: &[(f64, f64)]) -> usize {
+    let mut edges: Vec<(f64, i32)> = intervals.iter().flat_map(|(s, e)| [(*s, 1), (*e, -1)]).collect();
+    // Ends before starts at the same instant.
+    edges.sort_by(|a, b| a.0.partial_cmp(&b.0).unwrap().then(a.1.cmp(&b.1)));
+    let (mut now, mut max) = (0i32, 0i32);
+    for (_, d) in edges {
+        now += d;
+        max = max.max(now);
+    }
+    max as usize
+}
+
+#[tokio::test]
+async fn max_concurrency_bounds_runs_and_max_queued_answers_429() {
+    let app = TestApp::start_with(|a| a.pool.worker_concurrency = "4".into()).await;
+    let id = app.upload_py(TIMED, &[("maxConcurrency", "2")]).await;
+    let mut jobs = Vec::new();
+    for _ in 0..12 {
+        jobs.push(app.run_async(&id, json!({})).await);
+    }
+    let status: Value = app.get("/system/status").send().await.unwrap().json().await.unwrap();
+    assert!(status["functions"][&id]["jobs"].as_u64().unwrap() > 0, "{status}");
+    let mut intervals = Vec::new();
+    for job in &jobs {
+        let (_, body) = app.wait_job(job, Duration::from_secs(60)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        intervals.push((
+            body["result"]["start"].as_f64().unwrap(),
+            body["result"]["end"].as_f64().unwrap(),
+        ));
+    }
+    assert_eq!(max_overlap(&intervals), 2, "{intervals:?}");
+    assert!(app.metrics().await.contains("infra_jobs_deferred_total"));
+
+    // maxQueued: beyond it, 429 with Retry-After; nothing is queued for it.
+    let slow = app
+        .upload_py(
+            "import time\ndef handler(e, c):\n    time.sleep(1)\n    return 1\n",
+            &[("maxQueued", "3")],
+        )
+        .await;
+    let mut accepted = Vec::new();
+    let mut refused = 0;
+    for _ in 0..6 {
+        let r = app
+            .post("/run")
+            .header("x-async", "true")
+            .json(&json!({"functionId": slow}))
+            .send()
+            .await
+            .unwrap();
+        match r.status().as_u16() {
+            202 => accepted.push(r.json::<Value>().await.unwrap()["jobId"].as_str().unwrap().to_string()),
+            429 => {
+                assert_eq!(r.headers()["retry-after"], "1");
+                let body: Value = r.json().await.unwrap();
+                assert!(body["error"].as_str().unwrap().contains("maxQueued"), "{body}");
+                refused += 1;
+            }
+            other => panic!("unexpected {other}"),
+        }
+    }
+    assert_eq!((accepted.len(), refused), (3, 3));
+    for job in &accepted {
+        app.wait_job(job, Duration::from_secs(30)).await;
+    }
+    // Finished jobs free their places.
+    assert_eq!(app.run_async(&slow, json!({})).await.len(), 36);
     app.stop().await;
 }

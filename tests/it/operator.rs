@@ -235,6 +235,8 @@ fn function(name: &str, source: &str) -> Function {
             description: Some("hello".into()),
             network: false,
             retry: None,
+            max_concurrency: None,
+            max_queued: None,
         },
     );
     f.meta_mut().namespace = Some("default".into());

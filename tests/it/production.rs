@@ -196,8 +196,10 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
         assert!(Instant::now() < deadline, "no job started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let _survivor = cluster.worker(&quick_visibility);
+    // Kill first: starting the survivor can take longer than the job under
+    // load, and the victim must die with a job in hand.
     signal(&victim.child, libc::SIGKILL);
+    let _survivor = cluster.worker(&quick_visibility);
     let mut redelivered = 0;
     for (n, job) in &jobs {
         let (_, body) = wait_job_at(&client, &api.base, job, Duration::from_secs(90)).await;
@@ -273,11 +275,11 @@ async fn wait_durable(client: &reqwest::Client, base: &str, job: &str, within: D
         if code == 200 && !matches!(body["status"].as_str(), Some("PENDING" | "RUNNING")) {
             return body;
         }
+        assert!(matches!(code, 200 | 404 | 503), "status of {job}: {code} {body}");
         assert!(
-            matches!(code, 200 | 404 | 503),
-            "status of {job}: {code} {body}"
+            Instant::now() < deadline,
+            "job {job} not terminal in {within:?}: {code} {body}"
         );
-        assert!(Instant::now() < deadline, "job {job} not terminal in {within:?}: {code} {body}");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -363,7 +365,11 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     .await;
     let answers = futures::future::join_all((0..50).map(|i| {
         let client = client.clone();
-        let base = if i % 2 == 0 { api.base.clone() } else { api2.base.clone() };
+        let base = if i % 2 == 0 {
+            api.base.clone()
+        } else {
+            api2.base.clone()
+        };
         let echo = echo.clone();
         async move {
             let r = client
@@ -400,14 +406,22 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     assert_eq!(r.status(), 422);
 
     // 5 MiB in and out through SQS (the input rides in S3 beside the message).
-    let blob: String = (0..5 * 1024 * 1024).map(|i| char::from(b'a' + (i % 26) as u8)).collect();
+    let blob: String = (0..5 * 1024 * 1024)
+        .map(|i| char::from(b'a' + (i % 26) as u8))
+        .collect();
     let (status, body) = run_at(&client, &api.base, &echo, json!({"blob": blob}), false).await;
     assert_eq!(status, 200, "{}", body["error"]);
     assert_eq!(body["result"]["len"], 5 * 1024 * 1024);
     assert_eq!(body["result"]["big"].as_str().unwrap().len(), 5 * 1024 * 1024);
     let (status, body) = run_at(&client, &api.base, &echo, json!({"blob": blob}), true).await;
     assert_eq!(status, 202);
-    let body = wait_durable(&client, &api.base, body["jobId"].as_str().unwrap(), Duration::from_secs(60)).await;
+    let body = wait_durable(
+        &client,
+        &api.base,
+        body["jobId"].as_str().unwrap(),
+        Duration::from_secs(60),
+    )
+    .await;
     assert_eq!(body["result"]["len"], 5 * 1024 * 1024, "{}", body["error"]);
 
     // Retries through SQS delays, then the dead letter in S3, then redrive.
@@ -430,11 +444,13 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     let r = client
         .put(format!("{}/functions/{failing}", api.base))
         .header("x-api-key", KEY)
-        .multipart(reqwest::multipart::Form::new().part(
-            "file",
-            reqwest::multipart::Part::bytes(b"def handler(event, context):\n    return event['k'] + 1\n".to_vec())
-                .file_name("main.py"),
-        ))
+        .multipart(
+            reqwest::multipart::Form::new().part(
+                "file",
+                reqwest::multipart::Part::bytes(b"def handler(event, context):\n    return event['k'] + 1\n".to_vec())
+                    .file_name("main.py"),
+            ),
+        )
         .send()
         .await
         .unwrap();
@@ -453,6 +469,69 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     let body = wait_durable(&client, &api.base, &new_job, Duration::from_secs(60)).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_concurrency_holds_across_two_workers() {
+    let mut cluster = Cluster::new().await;
+    let api = cluster.api(&[]);
+    let _w1 = cluster.worker(&[("WORKER_CONCURRENCY", "4")]);
+    let _w2 = cluster.worker(&[("WORKER_CONCURRENCY", "4")]);
+    let client = reqwest::Client::new();
+    let id = upload_at_with(
+        &client,
+        &api.base,
+        "import time\ndef handler(event, context):\n    start = time.time()\n    time.sleep(0.2)\n    return {'start': start, 'end': time.time()}\n",
+        &[("maxConcurrency", "2")],
+    )
+    .await;
+    let mut jobs = Vec::new();
+    for _ in 0..20 {
+        let (status, body) = run_at(&client, &api.base, &id, json!({}), true).await;
+        assert_eq!(status, 202, "{body}");
+        jobs.push(body["jobId"].as_str().unwrap().to_string());
+    }
+    let status = get_json(&client, format!("{}/system/status", api.base)).await;
+    assert!(status["functions"][&id]["jobs"].as_u64().unwrap() >= 1, "{status}");
+    let mut intervals = Vec::new();
+    for job in &jobs {
+        let body = wait_durable(&client, &api.base, job, Duration::from_secs(120)).await;
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        intervals.push((
+            body["result"]["start"].as_f64().unwrap(),
+            body["result"]["end"].as_f64().unwrap(),
+        ));
+    }
+    let overlap = crate::jobs::max_overlap(&intervals);
+    assert_eq!(
+        overlap, 2,
+        "never more than 2 at once, and 2 do run together: {intervals:?}"
+    );
+
+    // maxQueued, counted in Redis by every API process: a third unfinished
+    // job of a function that allows two is refused.
+    let api2 = cluster.api(&[]);
+    let slow = upload_at_with(
+        &client,
+        &api.base,
+        "import time\ndef handler(event, context):\n    time.sleep(3)\n    return 1\n",
+        &[("maxQueued", "2")],
+    )
+    .await;
+    for base in [&api.base, &api2.base] {
+        let (status, body) = run_at(&client, base, &slow, json!({}), true).await;
+        assert_eq!(status, 202, "{body}");
+    }
+    let r = client
+        .post(format!("{}/run", api2.base))
+        .header("x-api-key", KEY)
+        .header("x-async", "true")
+        .json(&json!({"functionId": slow}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 429);
+    assert_eq!(r.headers()["retry-after"], "1");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

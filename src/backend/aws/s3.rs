@@ -188,7 +188,14 @@ impl RecordStore for S3RecordStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(self.key(key)).send().await {
+        let out = match self
+            .client
+            .get_object()
+            .bucket(&self.bucket)
+            .key(self.key(key))
+            .send()
+            .await
+        {
             Ok(o) => o,
             Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
             Err(e) => return Err(unavailable("s3 get_object", e)),

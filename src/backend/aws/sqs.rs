@@ -117,11 +117,7 @@ async fn send_batch(client: &Client, url: &str, batch: Vec<SendReq>) {
             // per-message delay: retries there go out at once.
             entry = entry
                 .message_group_id(&req.job.request_id)
-                .message_deduplication_id(format!(
-                    "{}-{}",
-                    req.job.request_id,
-                    req.job.lifecycle.first_attempt()
-                ));
+                .message_deduplication_id(format!("{}-{}", req.job.request_id, req.job.lifecycle.first_attempt()));
         } else if req.delay_seconds > 0 {
             entry = entry.delay_seconds(req.delay_seconds);
         }

@@ -8,6 +8,7 @@
 
 mod artifacts;
 mod bus;
+mod counter;
 pub mod db;
 mod directory;
 mod logs;
@@ -18,6 +19,7 @@ mod registry;
 
 pub use artifacts::LocalArtifactStore;
 pub use bus::EmbeddedResultBus;
+pub use counter::InProcessJobCounter;
 pub use db::Db;
 pub use directory::InProcessDirectory;
 pub use logs::EmbeddedLogStore;

@@ -231,8 +231,8 @@ impl JobQueue for EmbeddedQueue {
     async fn send_delayed(&self, job: &Job, delay: Duration) -> Result<()> {
         let delay = delay.min(MAX_DELAY);
         let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
-        let not_before_ms = (!delay.is_zero())
-            .then(|| chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64);
+        let not_before_ms =
+            (!delay.is_zero()).then(|| chrono::Utc::now().timestamp_millis() + delay.as_millis() as i64);
         let bytes = encode(&Stored {
             job: job.clone(),
             deliveries: 0,

@@ -3,10 +3,12 @@
 //! result:{id}`). Connections reconnect on their own after an outage.
 
 mod bus;
+mod counter;
 mod directory;
 mod ratelimit;
 
 pub use bus::RedisResultBus;
+pub use counter::RedisJobCounter;
 pub use directory::RedisDirectory;
 pub use ratelimit::RedisRateLimiter;
 
