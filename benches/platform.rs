@@ -17,7 +17,9 @@
 //!   cell cold start (a new function while stem cells are ready), and a
 //!   warm invoke.
 //!
-//! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5), BENCH_COLD (40 per kind).
+//! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5), BENCH_COLD (40 per kind),
+//! BENCH_ADMISSION_ALONE (1: stop a cloud deployment's worker before the
+//! admission burst).
 
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -215,7 +217,9 @@ async fn run_sync(client: &reqwest::Client, base: &str, id: &str) -> (f64, Value
     (t0.elapsed().as_secs_f64() * 1000.0, body)
 }
 
-async fn measure(name: &str, base: &str) {
+async fn measure(name: &str, deployment: &mut Deployment) {
+    let base = deployment.base.clone();
+    let base = base.as_str();
     let client = reqwest::Client::new();
     let invokes = env_num("BENCH_INVOKES", 2000) as usize;
     let seconds = env_num("BENCH_SECONDS", 5);
@@ -263,6 +267,16 @@ async fn measure(name: &str, base: &str) {
         summary(name, &format!("cold start ({kind}): instance init"), init);
     }
 
+    // BENCH_ADMISSION_ALONE=1: the workers of a cloud deployment stop
+    // before the admission burst, so it measures the API's own path (on two
+    // shared cores, workers running the accepted jobs take CPU from it, and
+    // so does moto serving their S3 writes).
+    if env_num("BENCH_ADMISSION_ALONE", 0) == 1 {
+        for worker in deployment.roles.drain(1..) {
+            worker.shutdown();
+            let _ = worker.wait().await;
+        }
+    }
     let deadline = Instant::now() + Duration::from_secs(seconds);
     let started = Instant::now();
     let tasks: Vec<_> = (0..CLIENTS)
@@ -409,7 +423,7 @@ fn main() {
                 runtimes().await;
                 continue;
             }
-            let deployment = match name {
+            let mut deployment = match name {
                 "embedded" => embedded().await,
                 "cloud" => cloud(None).await,
                 "cloud-fast-sqs" => {
@@ -420,7 +434,7 @@ fn main() {
                 }
                 other => panic!("unknown deployment {other}"),
             };
-            measure(name, &deployment.base).await;
+            measure(name, &mut deployment).await;
             deployment.stop().await;
         }
     });

@@ -28,6 +28,7 @@ const INLINE_INPUT_BYTES: usize = 128 * 1024;
 #[derive(Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct RunRequest {
+    #[schema(min_length = 1, max_length = 128)]
     function_id: String,
     /// The event passed to the handler (any JSON; `{}` when absent).
     #[serde(default, alias = "input")]
@@ -35,6 +36,7 @@ pub struct RunRequest {
     input_data: Option<serde_json::Value>,
     /// The AI model the function may use (default from configuration).
     #[serde(default)]
+    #[schema(min_length = 1, max_length = 256)]
     model_id: Option<String>,
 }
 
@@ -298,6 +300,12 @@ async fn replay(state: &ApiState, job_id: String, asynchronous: bool, timeout_ms
             .into_response());
     }
     let subscription = state.jobs.subscribe(&job_id).await?;
+    // The first request's job may be long done.
+    if let Ok(Some(record)) = state.jobs.get(&job_id).await {
+        if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
+            return Ok((replayed, Json(FinishedJob { job_id, result })).into_response());
+        }
+    }
     let response = wait_for(state, job_id, Some(subscription), timeout_ms).await?;
     Ok((replayed, response).into_response())
 }
@@ -330,12 +338,6 @@ async fn wait_for(
         })
         .into_response()
     };
-    // Already finished (a replayed request)?
-    if let Ok(Some(record)) = state.jobs.get(&job_id).await {
-        if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
-            return Ok(finished(result));
-        }
-    }
     let wait = (Duration::from_millis(timeout_ms) + SYNC_MARGIN).min(state.settings.sync_timeout);
     if let Some(subscription) = subscription {
         match tokio::time::timeout(wait, subscription.recv()).await {

@@ -140,6 +140,11 @@ pub trait ResultBus: Send + Sync + 'static {
     async fn publish(&self, submitted_at: chrono::DateTime<chrono::Utc>, result: &JobResult) -> Result<JobRecord>;
     async fn subscribe(&self, request_id: &str) -> Result<Subscription>;
     async fn ping(&self) -> Result<()>;
+    /// True when terminal records published here survive any restart (then
+    /// they need no second, durable copy).
+    fn is_durable(&self) -> bool {
+        false
+    }
 }
 
 /// Durable documents by key: terminal job records, idempotency claims, dead

@@ -15,6 +15,9 @@ use sha2::{Digest, Sha256};
 use crate::backend::{Error, JobCounter, RecordStore, Result, ResultBus, Subscription};
 use crate::model::{DeadLetter, JobRecord, JobResult};
 
+/// Progress on the bus younger than this is taken without asking the ledger.
+const PROGRESS_TRUSTED_FOR: chrono::TimeDelta = chrono::TimeDelta::seconds(2);
+
 /// How long an idempotency key holds.
 pub const IDEMPOTENCY_WINDOW: chrono::TimeDelta = chrono::TimeDelta::hours(24);
 
@@ -217,12 +220,19 @@ impl Jobs {
     }
 
     /// What is known of the job: a terminal record from either store, else
-    /// the bus's progress. With the bus down, the ledger still answers for
-    /// finished jobs.
+    /// the bus's progress. With the bus down or emptied, the ledger still
+    /// answers for finished jobs. Recent progress on the bus is taken as is
+    /// (the worker publishes there before it keeps the outcome, so only a
+    /// failed publication leaves the bus behind, and that shows as progress
+    /// that stopped moving): polling a running job costs no ledger read.
     pub async fn get(&self, job_id: &str) -> Result<Option<JobRecord>> {
         let fast = self.bus.get(job_id).await;
+        if self.bus.is_durable() {
+            return fast;
+        }
         if let Ok(Some(record)) = &fast {
-            if record.status.is_terminal() {
+            let fresh = Utc::now().signed_duration_since(record.updated_at) < PROGRESS_TRUSTED_FOR;
+            if record.status.is_terminal() || fresh {
                 return Ok(Some(record.clone()));
             }
         }
@@ -237,6 +247,11 @@ impl Jobs {
     /// message may be acknowledged). The first terminal result wins.
     pub async fn finish(&self, submitted_at: DateTime<Utc>, result: &JobResult) -> Result<JobRecord> {
         let record = match self.bus.publish(submitted_at, result).await {
+            // A durable bus (infra up) keeps the outcome itself.
+            Ok(winner) if self.bus.is_durable() => {
+                self.uncount(result).await;
+                return Ok(winner);
+            }
             Ok(winner) => winner,
             Err(e) => {
                 tracing::warn!(error = %e, "could not publish the result on the bus; keeping it durably");
@@ -244,10 +259,14 @@ impl Jobs {
             }
         };
         let kept = self.ledger.finish(&record).await?;
+        self.uncount(result).await;
+        Ok(kept)
+    }
+
+    async fn uncount(&self, result: &JobResult) {
         if let Err(e) = self.counter.done(&result.function_id, &result.request_id).await {
             // The count lapses on its own; maxQueued may refuse a little early meanwhile.
             tracing::warn!(error = %e, "could not uncount a finished job");
         }
-        Ok(kept)
     }
 }

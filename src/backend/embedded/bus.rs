@@ -112,4 +112,9 @@ impl ResultBus for EmbeddedResultBus {
     async fn ping(&self) -> Result<()> {
         self.db.ping()
     }
+
+    /// Terminal records are committed to redb before `publish` returns.
+    fn is_durable(&self) -> bool {
+        true
+    }
 }

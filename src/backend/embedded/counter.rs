@@ -16,9 +16,15 @@ struct Counts {
 }
 
 impl Counts {
-    fn expire(&mut self, now: Instant) {
-        self.jobs.retain(|_, until| *until > now);
+    /// Slots are few (at most a function's maxConcurrency): swept on every call.
+    fn expire_slots(&mut self, now: Instant) {
         self.slots.retain(|_, until| *until > now);
+    }
+
+    /// Jobs can be many (a backlog): swept only when their number matters
+    /// (a limit is reached, a load report), not on every admission.
+    fn expire_jobs(&mut self, now: Instant) {
+        self.jobs.retain(|_, until| *until > now);
     }
 }
 
@@ -33,7 +39,7 @@ impl InProcessJobCounter {
     fn with<T>(&self, function_id: &str, f: impl FnOnce(&mut Counts) -> T) -> T {
         let mut all = self.functions.lock().unwrap_or_else(|p| p.into_inner());
         let counts = all.entry(function_id.to_string()).or_default();
-        counts.expire(Instant::now());
+        counts.expire_slots(Instant::now());
         let out = f(counts);
         if counts.jobs.is_empty() && counts.slots.is_empty() {
             all.remove(function_id);
@@ -49,8 +55,13 @@ impl JobCounter for InProcessJobCounter {
             if c.jobs.contains_key(job_id) {
                 return true;
             }
-            if limit.is_some_and(|l| c.jobs.len() >= l as usize) {
-                return false;
+            if let Some(limit) = limit {
+                if c.jobs.len() >= limit as usize {
+                    c.expire_jobs(Instant::now());
+                }
+                if c.jobs.len() >= limit as usize {
+                    return false;
+                }
             }
             c.jobs.insert(job_id.to_string(), Instant::now() + JOB_COUNT_HORIZON);
             true
@@ -82,7 +93,8 @@ impl JobCounter for InProcessJobCounter {
         let now = Instant::now();
         let mut out = BTreeMap::new();
         all.retain(|f, c| {
-            c.expire(now);
+            c.expire_slots(now);
+            c.expire_jobs(now);
             if c.jobs.is_empty() && c.slots.is_empty() {
                 return false;
             }
