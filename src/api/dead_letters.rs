@@ -20,11 +20,12 @@ const MAX_BATCH: usize = 1000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[serde(rename_all = "camelCase")]
-#[into_params(rename_all = "camelCase")]
+#[into_params(rename_all = "camelCase", parameter_in = Query)]
 pub struct DeadLetterQuery {
     /// Only this function's dead letters.
     function_id: Option<String>,
-    /// Most returned, oldest first (1 to 1000, default 100).
+    /// Most returned, oldest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
 }
 

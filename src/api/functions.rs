@@ -410,9 +410,9 @@ pub async fn update_function(
         (json_draft(body)?, None)
     };
     if draft.is_empty() && code.is_none() {
-        return Err(ApiError::bad_request(format!(
-            "nothing to update: send a file and/or any of {ACCEPTED_FIELDS}"
-        )));
+        // Nothing to change: answered like any update (the function as it is),
+        // so a client sending an unchanged form does not need a special case.
+        return Ok(Json(state.functions.get(&id).await?.as_ref().clone()));
     }
     let (code, _turn) = match code {
         Some(spooled) => {
@@ -484,8 +484,10 @@ pub async fn delete_function(
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub struct LogsQuery {
-    /// Most entries returned, newest first (1 to 500, default 50).
+    /// Most entries returned, newest first (default 50).
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<usize>,
 }
 

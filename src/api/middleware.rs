@@ -35,6 +35,11 @@ const PUBLIC_ROUTES: &[&str] = &[
     "/api/openapi.json",
 ];
 
+/// True for a documented path (no `/api` prefix) that needs no key.
+pub fn is_public(path: &str) -> bool {
+    PUBLIC_ROUTES.contains(&path)
+}
+
 /// Accepts a caller's `x-request-id` when it is short and plain; otherwise makes one.
 fn request_id(headers: &HeaderMap) -> String {
     headers
@@ -66,6 +71,9 @@ pub async fn observe(State(state): State<Arc<ApiState>>, req: Request, next: Nex
     let mut resp = REQUEST_ID
         .scope(id.clone(), next.run(req).instrument(span.clone()))
         .await;
+    if resp.status().is_client_error() || resp.status().is_server_error() {
+        resp = REQUEST_ID.scope(id.clone(), as_json_error(resp)).await;
+    }
     let elapsed = started.elapsed();
     let status = resp.status().as_u16();
     state
@@ -78,6 +86,43 @@ pub async fn observe(State(state): State<Arc<ApiState>>, req: Request, next: Nex
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// Most of a plain-text error body kept as the JSON error's message.
+const PLAIN_ERROR_MAX: usize = 1024;
+
+/// Every error leaves as the one JSON error body: rejections produced outside
+/// the handlers (axum's extractors, body limits) come as plain text.
+async fn as_json_error(resp: Response) -> Response {
+    let is_json = resp
+        .headers()
+        .get(axum::http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/json"));
+    if is_json {
+        return resp;
+    }
+    let (parts, body) = resp.into_parts();
+    let text = match axum::body::to_bytes(body, PLAIN_ERROR_MAX * 4).await {
+        Ok(b) => String::from_utf8_lossy(&b)
+            .trim()
+            .chars()
+            .take(PLAIN_ERROR_MAX)
+            .collect::<String>(),
+        Err(_) => String::new(),
+    };
+    let message = if text.is_empty() {
+        parts.status.canonical_reason().unwrap_or("error").to_string()
+    } else {
+        text
+    };
+    let mut out = ApiError::new(parts.status, message).into_response();
+    for (name, value) in parts.headers.iter() {
+        if name != axum::http::header::CONTENT_TYPE && name != axum::http::header::CONTENT_LENGTH {
+            out.headers_mut().insert(name.clone(), value.clone());
+        }
+    }
+    out
 }
 
 /// The client address used for rate limiting: the peer, or the first

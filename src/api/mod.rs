@@ -88,6 +88,132 @@ impl Modify for SecurityAddon {
     }
 }
 
+/// The error statuses every operation of a kind can answer, added to each
+/// operation of the document (with the one error body), so a client or a
+/// contract test meets no undocumented status; and the links a client
+/// follows from an upload to a run to its status.
+struct CommonResponses;
+
+impl CommonResponses {
+    fn error(description: &str) -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+        use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+        ResponseBuilder::new()
+            .description(description)
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .build()
+            .into()
+    }
+}
+
+impl Modify for CommonResponses {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::path::ParameterIn;
+        for (path, item) in openapi.paths.paths.iter_mut() {
+            let public = middleware::is_public(path);
+            for op in [&mut item.get, &mut item.put, &mut item.post, &mut item.delete]
+                .into_iter()
+                .flatten()
+            {
+                let body = op
+                    .request_body
+                    .as_ref()
+                    .map(|b| b.content.keys().cloned().collect::<Vec<_>>());
+                let params = op.parameters.clone().unwrap_or_default();
+                let responses = &mut op.responses.responses;
+                let mut add = |code: &str, description: &str| {
+                    responses
+                        .entry(code.to_string())
+                        .or_insert_with(|| Self::error(description));
+                };
+                if !public {
+                    add("401", "Missing or invalid x-api-key");
+                    add("429", "Rate limit exceeded (Retry-After)");
+                }
+                add("503", "A backend is unavailable; try again shortly");
+                if let Some(types) = body {
+                    add("400", "Invalid request");
+                    add("413", "Request body too large");
+                    add("415", "Unsupported content type");
+                    if types.iter().any(|t| t == "application/json") {
+                        add("422", "JSON of the wrong shape");
+                    }
+                }
+                if params.iter().any(|p| p.parameter_in == ParameterIn::Path) {
+                    add("400", "Invalid path parameter");
+                    add("404", "Not found");
+                }
+                if params.iter().any(|p| p.parameter_in == ParameterIn::Query) {
+                    add("400", "Invalid query parameter");
+                }
+            }
+        }
+        self.links(openapi);
+    }
+}
+
+impl CommonResponses {
+    /// upload → get/run the function; run (async) → its status.
+    fn links(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::link::LinkBuilder;
+        let link_to = |path: &str, code: &str, name: &str, link: utoipa::openapi::link::Link| {
+            (path.to_string(), code.to_string(), name.to_string(), link)
+        };
+        let links = [
+            link_to(
+                "/upload",
+                "201",
+                "GetFunction",
+                LinkBuilder::new()
+                    .operation_id("get_function")
+                    .parameter("id", "$response.body#/functionId")
+                    .build(),
+            ),
+            link_to(
+                "/upload",
+                "201",
+                "RunFunction",
+                LinkBuilder::new()
+                    .operation_id("run")
+                    .request_body(Some(serde_json::json!({"functionId": "$response.body#/functionId"})))
+                    .build(),
+            ),
+            link_to(
+                "/run",
+                "202",
+                "JobStatus",
+                LinkBuilder::new()
+                    .operation_id("status")
+                    .parameter("jobId", "$response.body#/jobId")
+                    .build(),
+            ),
+            link_to(
+                "/run",
+                "200",
+                "JobStatus",
+                LinkBuilder::new()
+                    .operation_id("status")
+                    .parameter("jobId", "$response.body#/jobId")
+                    .build(),
+            ),
+        ];
+        for (path, code, name, link) in links {
+            let Some(item) = openapi.paths.paths.get_mut(&path) else {
+                continue;
+            };
+            for op in [&mut item.get, &mut item.post, &mut item.put].into_iter().flatten() {
+                if let Some(utoipa::openapi::RefOr::T(resp)) = op.responses.responses.get_mut(&code) {
+                    resp.links.insert(name.clone(), link.clone().into());
+                }
+            }
+        }
+    }
+}
+
 /// The routes and their OpenAPI description, from one registration.
 fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
     let uploads = OpenApiRouter::new()
@@ -98,7 +224,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
             functions::delete_function
         ))
         .layer(DefaultBodyLimit::max(UPLOAD_BODY_LIMIT));
-    OpenApiRouter::with_openapi(ApiDoc::openapi())
+    let (router, doc) = OpenApiRouter::with_openapi(ApiDoc::openapi())
         .routes(routes!(functions::list_functions))
         .routes(routes!(run::run))
         .routes(routes!(run::status))
@@ -113,7 +239,40 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(functions::get_log))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
-        .split_for_parts()
+        .split_for_parts();
+    // After the routes are in: the modifier walks their operations.
+    let (router, mut doc) = (router, doc);
+    CommonResponses.modify(&mut doc);
+    (router, doc)
+}
+
+/// The document as served. utoipa 5.5 writes a link's fields in snake case
+/// (`operation_id`, `request_body`); OpenAPI spells them `operationId` and
+/// `requestBody`, so links are mended here.
+pub fn document_json(doc: &utoipa::openapi::OpenApi) -> serde_json::Value {
+    let mut value = serde_json::to_value(doc).unwrap_or_default();
+    if let Some(paths) = value.get_mut("paths").and_then(|p| p.as_object_mut()) {
+        for item in paths.values_mut().filter_map(|i| i.as_object_mut()) {
+            for op in item.values_mut().filter_map(|o| o.as_object_mut()) {
+                let Some(responses) = op.get_mut("responses").and_then(|r| r.as_object_mut()) else {
+                    continue;
+                };
+                for resp in responses.values_mut() {
+                    let Some(links) = resp.get_mut("links").and_then(|l| l.as_object_mut()) else {
+                        continue;
+                    };
+                    for link in links.values_mut().filter_map(|l| l.as_object_mut()) {
+                        for (from, to) in [("operation_id", "operationId"), ("request_body", "requestBody")] {
+                            if let Some(v) = link.remove(from) {
+                                link.insert(to.to_string(), v);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    value
 }
 
 /// The OpenAPI 3 document of the API.
@@ -123,7 +282,7 @@ pub fn openapi() -> utoipa::openapi::OpenApi {
 
 pub fn router(state: Arc<ApiState>) -> Router {
     let (api, doc) = routes();
-    let doc = Arc::new(doc);
+    let doc = Arc::new(document_json(&doc));
     let api = api.route("/openapi.json", get(move || async move { Json(doc.as_ref().clone()) }));
     Router::new()
         .merge(api.clone())

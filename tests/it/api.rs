@@ -410,7 +410,16 @@ async fn put_replaces_code_and_settings_and_delete_removes_everything() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 400, "empty update");
+    assert_eq!(r.status(), 200, "an empty update changes nothing");
+    let unchanged: Value = r.json().await.unwrap();
+    assert_eq!(unchanged["memoryMb"], 1024);
+    let r = app
+        .put(&format!("/functions/{id}"))
+        .json(&json!(["memoryMb", 256]))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 422, "a body that is not an object");
 
     let r = app.delete(&format!("/functions/{id}")).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -574,6 +583,35 @@ async fn openapi_document_matches_the_served_routes() {
         }
     }
     assert!(doc["components"]["securitySchemes"]["api_key"].is_object());
+}
+
+/// Rejections made outside the handlers (path decoding, body limits) are
+/// the same JSON error as every other.
+#[tokio::test]
+async fn every_rejection_is_a_json_error() {
+    let app = TestApp::start().await;
+    for (method, path) in [
+        (reqwest::Method::GET, "/functions/%ff%fe"),
+        (reqwest::Method::GET, "/api/status/%c3%28"),
+        (reqwest::Method::GET, "/dead-letters?limit=abc"),
+    ] {
+        let r = app
+            .client
+            .request(method.clone(), app.url(path))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 400, "{method} {path}");
+        assert!(r.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        let body: Value = r.json().await.unwrap();
+        assert!(body["error"].as_str().is_some_and(|e| !e.is_empty()), "{body}");
+        assert!(body["requestId"].is_string(), "{body}");
+    }
+    app.stop().await;
 }
 
 #[tokio::test]
