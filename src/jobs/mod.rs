@@ -60,6 +60,15 @@ pub struct Ledger {
     store: Arc<dyn RecordStore>,
 }
 
+/// True when `part` can be a segment of a record key: ids the platform
+/// makes (job and function ids) always can. Anything else (control
+/// characters, a `/` that would reach another prefix, a huge string) names
+/// no record, and is answered as absent without asking the store, which
+/// may not even accept it (S3 cannot list a prefix with control characters).
+fn key_part(part: &str) -> bool {
+    !part.is_empty() && part.len() <= 256 && !part.chars().any(|c| c.is_control() || c == '/')
+}
+
 const RESULTS: &str = "results/";
 const DEAD_LETTERS: &str = "dead-letters/";
 const IDEMPOTENCY: &str = "idempotency/";
@@ -87,6 +96,9 @@ impl Ledger {
     }
 
     pub async fn result(&self, job_id: &str) -> Result<Option<JobRecord>> {
+        if !key_part(job_id) {
+            return Ok(None);
+        }
         match self.store.get(&format!("{RESULTS}{job_id}")).await? {
             Some(bytes) => decode("job record", &bytes).map(Some),
             None => Ok(None),
@@ -105,6 +117,7 @@ impl Ledger {
     /// Dead letters, of one function or all, up to `limit`, oldest first.
     pub async fn dead_letters(&self, function_id: Option<&str>, limit: usize) -> Result<Vec<DeadLetter>> {
         let prefix = match function_id {
+            Some(f) if !key_part(f) => return Ok(Vec::new()),
             Some(f) => format!("{DEAD_LETTERS}{f}/"),
             None => DEAD_LETTERS.to_string(),
         };
@@ -121,6 +134,9 @@ impl Ledger {
     }
 
     pub async fn remove_dead_letter(&self, function_id: &str, job_id: &str) -> Result<()> {
+        if !key_part(function_id) || !key_part(job_id) {
+            return Ok(());
+        }
         self.store.delete(&Self::dead_letter_key(function_id, job_id)).await
     }
 
@@ -186,6 +202,18 @@ impl Ledger {
 
 /// A job's state as callers see it: the result bus (fast; in Redis it may
 /// lose what it holds) backed by the ledger (durable).
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn only_plain_ids_make_record_keys() {
+        assert!(super::key_part("3f2c9a8e-0b1d-4c5e-9f7a-1234567890ab"));
+        assert!(super::key_part("default.hello-fn"));
+        for bad in ["", "a/b", "a\nb", "x\u{17}", &"x".repeat(257)] {
+            assert!(!super::key_part(bad), "{bad:?}");
+        }
+    }
+}
+
 #[derive(Clone)]
 pub struct Jobs {
     bus: Arc<dyn ResultBus>,

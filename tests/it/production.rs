@@ -469,6 +469,19 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     let body = wait_durable(&client, &api.base, &new_job, Duration::from_secs(60)).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], 2);
+
+    // Ids no record can have (S3 cannot even list a prefix with control
+    // characters; found by the contract test against infra api) are absent,
+    // not a backend failure.
+    let r = client
+        .get(format!("{}/status/a%0Ab%17c", api.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let list = get_json(&client, format!("{}/dead-letters?functionId=%175.x", api.base)).await;
+    assert_eq!(list["count"], 0, "{list}");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
