@@ -248,7 +248,10 @@ pub(super) async fn admit(
                     )
                 });
             }
-            state.jobs.set_state(&pending).await?;
+            if let Err(e) = state.jobs.set_state(&pending).await {
+                uncount(state, job).await;
+                return Err(e.into());
+            }
         }
         None => {
             let (counted, stated) = tokio::join!(
@@ -256,13 +259,22 @@ pub(super) async fn admit(
                 state.jobs.set_state(&pending)
             );
             counted?;
-            stated?;
+            if let Err(e) = stated {
+                uncount(state, job).await;
+                return Err(e.into());
+            }
         }
     }
     let subscription = if asynchronous {
         None
     } else {
-        Some(state.jobs.subscribe(&job.request_id).await?)
+        match state.jobs.subscribe(&job.request_id).await {
+            Ok(s) => Some(s),
+            Err(e) => {
+                uncount(state, job).await;
+                return Err(e.into());
+            }
+        }
     };
     if let Err(e) = state.queue.send(job).await {
         // Leave no job PENDING forever: record why it never ran.
@@ -282,6 +294,14 @@ pub(super) async fn admit(
         "job accepted"
     );
     Ok(subscription)
+}
+
+/// Stops counting a job that was not queued after all, so it cannot hold a
+/// place under the function's maxQueued until its count lapses.
+async fn uncount(state: &ApiState, job: &Job) {
+    if let Err(e) = state.jobs.counter().done(&job.function_id, &job.request_id).await {
+        tracing::warn!(error = %e, "could not uncount a job that was not queued");
+    }
 }
 
 /// The answer to a repeated request under an idempotency key: the first
