@@ -144,16 +144,32 @@ where
     type Rejection = ApiError;
 
     async fn from_request(req: axum::extract::Request, state: &S) -> Result<Self, ApiError> {
-        let Json(value) = Json::<serde_json::Value>::from_request(req, state).await?;
-        if !value.is_object() {
+        let is_json = req
+            .headers()
+            .get(axum::http::header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .map(|v| v.split(';').next().unwrap_or_default().trim().to_ascii_lowercase())
+            .is_some_and(|m| m == "application/json" || (m.starts_with("application/") && m.ends_with("+json")));
+        if !is_json {
             return Err(ApiError::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "the body must be a JSON object",
+                StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                "Expected request with `Content-Type: application/json`",
             ));
         }
-        serde_json::from_value(value)
-            .map(ApiJson)
-            .map_err(|e| ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, format!("invalid body: {e}")))
+        let bytes = axum::body::Bytes::from_request(req, state)
+            .await
+            .map_err(|r| ApiError::new(r.status(), r.body_text()))?;
+        // One parse, straight into `T`: the first byte tells an object apart.
+        if bytes.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+            let valid_json = serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_ok();
+            return Err(if valid_json {
+                ApiError::new(StatusCode::UNPROCESSABLE_ENTITY, "the body must be a JSON object")
+            } else {
+                ApiError::new(StatusCode::BAD_REQUEST, "the body is not valid JSON")
+            });
+        }
+        let Json(value) = Json::<T>::from_bytes(&bytes)?;
+        Ok(ApiJson(value))
     }
 }
 
