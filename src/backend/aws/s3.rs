@@ -59,54 +59,17 @@ impl ArtifactStore for S3ArtifactStore {
     }
 
     async fn get(&self, key: &str) -> Result<Bytes> {
-        let out = match self.client.get_object().bucket(&self.bucket).key(key).send().await {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => {
-                return Err(Error::NotFound(format!("artifact {key}")))
-            }
-            Err(e) => return Err(unavailable("s3 get_object", e)),
-        };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::unavailable("s3 object body", e))?;
-        Ok(body.into_bytes())
+        get_object(&self.client, &self.bucket, key)
+            .await?
+            .ok_or_else(|| Error::NotFound(format!("artifact {key}")))
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        // S3 deletes are idempotent: a missing key is not an error.
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(key)
-            .send()
-            .await
-            .map_err(|e| unavailable("s3 delete_object", e))?;
-        Ok(())
+        delete_object(&self.client, &self.bucket, key).await
     }
 
     async fn list(&self, prefix: &str) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        loop {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(prefix)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| unavailable("s3 list_objects_v2", e))?;
-            keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        keys.sort();
-        Ok(keys)
+        list_keys(&self.client, &self.bucket, prefix, usize::MAX).await
     }
 
     fn bucket(&self) -> &str {
@@ -114,13 +77,7 @@ impl ArtifactStore for S3ArtifactStore {
     }
 
     async fn ping(&self) -> Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
-            .send()
-            .await
-            .map_err(|e| unavailable("s3 head_bucket", e))?;
-        Ok(())
+        head_bucket(&self.client, &self.bucket).await
     }
 }
 
@@ -188,74 +145,84 @@ impl RecordStore for S3RecordStore {
     }
 
     async fn get(&self, key: &str) -> Result<Option<Bytes>> {
-        let out = match self
-            .client
-            .get_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-        {
-            Ok(o) => o,
-            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
-            Err(e) => return Err(unavailable("s3 get_object", e)),
-        };
-        let body = out
-            .body
-            .collect()
-            .await
-            .map_err(|e| Error::unavailable("s3 object body", e))?;
-        Ok(Some(body.into_bytes()))
+        get_object(&self.client, &self.bucket, &self.key(key)).await
     }
 
     async fn delete(&self, key: &str) -> Result<()> {
-        self.client
-            .delete_object()
-            .bucket(&self.bucket)
-            .key(self.key(key))
-            .send()
-            .await
-            .map_err(|e| unavailable("s3 delete_object", e))?;
-        Ok(())
+        delete_object(&self.client, &self.bucket, &self.key(key)).await
     }
 
     async fn list(&self, prefix: &str, limit: usize) -> Result<Vec<String>> {
-        let mut keys = Vec::new();
-        let mut token = None;
-        let full = self.key(prefix);
-        while keys.len() < limit {
-            let out = self
-                .client
-                .list_objects_v2()
-                .bucket(&self.bucket)
-                .prefix(&full)
-                .max_keys((limit - keys.len()).min(1000) as i32)
-                .set_continuation_token(token)
-                .send()
-                .await
-                .map_err(|e| unavailable("s3 list_objects_v2", e))?;
-            keys.extend(
-                out.contents()
-                    .iter()
-                    .filter_map(|o| o.key().and_then(|k| k.strip_prefix(&self.prefix)).map(str::to_string)),
-            );
-            match out.next_continuation_token() {
-                Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
-                _ => break,
-            }
-        }
-        keys.sort();
-        keys.truncate(limit);
-        Ok(keys)
+        let keys = list_keys(&self.client, &self.bucket, &self.key(prefix), limit).await?;
+        Ok(keys
+            .into_iter()
+            .filter_map(|k| k.strip_prefix(&self.prefix).map(str::to_string))
+            .collect())
     }
 
     async fn ping(&self) -> Result<()> {
-        self.client
-            .head_bucket()
-            .bucket(&self.bucket)
+        head_bucket(&self.client, &self.bucket).await
+    }
+}
+
+/// The object's bytes; `None` when there is none.
+async fn get_object(client: &Client, bucket: &str, key: &str) -> Result<Option<Bytes>> {
+    let out = match client.get_object().bucket(bucket).key(key).send().await {
+        Ok(o) => o,
+        Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_key()) => return Ok(None),
+        Err(e) => return Err(unavailable("s3 get_object", e)),
+    };
+    let body = out
+        .body
+        .collect()
+        .await
+        .map_err(|e| Error::unavailable("s3 object body", e))?;
+    Ok(Some(body.into_bytes()))
+}
+
+/// S3 deletes are idempotent: a missing key is not an error.
+async fn delete_object(client: &Client, bucket: &str, key: &str) -> Result<()> {
+    client
+        .delete_object()
+        .bucket(bucket)
+        .key(key)
+        .send()
+        .await
+        .map_err(|e| unavailable("s3 delete_object", e))?;
+    Ok(())
+}
+
+/// Up to `limit` keys starting with `prefix`, sorted.
+async fn list_keys(client: &Client, bucket: &str, prefix: &str, limit: usize) -> Result<Vec<String>> {
+    let mut keys = Vec::new();
+    let mut token = None;
+    while keys.len() < limit {
+        let out = client
+            .list_objects_v2()
+            .bucket(bucket)
+            .prefix(prefix)
+            .max_keys((limit - keys.len()).min(1000) as i32)
+            .set_continuation_token(token)
             .send()
             .await
-            .map_err(|e| unavailable("s3 head_bucket", e))?;
-        Ok(())
+            .map_err(|e| unavailable("s3 list_objects_v2", e))?;
+        keys.extend(out.contents().iter().filter_map(|o| o.key().map(str::to_string)));
+        match out.next_continuation_token() {
+            Some(t) if out.is_truncated().unwrap_or(false) => token = Some(t.to_string()),
+            _ => break,
+        }
     }
+    keys.sort();
+    keys.truncate(limit);
+    Ok(keys)
+}
+
+async fn head_bucket(client: &Client, bucket: &str) -> Result<()> {
+    client
+        .head_bucket()
+        .bucket(bucket)
+        .send()
+        .await
+        .map_err(|e| unavailable("s3 head_bucket", e))?;
+    Ok(())
 }
