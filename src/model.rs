@@ -126,6 +126,75 @@ pub struct FunctionRecord {
     /// Most accepted, unfinished jobs; beyond it `/run` answers 429 (none: unbounded).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_queued: Option<u32>,
+    /// Runs that reached an outcome (the denominator of the average duration).
+    #[serde(default)]
+    pub finished_runs: u64,
+    /// Sum of those runs' `durationMs` (the original controller's `totalDuration`).
+    #[serde(default)]
+    pub total_duration: f64,
+    /// Runs that reported the handler's own time, and its sum in ms (the
+    /// original's `handlerInvocations` and `totalHandlerDuration`).
+    #[serde(default)]
+    pub handler_invocations: u64,
+    #[serde(default)]
+    pub total_handler_duration: f64,
+}
+
+/// Amounts added to a function's counters at once
+/// (`FunctionRegistry::add_usage`): admissions and finished runs.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct UsageDelta {
+    pub invocations: u64,
+    pub finished_runs: u64,
+    pub total_duration: f64,
+    pub handler_invocations: u64,
+    pub total_handler_duration: f64,
+}
+
+impl UsageDelta {
+    /// One finished run of `duration_ms`, with the handler's own time when known.
+    pub fn finished(duration_ms: f64, handler_ms: Option<f64>) -> Self {
+        let handler_ms = handler_ms.filter(|h| h.is_finite() && *h >= 0.0);
+        UsageDelta {
+            finished_runs: 1,
+            total_duration: if duration_ms.is_finite() { duration_ms.max(0.0) } else { 0.0 },
+            handler_invocations: u64::from(handler_ms.is_some()),
+            total_handler_duration: handler_ms.unwrap_or(0.0),
+            ..UsageDelta::default()
+        }
+    }
+
+    pub fn merge(&mut self, other: &UsageDelta) {
+        self.invocations = self.invocations.saturating_add(other.invocations);
+        self.finished_runs = self.finished_runs.saturating_add(other.finished_runs);
+        self.total_duration += other.total_duration;
+        self.handler_invocations = self.handler_invocations.saturating_add(other.handler_invocations);
+        self.total_handler_duration += other.total_handler_duration;
+    }
+
+    pub fn apply_to(&self, record: &mut FunctionRecord) {
+        record.invocations = record.invocations.saturating_add(self.invocations);
+        record.finished_runs = record.finished_runs.saturating_add(self.finished_runs);
+        record.total_duration += self.total_duration;
+        record.handler_invocations = record.handler_invocations.saturating_add(self.handler_invocations);
+        record.total_handler_duration += self.total_handler_duration;
+    }
+}
+
+impl FunctionRecord {
+    /// Mean `durationMs` of finished runs, rounded (0 before the first).
+    pub fn avg_duration(&self) -> u64 {
+        if self.finished_runs == 0 {
+            return 0;
+        }
+        (self.total_duration / self.finished_runs as f64).round().max(0.0) as u64
+    }
+
+    /// Mean handler time in ms to three decimals, when any run reported it.
+    pub fn avg_handler_duration(&self) -> Option<f64> {
+        (self.handler_invocations > 0)
+            .then(|| (self.total_handler_duration / self.handler_invocations as f64 * 1000.0).round() / 1000.0)
+    }
 }
 
 /// Retries and dead-lettering of asynchronous runs (Lambda's asynchronous

@@ -15,7 +15,9 @@ use super::{
     ArtifactStore, Error, FunctionRegistry, JobCounter, JobQueue, LogStore, RateLimiter, RecordStore, ResultBus,
     WorkerDirectory,
 };
-use crate::model::{ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
+use crate::model::{
+    ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus,
+};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
@@ -38,6 +40,10 @@ pub fn sample_function(id: &str) -> FunctionRecord {
         uploaded_at: Utc::now(),
         updated_at: None,
         invocations: 0,
+        finished_runs: 0,
+        total_duration: 0.0,
+        handler_invocations: 0,
+        total_handler_duration: 0.0,
         warm_pool: crate::model::WarmPool {
             min_warm: 1,
             max_warm: Some(3),
@@ -152,15 +158,27 @@ pub async fn function_registry(registry: Arc<dyn FunctionRegistry>) {
         .map(|_| {
             let registry = registry.clone();
             let id = id.clone();
-            tokio::spawn(async move { registry.add_invocations(&id, 2).await })
+            tokio::spawn(async move {
+                let mut delta = UsageDelta::finished(12.5, Some(0.25));
+                delta.invocations = 2;
+                registry.add_usage(&id, &delta).await
+            })
         })
         .collect();
     for t in tasks {
-        t.await.expect("join").expect("add_invocations");
+        t.await.expect("join").expect("add_usage");
     }
-    assert_eq!(registry.get(&id).await.expect("get").invocations, 40);
+    let counted = registry.get(&id).await.expect("get");
+    assert_eq!(counted.invocations, 40);
+    assert_eq!(counted.finished_runs, 20);
+    assert!((counted.total_duration - 250.0).abs() < 1e-6, "{}", counted.total_duration);
+    assert_eq!(counted.avg_duration(), 13);
+    assert_eq!(counted.avg_handler_duration(), Some(0.25));
+    // A settings change keeps the counters.
+    registry.put(&sample_function(&id)).await.expect("put again");
+    assert_eq!(registry.get(&id).await.expect("get").finished_runs, 20);
     registry
-        .add_invocations(&unique("absent"), 1)
+        .add_usage(&unique("absent"), &UsageDelta { invocations: 1, ..UsageDelta::default() })
         .await
         .expect("missing function is ignored");
     assert!(registry.get("absent").await.is_err());

@@ -74,8 +74,8 @@ pub trait FunctionRegistry: Send + Sync + 'static {
     async fn list(&self) -> Result<Vec<FunctionRecord>>;
     /// `Error::NotFound` when absent.
     async fn delete(&self, function_id: &str) -> Result<()>;
-    /// Atomically adds `n` to the invocation counter; a missing function is ignored.
-    async fn add_invocations(&self, function_id: &str, n: u64) -> Result<()>;
+    /// Atomically adds to the function's counters; a missing function is ignored.
+    async fn add_usage(&self, function_id: &str, delta: &crate::model::UsageDelta) -> Result<()>;
     async fn ping(&self) -> Result<()>;
 }
 

@@ -12,7 +12,7 @@ use chrono::Utc;
 use super::package::{self, Artifact, PackageError};
 use super::settings::{self, FunctionSettings, SettingsDraft, ValidationErrors};
 use crate::backend::{self, ArtifactStore, FunctionRegistry};
-use crate::model::{FunctionRecord, Runtime};
+use crate::model::{FunctionRecord, Runtime, UsageDelta};
 
 /// How long a looked-up record may be served from memory. Local writes
 /// invalidate at once; the TTL bounds staleness across API processes.
@@ -61,7 +61,7 @@ pub struct FunctionService {
     artifacts: Arc<dyn ArtifactStore>,
     registry: Arc<dyn FunctionRegistry>,
     cache: Mutex<HashMap<String, (Instant, Arc<FunctionRecord>)>>,
-    invocations: Mutex<HashMap<String, u64>>,
+    usage: super::usage::UsageTally,
     /// Signalled after every change (in-process workers follow at once).
     changes: Arc<tokio::sync::Notify>,
 }
@@ -72,7 +72,7 @@ impl FunctionService {
             artifacts,
             registry,
             cache: Mutex::new(HashMap::new()),
-            invocations: Mutex::new(HashMap::new()),
+            usage: Default::default(),
             changes: Arc::new(tokio::sync::Notify::new()),
         }
     }
@@ -238,6 +238,10 @@ impl FunctionService {
             uploaded_at: previous.as_ref().map(|p| p.uploaded_at).unwrap_or(now),
             updated_at: previous.as_ref().map(|_| now),
             invocations: previous.as_ref().map(|p| p.invocations).unwrap_or(0),
+            finished_runs: previous.as_ref().map(|p| p.finished_runs).unwrap_or(0),
+            total_duration: previous.as_ref().map(|p| p.total_duration).unwrap_or(0.0),
+            handler_invocations: previous.as_ref().map(|p| p.handler_invocations).unwrap_or(0),
+            total_handler_duration: previous.as_ref().map(|p| p.total_handler_duration).unwrap_or(0.0),
             warm_pool: settings.warm_pool,
             network: settings.network,
             owner,
@@ -291,14 +295,14 @@ impl FunctionService {
     /// The record straight from the registry, with counts not yet flushed.
     pub async fn fetch(&self, id: &str) -> Result<FunctionRecord> {
         let mut record = self.registry.get(id).await.map_err(not_found(id))?;
-        record.invocations += self.pending_invocations(id);
+        self.usage.pending(id).apply_to(&mut record);
         Ok(record)
     }
 
     pub async fn list(&self) -> Result<Vec<FunctionRecord>> {
         let mut records = self.registry.list().await?;
         for r in &mut records {
-            r.invocations += self.pending_invocations(&r.function_id);
+            self.usage.pending(&r.function_id).apply_to(r);
         }
         Ok(records)
     }
@@ -314,34 +318,18 @@ impl FunctionService {
     /// Counts an invocation in memory; `flush_invocations` writes the sums, so
     /// admission does not pay a registry write per request.
     pub fn record_invocation(&self, id: &str) {
-        if let Ok(mut m) = self.invocations.lock() {
-            *m.entry(id.to_string()).or_default() += 1;
-        }
+        self.usage.add(
+            id,
+            &UsageDelta {
+                invocations: 1,
+                ..UsageDelta::default()
+            },
+        );
     }
 
-    fn pending_invocations(&self, id: &str) -> u64 {
-        self.invocations
-            .lock()
-            .ok()
-            .and_then(|m| m.get(id).copied())
-            .unwrap_or(0)
-    }
-
-    /// Writes aggregated invocation counts to the registry. Counts that fail to
-    /// write are kept for the next flush.
+    /// Writes aggregated counts to the registry.
     pub async fn flush_invocations(&self) {
-        let pending: Vec<(String, u64)> = match self.invocations.lock() {
-            Ok(mut m) => m.drain().collect(),
-            Err(_) => return,
-        };
-        for (id, n) in pending {
-            if let Err(e) = self.registry.add_invocations(&id, n).await {
-                tracing::warn!(function_id = id, error = %e, "could not flush invocation count; will retry");
-                if let Ok(mut m) = self.invocations.lock() {
-                    *m.entry(id).or_default() += n;
-                }
-            }
-        }
+        self.usage.flush(self.registry.as_ref()).await;
     }
 }
 

@@ -18,7 +18,9 @@ use crate::function::settings::Handler;
 use crate::jobs::policy::{self, Next};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
-use crate::model::{DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
+use crate::model::{
+    DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus,
+};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
 
@@ -85,6 +87,8 @@ pub struct Worker {
     cache: ArtifactCache,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    /// Finished runs and their durations, written to the registry with each heartbeat.
+    usage: crate::function::usage::UsageTally,
 }
 
 impl Worker {
@@ -116,6 +120,7 @@ impl Worker {
             cache,
             pool,
             metrics,
+            usage: Default::default(),
         }
     }
 
@@ -145,6 +150,9 @@ impl Worker {
             {
                 tracing::warn!(error = %e, "could not report worker status");
             }
+            if let Some(registry) = &self.registry {
+                self.usage.flush(registry.as_ref()).await;
+            }
             tokio::select! {
                 _ = tokio::time::sleep(HEARTBEAT) => {}
                 _ = stop.cancelled() => break,
@@ -152,6 +160,9 @@ impl Worker {
         }
         if let Err(e) = self.directory.remove(&self.id).await {
             tracing::debug!(error = %e, "could not withdraw worker status");
+        }
+        if let Some(registry) = &self.registry {
+            self.usage.flush(registry.as_ref()).await;
         }
     }
 
@@ -392,6 +403,8 @@ impl Worker {
             };
             if self.finish(&delivery, &result).await {
                 self.ack(&delivery).await;
+                self.usage
+                    .add(&result.function_id, &UsageDelta::finished(result.duration_ms, None));
                 if let Some(key) = &job.lifecycle.input_ref {
                     if let Err(e) = self.jobs.ledger().remove_payload(key).await {
                         tracing::debug!(error = %e, "could not remove the stored input");

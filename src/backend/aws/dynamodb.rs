@@ -11,14 +11,23 @@ use crate::backend::{Error, FunctionRegistry, Result};
 use crate::model::FunctionRecord;
 
 /// Function records as DynamoDB items keyed by `functionId`, with the
-/// original controller's attribute names and an atomic `invocations` counter.
+/// original controller's attribute names and atomic counters (`invocations`,
+/// `totalDuration`, ...).
 pub struct DynamoRegistry {
     client: Client,
     table: String,
 }
 
 const KEY: &str = "functionId";
-const COUNTER: &str = "invocations";
+/// Counters only ever added to (`add_usage`); `put` starts them at the
+/// record's value when new, so concurrent additions survive a settings change.
+const COUNTERS: &[&str] = &[
+    "invocations",
+    "finishedRuns",
+    "totalDuration",
+    "handlerInvocations",
+    "totalHandlerDuration",
+];
 /// Attributes a record may lack (serialised only when present).
 const OPTIONAL: &[&str] = &["owner", "updatedAt"];
 
@@ -66,6 +75,15 @@ impl DynamoRegistry {
     }
 }
 
+/// A DynamoDB number: integers without a fraction, others to the microsecond.
+fn format_number(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        format!("{n:.3}")
+    }
+}
+
 fn decode(item: HashMap<String, AttributeValue>) -> Result<FunctionRecord> {
     serde_dynamo::from_item(item).map_err(|e| Error::Invalid(format!("unreadable function item: {e}")))
 }
@@ -87,7 +105,7 @@ impl FunctionRegistry for DynamoRegistry {
             }
             let n = format!("#a{i}");
             let v = format!(":v{i}");
-            if name == COUNTER {
+            if COUNTERS.contains(&name.as_str()) {
                 sets.push(format!("{n} = if_not_exists({n}, {v})"));
             } else if matches!(value, AttributeValue::Null(_)) {
                 removes.push(n.clone());
@@ -186,15 +204,37 @@ impl FunctionRegistry for DynamoRegistry {
         }
     }
 
-    async fn add_invocations(&self, function_id: &str, n: u64) -> Result<()> {
+    async fn add_usage(&self, function_id: &str, delta: &crate::model::UsageDelta) -> Result<()> {
+        let amounts = [
+            (COUNTERS[0], delta.invocations as f64),
+            (COUNTERS[1], delta.finished_runs as f64),
+            (COUNTERS[2], delta.total_duration),
+            (COUNTERS[3], delta.handler_invocations as f64),
+            (COUNTERS[4], delta.total_handler_duration),
+        ];
+        let mut adds = Vec::new();
+        let mut names = HashMap::new();
+        let mut values = HashMap::new();
+        for (i, (name, amount)) in amounts.into_iter().enumerate() {
+            if amount == 0.0 || !amount.is_finite() {
+                continue;
+            }
+            adds.push(format!("#c{i} :c{i}"));
+            names.insert(format!("#c{i}"), name.to_string());
+            values.insert(format!(":c{i}"), AttributeValue::N(format_number(amount)));
+        }
+        if adds.is_empty() {
+            return Ok(());
+        }
         match self
             .client
             .update_item()
             .table_name(&self.table)
             .set_key(Some(Self::key(function_id)))
-            .update_expression("ADD invocations :n")
+            .update_expression(format!("ADD {}", adds.join(", ")))
             .condition_expression("attribute_exists(functionId)")
-            .expression_attribute_values(":n", AttributeValue::N(n.to_string()))
+            .set_expression_attribute_names(Some(names))
+            .set_expression_attribute_values(Some(values))
             .send()
             .await
         {

@@ -28,10 +28,26 @@ fn encode(record: &FunctionRecord) -> Result<Vec<u8>> {
 impl FunctionRegistry for EmbeddedRegistry {
     async fn put(&self, record: &FunctionRecord) -> Result<()> {
         let id = record.function_id.clone();
-        let bytes = encode(record)?;
+        let mut record = record.clone();
+        let as_given = encode(&record)?;
+        // As DynamoDB's: the counters start at the record's values only when
+        // new, so additions made meanwhile survive a settings change.
         self.db
             .write(move |txn| {
-                txn.open_table(FUNCTIONS)?.insert(id.as_str(), bytes.as_slice())?;
+                let mut table = txn.open_table(FUNCTIONS)?;
+                let existing = table
+                    .get(id.as_str())?
+                    .and_then(|v| serde_json::from_slice::<FunctionRecord>(v.value()).ok());
+                if let Some(old) = existing {
+                    record.invocations = old.invocations;
+                    record.finished_runs = old.finished_runs;
+                    record.total_duration = old.total_duration;
+                    record.handler_invocations = old.handler_invocations;
+                    record.total_handler_duration = old.total_handler_duration;
+                }
+                // It encoded above, so it encodes again; as given if not.
+                let bytes = serde_json::to_vec(&record).unwrap_or(as_given);
+                table.insert(id.as_str(), bytes.as_slice())?;
                 Ok(())
             })
             .await
@@ -74,8 +90,8 @@ impl FunctionRegistry for EmbeddedRegistry {
         }
     }
 
-    async fn add_invocations(&self, function_id: &str, n: u64) -> Result<()> {
-        let id = function_id.to_string();
+    async fn add_usage(&self, function_id: &str, delta: &crate::model::UsageDelta) -> Result<()> {
+        let (id, delta) = (function_id.to_string(), *delta);
         // Read-modify-write inside the single writer's transaction: atomic.
         self.db
             .write(move |txn| {
@@ -83,7 +99,7 @@ impl FunctionRegistry for EmbeddedRegistry {
                 let current = table.get(id.as_str())?.map(|v| v.value().to_vec());
                 if let Some(bytes) = current {
                     if let Ok(mut record) = serde_json::from_slice::<FunctionRecord>(&bytes) {
-                        record.invocations = record.invocations.saturating_add(n);
+                        delta.apply_to(&mut record);
                         if let Ok(updated) = serde_json::to_vec(&record) {
                             table.insert(id.as_str(), updated.as_slice())?;
                         }
