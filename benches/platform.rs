@@ -197,7 +197,7 @@ async fn upload_file(client: &reqwest::Client, base: &str, file_name: &str, sour
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 201);
+    assert_eq!(r.status(), 200);
     r.json::<Value>().await.unwrap()["functionId"]
         .as_str()
         .unwrap()

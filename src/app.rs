@@ -418,6 +418,7 @@ fn api_state(
         }),
         directory,
         logs,
+        activity: Default::default(),
         ai: ai_client(ai),
         api_key_hash: hash_key(api_key),
         settings: ApiSettings {

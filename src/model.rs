@@ -157,7 +157,11 @@ impl UsageDelta {
         let handler_ms = handler_ms.filter(|h| h.is_finite() && *h >= 0.0);
         UsageDelta {
             finished_runs: 1,
-            total_duration: if duration_ms.is_finite() { duration_ms.max(0.0) } else { 0.0 },
+            total_duration: if duration_ms.is_finite() {
+                duration_ms.max(0.0)
+            } else {
+                0.0
+            },
             handler_invocations: u64::from(handler_ms.is_some()),
             total_handler_duration: handler_ms.unwrap_or(0.0),
             ..UsageDelta::default()

@@ -20,8 +20,6 @@ use crate::function::SettingsDraft;
 use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
-const ACCEPTED_FIELDS: &str =
-    "file, name, description, runtime, memoryMb, timeoutMs, handler, envVars, minWarm, maxWarm, keepAliveSeconds, network, maxRetries, retryBackoffSeconds, retryOnOom, maxEventAgeSeconds, maxConcurrency, maxQueued";
 
 /// Multipart fields of `POST /upload` (also accepted as query parameters;
 /// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
@@ -79,36 +77,133 @@ pub struct UploadForm {
     max_queued: Option<String>,
 }
 
+/// A function as the API shows it: the original controller's fields first
+/// (`id`, `functionId`, `name`, `description`, `runtime`, `memoryMb`,
+/// `invocations`, `avgDuration`, `avgHandlerDuration`, `uploadedAt`,
+/// `s3Key`), then this platform's. Environment variable values never leave
+/// the server: only their names.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FunctionView {
+    /// Same as `functionId` (the original's `GET /functions/{id}` calls it `id`).
+    id: String,
+    function_id: String,
+    name: String,
+    description: String,
+    runtime: crate::model::Runtime,
+    memory_mb: u32,
+    /// Runs accepted.
+    invocations: u64,
+    /// Mean `durationMs` of finished runs, rounded to ms (0 before the first).
+    avg_duration: u64,
+    /// Mean handler time in ms (3 decimals); null when no run reported it.
+    avg_handler_duration: Option<f64>,
+    uploaded_at: chrono::DateTime<chrono::Utc>,
+    s3_key: String,
+    original_name: String,
+    sha256: String,
+    size_bytes: u64,
+    timeout_ms: u64,
+    handler: String,
+    /// Names of the function's environment variables (values are not shown).
+    env_var_names: Vec<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    updated_at: Option<chrono::DateTime<chrono::Utc>>,
+    warm_pool: crate::model::WarmPool,
+    network: bool,
+    /// `namespace/name` of the Function resource that owns it (read-only here).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    owner: Option<String>,
+    retry: crate::model::RetryPolicy,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_concurrency: Option<u32>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    max_queued: Option<u32>,
+    /// Runs that reached an outcome.
+    finished_runs: u64,
+}
+
+impl FunctionView {
+    pub fn of(r: &FunctionRecord) -> Self {
+        FunctionView {
+            id: r.function_id.clone(),
+            function_id: r.function_id.clone(),
+            name: r.name.clone(),
+            description: r.description.clone(),
+            runtime: r.runtime,
+            memory_mb: r.memory_mb,
+            invocations: r.invocations,
+            avg_duration: r.avg_duration(),
+            avg_handler_duration: r.avg_handler_duration(),
+            uploaded_at: r.uploaded_at,
+            s3_key: r.s3_key.clone(),
+            original_name: r.original_name.clone(),
+            sha256: r.sha256.clone(),
+            size_bytes: r.size_bytes,
+            timeout_ms: r.timeout_ms,
+            handler: r.handler.clone(),
+            env_var_names: r.env_vars.keys().cloned().collect(),
+            updated_at: r.updated_at,
+            warm_pool: r.warm_pool,
+            network: r.network,
+            owner: r.owner.clone(),
+            retry: r.retry,
+            max_concurrency: r.max_concurrency,
+            max_queued: r.max_queued,
+            finished_runs: r.finished_runs,
+        }
+    }
+}
+
+/// The original's `{success, functionId}`, plus the function registered.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct UploadResponse {
+    /// Always true.
     success: bool,
     function_id: String,
-    function: FunctionRecord,
+    function: FunctionView,
+    /// Form fields and query parameters this server does not know; they were
+    /// ignored, as the original controller ignores them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ignored_fields: Vec<String>,
 }
 
+/// The original's `{success, functionId}` with the function as it is now.
 #[derive(Serialize, ToSchema)]
-pub struct FunctionList {
-    functions: Vec<FunctionRecord>,
-    count: usize,
+#[serde(rename_all = "camelCase")]
+pub struct UpdateResponse {
+    /// Always true.
+    success: bool,
+    #[serde(flatten)]
+    function: FunctionView,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    ignored_fields: Vec<String>,
 }
 
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct DeleteResponse {
+    /// Always true.
     success: bool,
+    /// The original controller's name for the id.
+    deleted_id: String,
     function_id: String,
 }
 
-/// `PUT /functions/{id}` as JSON: settings only.
+/// `PUT /functions/{id}` as JSON: settings only. Unknown members are
+/// ignored (and named in the answer's `ignoredFields`), as by the original.
 #[derive(Deserialize, ToSchema, Default)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct UpdateRequest {
     name: Option<String>,
     description: Option<String>,
     runtime: Option<String>,
     #[schema(value_type = Option<u32>)]
     memory_mb: Option<serde_json::Value>,
+    /// The original dashboard's name for `memoryMb`.
+    #[schema(value_type = Option<u32>)]
+    memory: Option<serde_json::Value>,
     #[schema(value_type = Option<u64>)]
     timeout_ms: Option<serde_json::Value>,
     handler: Option<String>,
@@ -134,6 +229,10 @@ pub struct UpdateRequest {
     max_concurrency: Option<serde_json::Value>,
     #[schema(value_type = Option<u32>)]
     max_queued: Option<serde_json::Value>,
+    /// Whatever else the body holds.
+    #[serde(flatten)]
+    #[schema(ignore)]
+    unknown: serde_json::Map<String, serde_json::Value>,
 }
 
 fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
@@ -159,7 +258,8 @@ fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Opt
     })
 }
 
-fn from_query(query: HashMap<String, String>) -> Result<SettingsDraft, ApiError> {
+/// Settings from query parameters, and the names of those that are not settings.
+fn from_query(query: HashMap<String, String>) -> (SettingsDraft, Vec<String>) {
     let mut draft = SettingsDraft::default();
     let mut unknown = Vec::new();
     for (k, v) in query {
@@ -168,27 +268,47 @@ fn from_query(query: HashMap<String, String>) -> Result<SettingsDraft, ApiError>
             None => unknown.push(k),
         }
     }
-    if unknown.is_empty() {
-        Ok(draft)
-    } else {
-        unknown.sort();
-        Err(ApiError::bad_request(format!(
-            "unknown query parameters: {}; accepted: {ACCEPTED_FIELDS}",
-            unknown.join(", ")
-        )))
-    }
+    unknown.sort();
+    (draft, unknown)
 }
 
-/// The original controller's headers.
-fn from_headers(headers: &HeaderMap) -> SettingsDraft {
+/// The original controller's headers. `x-function-name` is percent-encoded
+/// by its clients (a header holds no UTF-8), so it is decoded.
+fn from_headers(headers: &HeaderMap) -> Result<SettingsDraft, ApiError> {
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok()).map(str::to_string);
-    SettingsDraft {
+    let name = get("x-function-name")
+        .map(|n| {
+            percent_decode(&n).ok_or_else(|| {
+                ApiError::bad_request("x-function-name is not valid percent-encoded UTF-8 (encodeURIComponent)")
+            })
+        })
+        .transpose()?;
+    Ok(SettingsDraft {
         runtime: get("x-runtime"),
         memory_mb: get("x-memory-mb"),
-        name: get("x-function-name"),
+        name,
         timeout_ms: get("x-timeout-ms"),
         ..SettingsDraft::default()
+    })
+}
+
+/// `%XX` sequences to bytes, then UTF-8; None when malformed.
+fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = bytes.get(i + 1..i + 3)?;
+            let hex = std::str::from_utf8(hex).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
     }
+    String::from_utf8(out).ok()
 }
 
 async fn read_text(mut field: Field<'_>, name: &str) -> Result<String, ApiError> {
@@ -254,7 +374,7 @@ impl SpooledFile {
 
 /// Reads the multipart form: settings fields and at most one file, bounded;
 /// the file goes to disk as it arrives.
-async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<SpooledFile>), ApiError> {
+async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<SpooledFile>, Vec<String>), ApiError> {
     use tokio::io::AsyncWriteExt;
     let mut draft = SettingsDraft::default();
     let mut code = None;
@@ -298,16 +418,13 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<Spooled
                 *slot = Some(text);
             }
         } else {
+            // Drain it (bounded, like a setting) and ignore it, as the
+            // original controller does: its dashboard sends functionId too.
+            read_text(field, &name).await?;
             unknown.push(name);
         }
     }
-    if !unknown.is_empty() {
-        return Err(ApiError::bad_request(format!(
-            "unknown form fields: {}; accepted: {ACCEPTED_FIELDS}",
-            unknown.join(", ")
-        )));
-    }
-    Ok((draft, code))
+    Ok((draft, code, unknown))
 }
 
 /// Registers a function from a `.py` file or a `.zip`.
@@ -315,7 +432,7 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<Spooled
     post, path = "/upload", tag = "functions",
     request_body(content = UploadForm, content_type = "multipart/form-data"),
     responses(
-        (status = 201, description = "Registered", body = UploadResponse),
+        (status = 200, description = "Registered", body = UploadResponse),
         (status = 400, description = "Invalid settings, file type or archive", body = super::ErrorBody),
         (status = 401, description = "Missing or wrong API key", body = super::ErrorBody),
         (status = 413, description = "File over 50 MiB", body = super::ErrorBody),
@@ -328,11 +445,15 @@ pub async fn upload(
     headers: HeaderMap,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     form: Result<Multipart, MultipartRejection>,
-) -> Result<(StatusCode, Json<UploadResponse>), ApiError> {
-    let query = from_query(query?.0)?;
-    let (form_draft, code) = read_form(form?).await?;
-    let code = code.ok_or_else(|| ApiError::bad_request("missing multipart field 'file' (a .py file or a .zip)"))?;
-    let draft = form_draft.or(query).or(from_headers(&headers));
+) -> Result<Json<UploadResponse>, ApiError> {
+    let (query, mut ignored) = from_query(query?.0);
+    let from_headers = from_headers(&headers)?;
+    let (form_draft, code, unknown_fields) = read_form(form?).await?;
+    ignored.extend(unknown_fields);
+    let code = code.ok_or_else(|| {
+        ApiError::bad_request("No file provided: missing multipart field 'file' (a .py file or a .zip)")
+    })?;
+    let draft = form_draft.or(query).or(from_headers);
     let (code, _turn) = code.load().await?;
     let record = state.functions.create(&draft, code, None).await?;
     tracing::info!(
@@ -340,37 +461,36 @@ pub async fn upload(
         sha256 = record.sha256,
         "function registered"
     );
-    Ok((
-        StatusCode::CREATED,
-        Json(UploadResponse {
-            success: true,
-            function_id: record.function_id.clone(),
-            function: record,
-        }),
-    ))
+    state
+        .activity
+        .info("Upload Success", &record.function_id, serde_json::json!({}));
+    // 200, not 201: the original's clients check for it.
+    Ok(Json(UploadResponse {
+        success: true,
+        function_id: record.function_id.clone(),
+        function: FunctionView::of(&record),
+        ignored_fields: ignored,
+    }))
 }
 
-/// Lists functions with their invocation counts.
-#[utoipa::path(get, path = "/functions", tag = "functions", responses((status = 200, body = FunctionList)))]
-pub async fn list_functions(State(state): State<Arc<ApiState>>) -> Result<Json<FunctionList>, ApiError> {
+/// Lists functions: a bare array, as the original controller answers.
+#[utoipa::path(get, path = "/functions", tag = "functions", responses((status = 200, body = Vec<FunctionView>)))]
+pub async fn list_functions(State(state): State<Arc<ApiState>>) -> Result<Json<Vec<FunctionView>>, ApiError> {
     let functions = state.functions.list().await?;
-    Ok(Json(FunctionList {
-        count: functions.len(),
-        functions,
-    }))
+    Ok(Json(functions.iter().map(FunctionView::of).collect()))
 }
 
 /// One function.
 #[utoipa::path(
     get, path = "/functions/{id}", tag = "functions",
     params(("id" = String, Path, description = "Function id")),
-    responses((status = 200, body = FunctionRecord), (status = 404, body = super::ErrorBody))
+    responses((status = 200, body = FunctionView), (status = 404, body = super::ErrorBody))
 )]
 pub async fn get_function(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
-) -> Result<Json<FunctionRecord>, ApiError> {
-    Ok(Json(state.functions.fetch(&id).await?))
+) -> Result<Json<FunctionView>, ApiError> {
+    Ok(Json(FunctionView::of(&state.functions.fetch(&id).await?)))
 }
 
 /// Changes a function: multipart (new `file` and/or settings fields) or JSON
@@ -383,7 +503,7 @@ pub async fn get_function(
         (UploadForm = "multipart/form-data"),
     )),
     responses(
-        (status = 200, body = FunctionRecord),
+        (status = 200, body = UpdateResponse),
         (status = 400, body = super::ErrorBody),
         (status = 404, body = super::ErrorBody),
         (status = 409, description = "Owned by a Function resource", body = super::ErrorBody),
@@ -395,24 +515,33 @@ pub async fn update_function(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     req: Request,
-) -> Result<Json<FunctionRecord>, ApiError> {
+) -> Result<Json<UpdateResponse>, ApiError> {
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or_default()
         .to_string();
-    let (draft, code) = if content_type.starts_with("multipart/form-data") {
+    let (draft, code, ignored_fields) = if content_type.starts_with("multipart/form-data") {
         let form: Multipart = req.extract().await?;
         read_form(form).await?
     } else {
         let super::error::ApiJson(body): super::error::ApiJson<UpdateRequest> = req.extract().await?;
-        (json_draft(body)?, None)
+        let mut ignored: Vec<String> = body.unknown.keys().cloned().collect();
+        ignored.sort();
+        (json_draft(body)?, None, ignored)
+    };
+    let answer = |record: &FunctionRecord, ignored_fields: Vec<String>| {
+        Json(UpdateResponse {
+            success: true,
+            function: FunctionView::of(record),
+            ignored_fields,
+        })
     };
     if draft.is_empty() && code.is_none() {
         // Nothing to change: answered like any update (the function as it is),
         // so a client sending an unchanged form does not need a special case.
-        return Ok(Json(state.functions.get(&id).await?.as_ref().clone()));
+        return Ok(answer(state.functions.get(&id).await?.as_ref(), ignored_fields));
     }
     let (code, _turn) = match code {
         Some(spooled) => {
@@ -423,7 +552,8 @@ pub async fn update_function(
     };
     let record = state.functions.update(&id, &draft, code, None).await?;
     tracing::info!(function_id = id, sha256 = record.sha256, "function updated");
-    Ok(Json(record))
+    state.activity.info("Function Updated", &id, serde_json::json!({}));
+    Ok(answer(&record, ignored_fields))
 }
 
 fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
@@ -444,7 +574,7 @@ fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
         name: body.name,
         description: body.description,
         runtime: body.runtime,
-        memory_mb: scalar(body.memory_mb),
+        memory_mb: scalar(body.memory_mb.or(body.memory)),
         timeout_ms: scalar(body.timeout_ms),
         handler: body.handler,
         env_vars,
@@ -477,26 +607,88 @@ pub async fn delete_function(
 ) -> Result<Json<DeleteResponse>, ApiError> {
     state.functions.delete(&id, None).await?;
     tracing::info!(function_id = id, "function deleted");
+    state.activity.info("Function Deleted", &id, serde_json::json!({}));
     Ok(Json(DeleteResponse {
         success: true,
+        deleted_id: id.clone(),
         function_id: id,
     }))
 }
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
 pub struct LogsQuery {
-    /// Most entries returned, newest first (default 50).
-    #[param(minimum = 1, maximum = 500)]
+    /// Most entries returned, newest first (default 100).
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<usize>,
+    /// Only invocations that finished at or after this time (RFC 3339, e.g. `2026-12-01T00:00:00Z`).
+    #[param(value_type = Option<String>, format = DateTime)]
+    start_time: Option<String>,
 }
 
+/// Most characters of output in a list entry's `message`.
+const LIST_MESSAGE_CHARS: usize = 200;
+
+/// One invocation in a function's log list: the original controller's
+/// fields (`id`, `requestId`, `timestamp`, `status`, `duration`,
+/// `handlerDurationMs`, `memory`, `message`), then this platform's. The full
+/// output is at `/functions/{id}/logs/{requestId}`.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct LogList {
+pub struct InvocationLog {
+    /// Same as `requestId`.
+    id: String,
+    request_id: String,
+    /// When the run finished.
+    timestamp: chrono::DateTime<chrono::Utc>,
+    status: crate::model::JobStatus,
+    /// ms, rounded.
+    duration: u64,
+    handler_duration_ms: Option<f64>,
+    /// Peak memory in MB, rounded.
+    memory: u64,
+    /// The start of `stderr`, else `stdout` (200 characters, then `...`).
+    message: String,
     function_id: String,
-    count: usize,
-    logs: Vec<LogEntry>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    error: Option<crate::model::ErrorInfo>,
+    cold_start: bool,
+    attempt: u32,
+}
+
+impl InvocationLog {
+    fn of(e: LogEntry) -> Self {
+        let text = if e.stderr.is_empty() { &e.stdout } else { &e.stderr };
+        let mut message: String = text.chars().take(LIST_MESSAGE_CHARS).collect();
+        if message.len() < text.len() {
+            message.push_str("...");
+        }
+        InvocationLog {
+            id: e.request_id.clone(),
+            request_id: e.request_id,
+            timestamp: e.finished_at,
+            status: e.status,
+            duration: e.duration_ms.max(0.0).round() as u64,
+            handler_duration_ms: None,
+            memory: (e.peak_memory_bytes as f64 / 1_048_576.0).round() as u64,
+            message,
+            function_id: e.function_id,
+            error: e.error,
+            cold_start: e.cold_start,
+            attempt: e.attempt,
+        }
+    }
+}
+
+/// One invocation's full log: the original's `{message}` (all of `stderr`,
+/// else `stdout`), and the entry.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct InvocationLogDetail {
+    message: String,
+    #[serde(flatten)]
+    entry: LogEntry,
 }
 
 fn log_store(state: &ApiState) -> Result<&Arc<dyn crate::backend::LogStore>, ApiError> {
@@ -506,40 +698,69 @@ fn log_store(state: &ApiState) -> Result<&Arc<dyn crate::backend::LogStore>, Api
         .ok_or_else(|| ApiError::not_found("invocation logs are not enabled (set LOGS_TABLE_NAME)"))
 }
 
-/// The function's recent invocation logs.
+/// The function's recent invocations, newest first: a bare array, as the
+/// original controller answers.
 #[utoipa::path(
     get, path = "/functions/{id}/logs", tag = "functions",
     params(("id" = String, Path, description = "Function id"), LogsQuery),
-    responses((status = 200, body = LogList), (status = 404, body = super::ErrorBody))
+    responses((status = 200, body = Vec<InvocationLog>), (status = 404, body = super::ErrorBody))
 )]
 pub async fn list_logs(
     State(state): State<Arc<ApiState>>,
     Path(id): Path<String>,
     query: Result<Query<LogsQuery>, QueryRejection>,
-) -> Result<Json<LogList>, ApiError> {
-    let limit = query?.0.limit.unwrap_or(50);
-    if !(1..=500).contains(&limit) {
-        return Err(ApiError::bad_request("limit must be from 1 to 500"));
+) -> Result<Json<Vec<InvocationLog>>, ApiError> {
+    let query = query?.0;
+    let limit = query.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::bad_request("limit must be from 1 to 1000"));
     }
+    let since = query
+        .start_time
+        .map(|t| {
+            chrono::DateTime::parse_from_rfc3339(&t)
+                .map(|t| t.with_timezone(&chrono::Utc))
+                .map_err(|_| ApiError::bad_request("startTime must be an RFC 3339 time, e.g. 2026-12-01T00:00:00Z"))
+        })
+        .transpose()?;
     let store = log_store(&state)?;
     state.functions.get(&id).await?;
+    // Newest first, so the newest `limit` that are recent enough are these.
     let logs = store.list(&id, limit).await?;
-    Ok(Json(LogList {
-        function_id: id,
-        count: logs.len(),
-        logs,
-    }))
+    Ok(Json(
+        logs.into_iter()
+            .filter(|e| since.is_none_or(|s| e.finished_at >= s))
+            .map(InvocationLog::of)
+            .collect(),
+    ))
 }
 
 /// One invocation's log.
 #[utoipa::path(
     get, path = "/functions/{id}/logs/{requestId}", tag = "functions",
     params(("id" = String, Path, description = "Function id"), ("requestId" = String, Path, description = "Job id")),
-    responses((status = 200, body = LogEntry), (status = 404, body = super::ErrorBody))
+    responses((status = 200, body = InvocationLogDetail), (status = 404, body = super::ErrorBody))
 )]
 pub async fn get_log(
     State(state): State<Arc<ApiState>>,
     Path((id, request_id)): Path<(String, String)>,
-) -> Result<Json<LogEntry>, ApiError> {
-    Ok(Json(log_store(&state)?.get(&id, &request_id).await?))
+) -> Result<Json<InvocationLogDetail>, ApiError> {
+    let entry = log_store(&state)?.get(&id, &request_id).await?;
+    let message = if entry.stderr.is_empty() {
+        entry.stdout.clone()
+    } else {
+        entry.stderr.clone()
+    };
+    Ok(Json(InvocationLogDetail { message, entry }))
+}
+
+/// What this API process did lately (runs requested, results delivered,
+/// uploads, changes), newest first, at most 100: the original controller's
+/// activity list.
+#[utoipa::path(
+    get, path = "/logs", tag = "system",
+    responses((status = 200, body = Vec<super::activity::ActivityEntry>))
+)]
+pub async fn recent_activity(State(state): State<Arc<ApiState>>) -> Json<Vec<super::activity::ActivityEntry>> {
+    Json(state.activity.recent())
 }

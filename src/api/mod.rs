@@ -2,6 +2,7 @@
 //! original controller, at `/api/…`. The OpenAPI document is generated from
 //! the same route registrations, so it cannot list a route that does not exist.
 
+pub mod activity;
 mod dead_letters;
 pub mod error;
 mod functions;
@@ -28,8 +29,8 @@ use crate::function::FunctionService;
 use crate::metrics::Metrics;
 use error::ApiError;
 
-/// Bodies of JSON routes (Lambda's synchronous payload limit).
-pub const JSON_BODY_LIMIT: usize = 6 * 1024 * 1024;
+/// Bodies of JSON routes (the original controller's 10 MB).
+pub const JSON_BODY_LIMIT: usize = 10 * 1024 * 1024;
 /// Upload bodies: the file limit plus room for the other multipart fields.
 const UPLOAD_BODY_LIMIT: usize = MAX_UPLOAD_BYTES + 1024 * 1024;
 
@@ -54,6 +55,8 @@ pub struct ApiState {
     pub directory: Arc<dyn WorkerDirectory>,
     /// Invocation logs, when enabled.
     pub logs: Option<Arc<dyn LogStore>>,
+    /// Recent events of this process (`GET /logs`).
+    pub activity: activity::Activity,
     pub ai: AiClient,
     pub api_key_hash: [u8; 32],
     pub settings: ApiSettings,
@@ -166,7 +169,7 @@ impl CommonResponses {
         let links = [
             link_to(
                 "/upload",
-                "201",
+                "200",
                 "GetFunction",
                 LinkBuilder::new()
                     .operation_id("get_function")
@@ -175,7 +178,7 @@ impl CommonResponses {
             ),
             link_to(
                 "/upload",
-                "201",
+                "200",
                 "RunFunction",
                 LinkBuilder::new()
                     .operation_id("run")
@@ -237,6 +240,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::warm_pool))
         .routes(routes!(functions::list_logs))
         .routes(routes!(functions::get_log))
+        .routes(routes!(functions::recent_activity))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
         .split_for_parts();

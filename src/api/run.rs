@@ -25,11 +25,14 @@ const SYNC_MARGIN: Duration = Duration::from_secs(15);
 /// newer ones; the rest of the job needs room too).
 const INLINE_INPUT_BYTES: usize = 128 * 1024;
 
+/// Members other than these are ignored, as by the original controller.
 #[derive(Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase", deny_unknown_fields)]
+#[serde(rename_all = "camelCase")]
 pub struct RunRequest {
-    #[schema(min_length = 1, max_length = 128)]
-    function_id: String,
+    /// Required (400 `functionId is required` without it).
+    #[schema(required = true, min_length = 1, max_length = 128)]
+    #[serde(default)]
+    function_id: Option<String>,
     /// The event passed to the handler (any JSON; `{}` when absent).
     #[serde(default, alias = "input")]
     #[schema(value_type = Object)]
@@ -57,16 +60,44 @@ pub struct FinishedJob {
     result: JobResult,
 }
 
-/// A job that has not finished yet.
+/// A job that has not finished yet. `status` is `pending`, as the original
+/// controller answers (its clients poll while it is); `state` tells queued
+/// from running.
 #[derive(Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgress {
+    /// Always `pending`.
+    #[schema(example = "pending")]
+    status: &'static str,
+    /// `Queued` or `Running`.
+    message: &'static str,
+    /// `PENDING` or `RUNNING`.
+    state: JobStatus,
     job_id: String,
     function_id: String,
-    /// `PENDING` or `RUNNING`.
-    status: JobStatus,
     submitted_at: DateTime<Utc>,
     updated_at: DateTime<Utc>,
+}
+
+/// A synchronous wait that ran out: answered 200 with `status: TIMEOUT`, as
+/// the original controller does; the job goes on, and `jobId` finds it.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncTimeout {
+    /// Always `TIMEOUT`.
+    status: &'static str,
+    message: String,
+    job_id: String,
+    /// Poll this for the outcome.
+    status_url: String,
+}
+
+/// What a synchronous run answers with.
+#[derive(Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum RunAnswer {
+    Finished(Box<FinishedJob>),
+    TimedOut(SyncTimeout),
 }
 
 #[derive(Serialize, ToSchema)]
@@ -84,9 +115,15 @@ impl JobView {
                 result,
             })),
             _ => JobView::InProgress(JobProgress {
+                status: "pending",
+                message: if record.status == JobStatus::Running {
+                    "Running"
+                } else {
+                    "Queued"
+                },
+                state: record.status,
                 job_id: record.request_id,
                 function_id: record.function_id,
-                status: record.status,
                 submitted_at: record.submitted_at,
                 updated_at: record.updated_at,
             }),
@@ -111,14 +148,13 @@ fn is_async(headers: &HeaderMap) -> bool {
         ("Idempotency-Key" = Option<String>, Header, description = "The same key with the same request within 24 h answers with the first request's job instead of running again (`idempotent-replayed: true`); with a different request, 422"),
     ),
     responses(
-        (status = 200, description = "The finished job (sync)", body = FinishedJob),
+        (status = 200, description = "The finished job (sync), or `status: TIMEOUT` with the jobId when the wait ran out", body = RunAnswer),
         (status = 202, description = "Accepted (async)", body = Accepted),
         (status = 400, body = super::ErrorBody),
         (status = 404, description = "Unknown function", body = super::ErrorBody),
         (status = 422, description = "Idempotency-Key reused with a different request", body = super::ErrorBody),
         (status = 429, description = "The function's maxQueued is reached (Retry-After)", body = super::ErrorBody),
         (status = 503, description = "Queue or result bus unavailable", body = super::ErrorBody),
-        (status = 504, description = "Sync wait over; the job goes on (jobId)", body = super::ErrorBody),
     )
 )]
 pub async fn run(
@@ -127,13 +163,17 @@ pub async fn run(
     body: Result<ApiJson<RunRequest>, ApiError>,
 ) -> Result<Response, ApiError> {
     let ApiJson(req) = body?;
-    if req.function_id.trim().is_empty() || req.function_id.len() > 128 {
-        return Err(ApiError::bad_request("functionId must be a non-empty function id"));
-    }
+    let function_id = match req.function_id.as_deref() {
+        None | Some("") => return Err(ApiError::bad_request("functionId is required")),
+        Some(id) if id.trim().is_empty() || id.len() > 128 => {
+            return Err(ApiError::bad_request("functionId must be a non-empty function id"))
+        }
+        Some(id) => id,
+    };
     if req.model_id.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
         return Err(ApiError::bad_request("modelId must be 1 to 256 characters"));
     }
-    let function = state.functions.get(&req.function_id).await?;
+    let function = state.functions.get(function_id).await?;
     if let Some(model) = &req.model_id {
         // Checked only when the node answers; when it is down the run is
         // accepted and an AI call inside the function fails with a clear error.
@@ -189,7 +229,18 @@ pub async fn run(
         }
     }
     match admit(&state, &mut job, asynchronous, function.max_queued).await {
-        Ok(subscription) => respond(&state, job, subscription).await,
+        Ok(subscription) => {
+            state.activity.info(
+                "Run Request",
+                &job.function_id,
+                serde_json::json!({
+                    "requestId": &job.request_id,
+                    "modelId": &job.model_id,
+                    "mode": if asynchronous { "ASYNC" } else { "SYNC" },
+                }),
+            );
+            respond(&state, job, subscription).await
+        }
         Err(e) => {
             if let Some(key) = &idempotency_key {
                 // Nothing was accepted: the key is free for the caller's retry.
@@ -351,11 +402,12 @@ async fn wait_for(
     subscription: Option<Subscription>,
     timeout_ms: u64,
 ) -> Result<Response, ApiError> {
-    let finished = |result| {
-        Json(FinishedJob {
+    let finished = |result: JobResult| {
+        executed(state, &result);
+        Json(RunAnswer::Finished(Box::new(FinishedJob {
             job_id: job_id.clone(),
             result,
-        })
+        })))
         .into_response()
     };
     let wait = (Duration::from_millis(timeout_ms) + SYNC_MARGIN).min(state.settings.sync_timeout);
@@ -374,21 +426,46 @@ async fn wait_for(
     // A notification can be missed (a subscriber reconnecting, a bus that
     // was down when the result came): the stored record is the truth, so
     // look once before giving up.
+    let mut function_id = String::new();
     if let Ok(Some(record)) = state.jobs.get(&job_id).await {
         if let (true, Some(result)) = (record.status.is_terminal(), record.result) {
             return Ok(finished(result));
         }
+        function_id = record.function_id;
     }
-    Err(ApiError {
-        job_id: Some(job_id.clone()),
-        ..ApiError::new(
-            StatusCode::GATEWAY_TIMEOUT,
-            format!(
-                "no result within {} ms; the job continues: poll /status/{job_id}",
-                wait.as_millis(),
-            ),
-        )
-    })
+    state.activity.warn(
+        &format!("Timeout: {function_id}"),
+        &function_id,
+        serde_json::json!({"requestId": &job_id}),
+    );
+    Ok(Json(RunAnswer::TimedOut(SyncTimeout {
+        status: "TIMEOUT",
+        message: format!(
+            "Processing timed out: no result within {} ms; the job continues: poll /status/{job_id}",
+            wait.as_millis()
+        ),
+        status_url: format!("/status/{job_id}"),
+        job_id,
+    }))
+    .into_response())
+}
+
+/// The original controller's "Function Executed" activity entry.
+fn executed(state: &ApiState, result: &JobResult) {
+    let context = serde_json::json!({
+        "functionId": &result.function_id,
+        "requestId": &result.request_id,
+        "duration": result.duration_ms.round(),
+        "memory": (result.peak_memory_bytes as f64 / 1_048_576.0).round(),
+        "status": result.status,
+        "exitCode": result.exit_code,
+    });
+    let msg = format!("Function Executed: {}", result.function_id);
+    if result.status == JobStatus::Success {
+        state.activity.info(&msg, &result.function_id, context);
+    } else {
+        state.activity.error(&msg, &result.function_id, context);
+    }
 }
 
 /// A job's state, and its full result once finished.

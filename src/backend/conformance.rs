@@ -171,14 +171,24 @@ pub async fn function_registry(registry: Arc<dyn FunctionRegistry>) {
     let counted = registry.get(&id).await.expect("get");
     assert_eq!(counted.invocations, 40);
     assert_eq!(counted.finished_runs, 20);
-    assert!((counted.total_duration - 250.0).abs() < 1e-6, "{}", counted.total_duration);
+    assert!(
+        (counted.total_duration - 250.0).abs() < 1e-6,
+        "{}",
+        counted.total_duration
+    );
     assert_eq!(counted.avg_duration(), 13);
     assert_eq!(counted.avg_handler_duration(), Some(0.25));
     // A settings change keeps the counters.
     registry.put(&sample_function(&id)).await.expect("put again");
     assert_eq!(registry.get(&id).await.expect("get").finished_runs, 20);
     registry
-        .add_usage(&unique("absent"), &UsageDelta { invocations: 1, ..UsageDelta::default() })
+        .add_usage(
+            &unique("absent"),
+            &UsageDelta {
+                invocations: 1,
+                ..UsageDelta::default()
+            },
+        )
         .await
         .expect("missing function is ignored");
     assert!(registry.get("absent").await.is_err());

@@ -132,7 +132,7 @@ async fn ld_preload_cannot_reach_the_launcher_or_the_worker() {
     }
     // ... and by PUT on an existing function.
     let (status, body) = upload_zip(&app, zip.clone(), &[]).await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 200, "{body}");
     let id = body["functionId"].as_str().unwrap().to_string();
     let resp = app
         .put(&format!("/functions/{id}"))
@@ -150,7 +150,7 @@ async fn ld_preload_cannot_reach_the_launcher_or_the_worker() {
     assert!(body["result"].as_str().unwrap().starts_with("allowed"), "{body}");
     // The fresh-start path (network functions never use stem cells) too.
     let (status, body) = upload_zip(&app, zip, &[("network", "true")]).await;
-    assert_eq!(status, 201, "{body}");
+    assert_eq!(status, 200, "{body}");
     let online = body["functionId"].as_str().unwrap().to_string();
     let body = app.run_ok(&online, json!({})).await;
     assert_eq!(body["startKind"], "fresh", "{body}");
@@ -543,8 +543,8 @@ with zipfile.ZipFile(bomb, 'w', zipfile.ZIP_DEFLATED) as z:
             .unwrap()
             .json::<Value>()
             .await
-            .unwrap()["count"],
-        0,
+            .unwrap(),
+        serde_json::json!([]),
         "nothing was registered"
     );
 }
@@ -608,7 +608,7 @@ async fn concurrent_large_uploads_keep_memory_flat() {
     let results = futures::future::join_all(uploads).await;
     for r in results {
         let r = r.unwrap();
-        assert_eq!(r.status(), 201, "{:?}", r.text().await);
+        assert_eq!(r.status(), 200, "{:?}", r.text().await);
     }
     let peak = peak_rss_mb(infra.child.id());
     eprintln!("infra up peak RSS: {before} MB before, {peak} MB after 16 concurrent 49 MiB uploads");

@@ -96,7 +96,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
         let body: Value = get_json(&client, format!("{}/status/{}", first.base, jobs[0].1)).await;
-        if body["status"] == "RUNNING" {
+        if body["state"] == "RUNNING" {
             break;
         }
         assert!(Instant::now() < deadline, "first job never ran: {body}");
@@ -105,7 +105,8 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     // Concurrency 1 and 0.5 s per job: the others cannot have started yet.
     for (_, job) in &jobs[1..] {
         let body: Value = get_json(&client, format!("{}/status/{job}", first.base)).await;
-        assert_eq!(body["status"], "PENDING");
+        assert_eq!(body["status"], "pending");
+        assert_eq!(body["state"], "PENDING");
     }
     sigterm(&first.child);
     assert_eq!(
@@ -115,11 +116,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
 
     let mut second = spawn_up(dir.path(), &env);
     let list: Value = get_json(&client, format!("{}/functions", second.base)).await;
-    assert_eq!(
-        list["functions"][0]["functionId"],
-        id.as_str(),
-        "the function survived the restart"
-    );
+    assert_eq!(list[0]["functionId"], id.as_str(), "the function survived the restart");
     for (n, job) in &jobs {
         let (_, body) = wait_job_at(&client, &second.base, job, Duration::from_secs(30)).await;
         assert_eq!(body["status"], "SUCCESS", "{body}");

@@ -29,7 +29,7 @@ async fn wordcount_zip_package() {
         ("textstats/__init__.py", &example("wordcount/textstats/__init__.py")),
     ]);
     let r = app.upload_raw("wordcount.zip", zip, &[("handler", "app.count")]).await;
-    assert_eq!(r.status(), 201);
+    assert_eq!(r.status(), 200);
     let id = r.json::<serde_json::Value>().await.unwrap()["functionId"]
         .as_str()
         .unwrap()
