@@ -12,15 +12,16 @@ use serde_json::{json, Value};
 use crate::helpers::*;
 use crate::services::{aws, unique, RedisServer};
 
-struct Cluster {
-    redis: RedisServer,
+/// Redis, moto's S3/DynamoDB/SQS, and `infra api` / `infra worker` processes.
+pub(crate) struct Cluster {
+    pub(crate) redis: RedisServer,
     /// The environment every process of the cluster gets.
     env: Vec<(String, String)>,
     dirs: Vec<tempfile::TempDir>,
 }
 
 impl Cluster {
-    async fn new() -> Cluster {
+    pub(crate) async fn new() -> Cluster {
         let settings = aws();
         let bucket = unique("artifacts");
         let table = unique("functions");
@@ -71,13 +72,13 @@ impl Cluster {
         spawn_infra(args, &env)
     }
 
-    fn api(&self, extra: &[(&str, &str)]) -> Proc {
+    pub(crate) fn api(&self, extra: &[(&str, &str)]) -> Proc {
         let mut env = vec![("PORT", "0"), ("RATE_LIMIT_PER_MINUTE", "0")];
         env.extend_from_slice(extra);
         self.spawn(&["api"], &env)
     }
 
-    fn worker(&mut self, extra: &[(&str, &str)]) -> Proc {
+    pub(crate) fn worker(&mut self, extra: &[(&str, &str)]) -> Proc {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().to_string_lossy().to_string();
         self.dirs.push(dir);
