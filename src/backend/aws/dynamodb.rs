@@ -172,7 +172,12 @@ impl FunctionRegistry for DynamoRegistry {
                 .await
                 .map_err(|e| unavailable("dynamodb scan", e))?;
             for item in out.items.unwrap_or_default() {
-                records.push(decode(item)?);
+                // One item this version cannot read (e.g. written by the
+                // original controller) must not hide every other function.
+                match decode(item) {
+                    Ok(record) => records.push(record),
+                    Err(e) => tracing::warn!(error = %e, "skipping a function item this version cannot read"),
+                }
             }
             match out.last_evaluated_key {
                 Some(k) if !k.is_empty() => start = Some(k),
