@@ -28,8 +28,10 @@ const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 #[allow(dead_code)]
 pub struct UploadForm {
     /// A `.py`, `.js` or `.mjs` file (stored as the handler's module; its
-    /// extension sets the runtime when none is given) or a `.zip` holding the handler module.
-    #[schema(value_type = String, format = Binary)]
+    /// extension sets the runtime when none is given) or a `.zip` holding the
+    /// handler module. Without a filename, a zip is known by its signature
+    /// and anything else is the runtime's source file (`main.py`, `index.js`).
+    #[schema(value_type = String, format = Binary, example = "def handler(event, context):\n    return event\n")]
     file: Vec<u8>,
     name: Option<String>,
     description: Option<String>,
@@ -334,7 +336,8 @@ const UPLOAD_TURN_WAIT: std::time::Duration = std::time::Duration::from_secs(60)
 
 /// An uploaded file, spooled to an unnamed temporary file while it arrived.
 struct SpooledFile {
-    file_name: String,
+    /// None when the part had no filename (`curl -F file=<main.py`).
+    file_name: Option<String>,
     file: tokio::fs::File,
     len: usize,
 }
@@ -342,7 +345,10 @@ struct SpooledFile {
 impl SpooledFile {
     /// Takes the file into memory once the process-wide upload budget has
     /// room for it; the permit is held until the upload is registered.
-    async fn load(mut self) -> Result<(CodeUpload, tokio::sync::SemaphorePermit<'static>), ApiError> {
+    async fn load(
+        mut self,
+        draft: &SettingsDraft,
+    ) -> Result<(CodeUpload, tokio::sync::SemaphorePermit<'static>), ApiError> {
         use tokio::io::{AsyncReadExt, AsyncSeekExt};
         // At most the whole budget (96 Ki), so the cast is exact.
         let kib = self.len.div_ceil(1024).clamp(1, UPLOAD_MEMORY_BUDGET_KIB) as u32;
@@ -362,13 +368,28 @@ impl SpooledFile {
         self.file.rewind().await.map_err(spool_err)?;
         let mut data = Vec::with_capacity(self.len);
         self.file.read_to_end(&mut data).await.map_err(spool_err)?;
+        let file_name = self
+            .file_name
+            .unwrap_or_else(|| unnamed_upload(&data, draft).to_string());
         Ok((
             CodeUpload {
-                file_name: self.file_name,
+                file_name,
                 data: data.into(),
             },
             permit,
         ))
+    }
+}
+
+/// The name an upload without a filename is taken under: a zip by its
+/// signature, else the source file of the runtime asked for (Python by default).
+fn unnamed_upload(data: &[u8], draft: &SettingsDraft) -> &'static str {
+    if data.starts_with(b"PK\x03\x04") {
+        "upload.zip"
+    } else if draft.runtime.as_deref().map(str::trim) == Some("nodejs") {
+        "index.js"
+    } else {
+        "main.py"
     }
 }
 
@@ -390,8 +411,7 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<Spooled
                 .file_name()
                 .and_then(|n| std::path::Path::new(n).file_name())
                 .map(|n| n.to_string_lossy().into_owned())
-                .filter(|n| !n.is_empty())
-                .ok_or_else(|| ApiError::bad_request("the file field needs a filename ending in .py or .zip"))?;
+                .filter(|n| !n.is_empty());
             let spool_err = |e: std::io::Error| {
                 tracing::error!(error = %e, "cannot spool an upload");
                 ApiError::new(StatusCode::INTERNAL_SERVER_ERROR, "cannot store the upload temporarily")
@@ -454,7 +474,7 @@ pub async fn upload(
         ApiError::bad_request("No file provided: missing multipart field 'file' (a .py file or a .zip)")
     })?;
     let draft = form_draft.or(query).or(from_headers);
-    let (code, _turn) = code.load().await?;
+    let (code, _turn) = code.load(&draft).await?;
     let record = state.functions.create(&draft, code, None).await?;
     tracing::info!(
         function_id = record.function_id,
@@ -545,7 +565,7 @@ pub async fn update_function(
     }
     let (code, _turn) = match code {
         Some(spooled) => {
-            let (code, turn) = spooled.load().await?;
+            let (code, turn) = spooled.load(&draft).await?;
             (Some(code), Some(turn))
         }
         None => (None, None),

@@ -742,3 +742,34 @@ async fn infra_up_keeps_invocation_logs() {
     );
     assert_eq!(app.get("/functions/unknown/logs").send().await.unwrap().status(), 404);
 }
+
+/// `curl -F file=<main.py` sends no filename: the content decides.
+#[tokio::test]
+async fn uploads_without_a_filename_are_taken_by_their_content() {
+    let app = TestApp::start().await;
+    let upload = |data: Vec<u8>, runtime: Option<&'static str>| {
+        let mut form = reqwest::multipart::Form::new().part("file", reqwest::multipart::Part::bytes(data));
+        if let Some(r) = runtime {
+            form = form.text("runtime", r);
+        }
+        app.post("/upload").multipart(form).send()
+    };
+    let r = upload(b"def handler(e, c):\n    return 'py'\n".to_vec(), None)
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let py = body["functionId"].as_str().expect("registered").to_string();
+    assert_eq!(body["function"]["runtime"], "python", "{body}");
+    let r = upload(b"exports.handler = async () => 'js';\n".to_vec(), Some("nodejs"))
+        .await
+        .unwrap();
+    let body: Value = r.json().await.unwrap();
+    let js = body["functionId"].as_str().expect("registered").to_string();
+    let zip = zip_of(&[("main.py", "def handler(e, c):\n    return 'zip'\n")]);
+    let r = upload(zip, None).await.unwrap();
+    let body: Value = r.json().await.unwrap();
+    let zipped = body["functionId"].as_str().expect("registered").to_string();
+    for (id, want) in [(py, "py"), (js, "js"), (zipped, "zip")] {
+        assert_eq!(app.run_ok(&id, json!({})).await["result"], want);
+    }
+}
