@@ -16,68 +16,81 @@ use super::error::ApiError;
 use super::ApiState;
 use crate::function::package::MAX_UPLOAD_BYTES;
 use crate::function::service::CodeUpload;
+use crate::function::settings::{SettingField, SettingKind, SETTING_FIELDS};
 use crate::function::SettingsDraft;
 use crate::model::{FunctionRecord, LogEntry};
 
 const FIELD_TEXT_LIMIT: usize = 64 * 1024;
 
-/// Multipart fields of `POST /upload` (also accepted as query parameters;
-/// `x-runtime`, `x-memory-mb`, `x-function-name` headers work too).
-#[derive(ToSchema)]
-#[schema(rename_all = "camelCase")]
-#[allow(dead_code)]
-pub struct UploadForm {
-    /// A `.py`, `.js` or `.mjs` file (stored as the handler's module; its
-    /// extension sets the runtime when none is given) or a `.zip` holding the
-    /// handler module. Without a filename, a zip is known by its signature
-    /// and anything else is the runtime's source file (`main.py`, `index.js`).
-    #[schema(value_type = String, format = Binary, example = "def handler(event, context):\n    return event\n")]
-    file: Vec<u8>,
-    name: Option<String>,
-    description: Option<String>,
-    /// `python` or `nodejs`.
-    runtime: Option<String>,
-    /// 128 to 10240.
-    #[schema(value_type = Option<u32>)]
-    memory_mb: Option<String>,
-    /// 100 to 900000.
-    #[schema(value_type = Option<u64>)]
-    timeout_ms: Option<String>,
-    /// `module.function`, default `main.handler` (Python) or `index.handler` (Node.js).
-    handler: Option<String>,
-    /// A JSON object of strings, e.g. `{"GREETING":"hi"}`.
-    env_vars: Option<String>,
-    /// Instances each worker keeps initialized, 0 to 100.
-    #[schema(value_type = Option<u32>)]
-    min_warm: Option<String>,
-    /// Most idle instances per worker, 1 to 100.
-    #[schema(value_type = Option<u32>)]
-    max_warm: Option<String>,
-    /// Idle time before an instance beyond minWarm stops, 1 to 86400.
-    #[schema(value_type = Option<u64>)]
-    keep_alive_seconds: Option<String>,
-    /// `true` lets the function use the network (default: none in the sandbox).
-    #[schema(value_type = Option<bool>)]
-    network: Option<String>,
-    /// Retries of a failed asynchronous run, 0 to 5 (default 2).
-    #[schema(value_type = Option<u32>)]
-    max_retries: Option<String>,
-    /// Seconds before the first retry, doubled for each further one, 0 to 300 (default 1).
-    #[schema(value_type = Option<u32>)]
-    retry_backoff_seconds: Option<String>,
-    /// `true` retries runs that ran out of memory too (default false).
-    #[schema(value_type = Option<bool>)]
-    retry_on_oom: Option<String>,
-    /// An asynchronous job waiting longer than this is dead-lettered unrun, 60 to 21600 (default 21600).
-    #[schema(value_type = Option<u64>)]
-    max_event_age_seconds: Option<String>,
-    /// Most runs at once across all workers, 1 to 10000 (default: unbounded; "" clears).
-    #[schema(value_type = Option<u32>)]
-    max_concurrency: Option<String>,
-    /// Most accepted, unfinished jobs; beyond it /run answers 429, 1 to 1000000 (default: unbounded; "" clears).
-    #[schema(value_type = Option<u32>)]
-    max_queued: Option<String>,
+/// The multipart form of `POST /upload` (and of `PUT` with new code): the
+/// `file` and every setting, described from the one table of settings
+/// (`function::settings::SETTING_FIELDS`). Settings are also taken as query
+/// parameters, and `x-runtime`, `x-memory-mb`, `x-function-name` as headers.
+pub struct UploadForm;
+
+/// `PUT /functions/{id}` as JSON: any settings, from the same table. Unknown
+/// members are ignored (named in the answer's `ignoredFields`), as by the
+/// original controller.
+pub struct UpdateRequest;
+
+fn setting_schema(f: &SettingField, form: bool) -> utoipa::openapi::Schema {
+    use utoipa::openapi::schema::{ObjectBuilder, SchemaType, Type};
+    let text = |b: ObjectBuilder| b.schema_type(SchemaType::new(Type::String));
+    let b = ObjectBuilder::new().description(Some(f.doc));
+    let b = match f.kind {
+        SettingKind::Text { max_len } => text(b).max_length(Some(max_len)),
+        SettingKind::Choice(words) => text(b).enum_values(Some(words.iter().copied())),
+        SettingKind::Integer { min, max } => b
+            .schema_type(SchemaType::new(Type::Integer))
+            .minimum(Some(min as f64))
+            .maximum(Some(max as f64)),
+        SettingKind::Boolean => b.schema_type(SchemaType::new(Type::Boolean)),
+        // A form field is text: the JSON object written out.
+        SettingKind::Object if form => text(b),
+        SettingKind::Object => b
+            .schema_type(SchemaType::new(Type::Object))
+            .additional_properties(Some(ObjectBuilder::new().schema_type(SchemaType::new(Type::String)))),
+    };
+    b.build().into()
 }
+
+fn settings_object(form: bool) -> utoipa::openapi::schema::ObjectBuilder {
+    let mut b = utoipa::openapi::schema::ObjectBuilder::new();
+    for f in SETTING_FIELDS {
+        b = b.property(f.name, setting_schema(f, form));
+    }
+    b
+}
+
+impl utoipa::PartialSchema for UploadForm {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, SchemaFormat, SchemaType, Type};
+        let file = ObjectBuilder::new()
+            .schema_type(SchemaType::new(Type::String))
+            .format(Some(SchemaFormat::KnownFormat(utoipa::openapi::KnownFormat::Binary)))
+            .description(Some(
+                "A `.py`, `.js` or `.mjs` file (stored as the handler's module; its extension sets the \
+                 runtime when none is given) or a `.zip` holding the handler module. Without a filename, a \
+                 zip is known by its signature and anything else is the runtime's source file.",
+            ))
+            .examples(["def handler(event, context):\n    return event\n"]);
+        settings_object(true)
+            .property("file", file)
+            .required("file")
+            .build()
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for UploadForm {}
+
+impl utoipa::PartialSchema for UpdateRequest {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        settings_object(false).build().into()
+    }
+}
+
+impl utoipa::ToSchema for UpdateRequest {}
 
 /// A function as the API shows it: the original controller's fields first
 /// (`id`, `functionId`, `name`, `description`, `runtime`, `memoryMb`,
@@ -193,80 +206,13 @@ pub struct DeleteResponse {
     function_id: String,
 }
 
-/// `PUT /functions/{id}` as JSON: settings only. Unknown members are
-/// ignored (and named in the answer's `ignoredFields`), as by the original.
-#[derive(Deserialize, ToSchema, Default)]
-#[serde(rename_all = "camelCase")]
-pub struct UpdateRequest {
-    name: Option<String>,
-    description: Option<String>,
-    runtime: Option<String>,
-    #[schema(value_type = Option<u32>)]
-    memory_mb: Option<serde_json::Value>,
-    /// The original dashboard's name for `memoryMb`.
-    #[schema(value_type = Option<u32>)]
-    memory: Option<serde_json::Value>,
-    #[schema(value_type = Option<u64>)]
-    timeout_ms: Option<serde_json::Value>,
-    handler: Option<String>,
-    #[schema(value_type = Option<Object>)]
-    env_vars: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    min_warm: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    max_warm: Option<serde_json::Value>,
-    #[schema(value_type = Option<u64>)]
-    keep_alive_seconds: Option<serde_json::Value>,
-    #[schema(value_type = Option<bool>)]
-    network: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    max_retries: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    retry_backoff_seconds: Option<serde_json::Value>,
-    #[schema(value_type = Option<bool>)]
-    retry_on_oom: Option<serde_json::Value>,
-    #[schema(value_type = Option<u64>)]
-    max_event_age_seconds: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    max_concurrency: Option<serde_json::Value>,
-    #[schema(value_type = Option<u32>)]
-    max_queued: Option<serde_json::Value>,
-    /// Whatever else the body holds.
-    #[serde(flatten)]
-    #[schema(ignore)]
-    unknown: serde_json::Map<String, serde_json::Value>,
-}
-
-fn draft_slot<'a>(draft: &'a mut SettingsDraft, key: &str) -> Option<&'a mut Option<String>> {
-    Some(match key {
-        "name" | "functionName" => &mut draft.name,
-        "description" => &mut draft.description,
-        "runtime" => &mut draft.runtime,
-        "memoryMb" | "memory_mb" | "memory" => &mut draft.memory_mb,
-        "timeoutMs" | "timeout_ms" => &mut draft.timeout_ms,
-        "handler" => &mut draft.handler,
-        "envVars" | "env_vars" | "env" => &mut draft.env_vars,
-        "minWarm" => &mut draft.min_warm,
-        "maxWarm" => &mut draft.max_warm,
-        "keepAliveSeconds" => &mut draft.keep_alive_seconds,
-        "network" => &mut draft.network,
-        "maxRetries" => &mut draft.max_retries,
-        "retryBackoffSeconds" => &mut draft.retry_backoff_seconds,
-        "retryOnOom" => &mut draft.retry_on_oom,
-        "maxEventAgeSeconds" => &mut draft.max_event_age_seconds,
-        "maxConcurrency" => &mut draft.max_concurrency,
-        "maxQueued" => &mut draft.max_queued,
-        _ => return None,
-    })
-}
-
 /// Settings from query parameters, and the names of those that are not settings.
 fn from_query(query: HashMap<String, String>) -> (SettingsDraft, Vec<String>) {
     let mut draft = SettingsDraft::default();
     let mut unknown = Vec::new();
     for (k, v) in query {
-        match draft_slot(&mut draft, &k) {
-            Some(slot) => *slot = Some(v),
+        match SettingsDraft::field(&k) {
+            Some(f) => *f.slot(&mut draft) = Some(v),
             None => unknown.push(k),
         }
     }
@@ -432,11 +378,8 @@ async fn read_form(mut form: Multipart) -> Result<(SettingsDraft, Option<Spooled
                 file.write_all(&chunk).await.map_err(spool_err)?;
             }
             code = Some(SpooledFile { file_name, file, len });
-        } else if draft_slot(&mut draft, &name).is_some() {
-            let text = read_text(field, &name).await?;
-            if let Some(slot) = draft_slot(&mut draft, &name) {
-                *slot = Some(text);
-            }
+        } else if let Some(setting) = SettingsDraft::field(&name) {
+            *setting.slot(&mut draft) = Some(read_text(field, &name).await?);
         } else {
             // Drain it (bounded, like a setting) and ignore it, as the
             // original controller does: its dashboard sends functionId too.
@@ -546,10 +489,10 @@ pub async fn update_function(
         let form: Multipart = req.extract().await?;
         read_form(form).await?
     } else {
-        let super::error::ApiJson(body): super::error::ApiJson<UpdateRequest> = req.extract().await?;
-        let mut ignored: Vec<String> = body.unknown.keys().cloned().collect();
-        ignored.sort();
-        (json_draft(body)?, None, ignored)
+        let super::error::ApiJson(body): super::error::ApiJson<serde_json::Map<String, serde_json::Value>> =
+            req.extract().await?;
+        let (draft, ignored) = json_draft(body)?;
+        (draft, None, ignored)
     };
     let answer = |record: &FunctionRecord, ignored_fields: Vec<String>| {
         Json(UpdateResponse {
@@ -576,39 +519,30 @@ pub async fn update_function(
     Ok(answer(&record, ignored_fields))
 }
 
-fn json_draft(body: UpdateRequest) -> Result<SettingsDraft, ApiError> {
-    let scalar = |v: Option<serde_json::Value>| {
-        v.map(|v| match v {
-            serde_json::Value::String(s) => s,
-            // null clears an optional setting.
-            serde_json::Value::Null => String::new(),
-            other => other.to_string(),
-        })
-    };
-    let env_vars = match body.env_vars {
-        Some(v @ serde_json::Value::Object(_)) => Some(v.to_string()),
-        Some(_) => return Err(ApiError::bad_request("envVars must be a JSON object of strings")),
-        None => None,
-    };
-    Ok(SettingsDraft {
-        name: body.name,
-        description: body.description,
-        runtime: body.runtime,
-        memory_mb: scalar(body.memory_mb.or(body.memory)),
-        timeout_ms: scalar(body.timeout_ms),
-        handler: body.handler,
-        env_vars,
-        min_warm: scalar(body.min_warm),
-        max_warm: scalar(body.max_warm),
-        keep_alive_seconds: scalar(body.keep_alive_seconds),
-        network: scalar(body.network),
-        max_retries: scalar(body.max_retries),
-        retry_backoff_seconds: scalar(body.retry_backoff_seconds),
-        retry_on_oom: scalar(body.retry_on_oom),
-        max_event_age_seconds: scalar(body.max_event_age_seconds),
-        max_concurrency: scalar(body.max_concurrency),
-        max_queued: scalar(body.max_queued),
-    })
+/// Settings from a JSON object: scalars as their text (null clears an
+/// optional setting), `envVars` as an object; unknown members are named.
+fn json_draft(body: serde_json::Map<String, serde_json::Value>) -> Result<(SettingsDraft, Vec<String>), ApiError> {
+    let mut draft = SettingsDraft::default();
+    let mut ignored = Vec::new();
+    for (key, value) in body {
+        let Some(setting) = SettingsDraft::field(&key) else {
+            ignored.push(key);
+            continue;
+        };
+        let text = match (setting.kind, value) {
+            (SettingKind::Object, v @ serde_json::Value::Object(_)) => v.to_string(),
+            (SettingKind::Object, serde_json::Value::Null) => String::new(),
+            (SettingKind::Object, _) => {
+                return Err(ApiError::bad_request(format!("{key} must be a JSON object of strings")))
+            }
+            (_, serde_json::Value::String(s)) => s,
+            (_, serde_json::Value::Null) => String::new(),
+            (_, other) => other.to_string(),
+        };
+        *setting.slot(&mut draft) = Some(text);
+    }
+    ignored.sort();
+    Ok((draft, ignored))
 }
 
 /// Deletes a function: its record and every artifact.

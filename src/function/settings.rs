@@ -49,48 +49,228 @@ pub struct SettingsDraft {
     pub max_queued: Option<String>,
 }
 
-impl SettingsDraft {
-    /// Fills fields missing here from `other` (lower precedence).
-    pub fn or(self, other: SettingsDraft) -> SettingsDraft {
-        SettingsDraft {
-            name: self.name.or(other.name),
-            description: self.description.or(other.description),
-            runtime: self.runtime.or(other.runtime),
-            memory_mb: self.memory_mb.or(other.memory_mb),
-            timeout_ms: self.timeout_ms.or(other.timeout_ms),
-            handler: self.handler.or(other.handler),
-            env_vars: self.env_vars.or(other.env_vars),
-            min_warm: self.min_warm.or(other.min_warm),
-            max_warm: self.max_warm.or(other.max_warm),
-            keep_alive_seconds: self.keep_alive_seconds.or(other.keep_alive_seconds),
-            network: self.network.or(other.network),
-            max_retries: self.max_retries.or(other.max_retries),
-            retry_backoff_seconds: self.retry_backoff_seconds.or(other.retry_backoff_seconds),
-            retry_on_oom: self.retry_on_oom.or(other.retry_on_oom),
-            max_event_age_seconds: self.max_event_age_seconds.or(other.max_event_age_seconds),
-            max_concurrency: self.max_concurrency.or(other.max_concurrency),
-            max_queued: self.max_queued.or(other.max_queued),
+/// What a setting's value is, for the API description (on the wire every
+/// setting arrives as text first: form fields, query parameters, headers).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SettingKind {
+    Text {
+        max_len: usize,
+    },
+    /// One of these words.
+    Choice(&'static [&'static str]),
+    Integer {
+        min: u64,
+        max: u64,
+    },
+    Boolean,
+    /// A JSON object of strings (as text in a form).
+    Object,
+}
+
+/// One setting a client can send: its name, the other names taken for it
+/// (the original controller's), what it is, and where it goes in the draft.
+/// This table is the one list of settings: the form and query parser, the
+/// JSON parser of `PUT`, the API description and the draft's own helpers
+/// all read it.
+pub struct SettingField {
+    pub name: &'static str,
+    pub aliases: &'static [&'static str],
+    pub kind: SettingKind,
+    pub doc: &'static str,
+    slot: fn(&mut SettingsDraft) -> &mut Option<String>,
+}
+
+impl SettingField {
+    pub fn slot<'a>(&self, draft: &'a mut SettingsDraft) -> &'a mut Option<String> {
+        (self.slot)(draft)
+    }
+
+    fn takes(&self, key: &str) -> bool {
+        self.name == key || self.aliases.contains(&key)
+    }
+}
+
+macro_rules! setting {
+    ($name:literal, [$($alias:literal),*], $kind:expr, $field:ident, $doc:literal) => {
+        SettingField {
+            name: $name,
+            aliases: &[$($alias),*],
+            kind: $kind,
+            doc: $doc,
+            slot: |d| &mut d.$field,
         }
+    };
+}
+
+pub const SETTING_FIELDS: &[SettingField] =
+    &[
+        setting!(
+            "name",
+            ["functionName"],
+            SettingKind::Text { max_len: NAME_MAX },
+            name,
+            "Display name (default: the file's name)."
+        ),
+        setting!(
+            "description",
+            [],
+            SettingKind::Text {
+                max_len: DESCRIPTION_MAX
+            },
+            description,
+            "Free text."
+        ),
+        setting!(
+            "runtime",
+            [],
+            SettingKind::Choice(&["python", "nodejs"]),
+            runtime,
+            "`python` or `nodejs` (default: from the file's extension, else python)."
+        ),
+        setting!(
+            "memoryMb",
+            ["memory_mb", "memory"],
+            SettingKind::Integer {
+                min: MEMORY_MB_MIN as u64,
+                max: MEMORY_MB_MAX as u64
+            },
+            memory_mb,
+            "Memory limit in MB (default 128; `memory` is the original dashboard's name)."
+        ),
+        setting!(
+            "timeoutMs",
+            ["timeout_ms"],
+            SettingKind::Integer {
+                min: TIMEOUT_MS_MIN,
+                max: TIMEOUT_MS_MAX
+            },
+            timeout_ms,
+            "Longest a run may take, in ms (default 30000)."
+        ),
+        setting!(
+            "handler",
+            [],
+            SettingKind::Text { max_len: 256 },
+            handler,
+            "`module.function`, default `main.handler` (Python) or `index.handler` (Node.js)."
+        ),
+        setting!("envVars", ["env_vars", "env"], SettingKind::Object, env_vars,
+        "Environment variables, a JSON object of strings, e.g. `{\"GREETING\":\"hi\"}` (values are never shown back)."),
+        setting!(
+            "minWarm",
+            [],
+            SettingKind::Integer {
+                min: 0,
+                max: WARM_MAX as u64
+            },
+            min_warm,
+            "Instances each worker keeps initialized."
+        ),
+        setting!(
+            "maxWarm",
+            [],
+            SettingKind::Integer {
+                min: 1,
+                max: WARM_MAX as u64
+            },
+            max_warm,
+            "Most idle instances per worker."
+        ),
+        setting!(
+            "keepAliveSeconds",
+            [],
+            SettingKind::Integer {
+                min: 1,
+                max: KEEP_ALIVE_MAX_SECONDS
+            },
+            keep_alive_seconds,
+            "Idle time before an instance beyond minWarm stops."
+        ),
+        setting!(
+            "network",
+            [],
+            SettingKind::Boolean,
+            network,
+            "`true` lets the function use the network (default: none in the sandbox)."
+        ),
+        setting!(
+            "maxRetries",
+            [],
+            SettingKind::Integer {
+                min: 0,
+                max: MAX_RETRIES
+            },
+            max_retries,
+            "Retries of a failed asynchronous run (default 2)."
+        ),
+        setting!(
+            "retryBackoffSeconds",
+            [],
+            SettingKind::Integer {
+                min: 0,
+                max: RETRY_BACKOFF_MAX_SECONDS
+            },
+            retry_backoff_seconds,
+            "Seconds before the first retry, doubled for each further one (default 1)."
+        ),
+        setting!(
+            "retryOnOom",
+            [],
+            SettingKind::Boolean,
+            retry_on_oom,
+            "`true` retries runs that ran out of memory too (default false)."
+        ),
+        setting!(
+            "maxEventAgeSeconds",
+            [],
+            SettingKind::Integer {
+                min: EVENT_AGE_MIN_SECONDS,
+                max: EVENT_AGE_MAX_SECONDS
+            },
+            max_event_age_seconds,
+            "An asynchronous job waiting longer than this is dead-lettered unrun (default 21600)."
+        ),
+        setting!(
+            "maxConcurrency",
+            [],
+            SettingKind::Integer {
+                min: 1,
+                max: MAX_CONCURRENCY
+            },
+            max_concurrency,
+            "Most runs at once across all workers (default: unbounded; empty clears)."
+        ),
+        setting!(
+            "maxQueued",
+            [],
+            SettingKind::Integer {
+                min: 1,
+                max: MAX_QUEUED
+            },
+            max_queued,
+            "Most accepted, unfinished jobs; beyond it /run answers 429 (default: unbounded; empty clears)."
+        ),
+    ];
+
+impl SettingsDraft {
+    /// The setting a form field, query parameter or JSON member names, if any.
+    pub fn field(key: &str) -> Option<&'static SettingField> {
+        SETTING_FIELDS.iter().find(|f| f.takes(key))
+    }
+
+    /// Fills fields missing here from `other` (lower precedence).
+    pub fn or(mut self, mut other: SettingsDraft) -> SettingsDraft {
+        for f in SETTING_FIELDS {
+            if f.slot(&mut self).is_none() {
+                *f.slot(&mut self) = f.slot(&mut other).take();
+            }
+        }
+        self
     }
 
     pub fn is_empty(&self) -> bool {
-        self.name.is_none()
-            && self.description.is_none()
-            && self.runtime.is_none()
-            && self.memory_mb.is_none()
-            && self.timeout_ms.is_none()
-            && self.handler.is_none()
-            && self.env_vars.is_none()
-            && self.min_warm.is_none()
-            && self.max_warm.is_none()
-            && self.keep_alive_seconds.is_none()
-            && self.network.is_none()
-            && self.max_retries.is_none()
-            && self.retry_backoff_seconds.is_none()
-            && self.retry_on_oom.is_none()
-            && self.max_event_age_seconds.is_none()
-            && self.max_concurrency.is_none()
-            && self.max_queued.is_none()
+        let mut probe = self.clone();
+        SETTING_FIELDS.iter().all(|f| f.slot(&mut probe).is_none())
     }
 }
 
@@ -497,6 +677,27 @@ pub fn parse_env_vars(raw: &str) -> Result<BTreeMap<String, String>, Vec<String>
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn every_setting_has_one_row_in_the_table() {
+        let mut names = std::collections::HashSet::new();
+        let mut draft = SettingsDraft::default();
+        for f in SETTING_FIELDS {
+            assert!(names.insert(f.name), "{} twice", f.name);
+            for a in f.aliases {
+                assert!(names.insert(*a), "{a} twice");
+            }
+            assert!(f.slot(&mut draft).is_none(), "{} shares a slot", f.name);
+            *f.slot(&mut draft) = Some(f.name.to_string());
+        }
+        // Every field of the draft was reached through the table.
+        assert!(!format!("{draft:?}").contains("None"), "{draft:?}");
+        assert_eq!(SettingsDraft::field("memory").map(|f| f.name), Some("memoryMb"));
+        assert!(SettingsDraft::field("colour").is_none());
+        let merged = SettingsDraft::default().or(draft.clone());
+        assert_eq!(format!("{merged:?}"), format!("{draft:?}"));
+        assert!(SettingsDraft::default().is_empty() && !merged.is_empty());
+    }
 
     fn draft() -> SettingsDraft {
         SettingsDraft::default()
