@@ -117,6 +117,28 @@ impl CommonResponses {
 impl CommonResponses {
     /// 429: uploads and runs over the limit, or too many failed keys from
     /// one address; `{"error": "Too Many Requests"}` with its headers.
+    /// Adds the 429 of the limits, or its headers and words to an
+    /// operation's own 429 (`/run`'s maxQueued).
+    fn add_too_many(
+        responses: &mut std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>>,
+    ) {
+        let common = Self::too_many();
+        match responses.get_mut("429") {
+            Some(utoipa::openapi::RefOr::T(own)) => {
+                if let utoipa::openapi::RefOr::T(common) = common {
+                    own.description = format!("{} Or: {}", own.description, common.description);
+                    for (name, header) in common.headers {
+                        own.headers.entry(name).or_insert(header);
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                responses.insert("429".to_string(), common);
+            }
+        }
+    }
+
     fn too_many() -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
         use utoipa::openapi::header::HeaderBuilder;
         use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
@@ -161,7 +183,7 @@ impl Modify for CommonResponses {
                 let params = op.parameters.clone().unwrap_or_default();
                 let responses = &mut op.responses.responses;
                 if !public {
-                    responses.entry("429".to_string()).or_insert_with(Self::too_many);
+                    Self::add_too_many(responses);
                 }
                 let mut add = |code: &str, description: &str| {
                     responses
