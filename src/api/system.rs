@@ -134,7 +134,7 @@ impl Probe {
 
     fn metrics(&self) -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             self.metrics.render(),
         )
     }

@@ -495,14 +495,9 @@ async fn infra_api_models_status_metrics_and_a_failing_limiter_store() {
     assert_eq!(body["status"], "offline");
     assert_eq!(body["worker_count"], 0);
     assert_eq!(body["pools"], json!({"python": 0, "nodejs": 0, "cpp": 0, "go": 0}));
-    let metrics = client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let r = client.get(api.url("/metrics")).send().await.unwrap();
+    assert_eq!(r.headers()["content-type"], "text/plain; version=0.0.4; charset=utf-8");
+    let metrics = r.text().await.unwrap();
     assert!(metrics.contains("process_resident_memory_bytes "), "{metrics}");
 
     // Redis down: the limit lets uploads through (they need no Redis)
