@@ -35,6 +35,10 @@ pub struct AiClient {
 #[derive(Debug, Clone, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelInfo {
+    /// The model's name on the node (what a run's `modelId` names).
+    #[serde(default)]
+    pub id: String,
+    /// The node's name; in the fallback entry `<default> (Default)`.
     pub name: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub size: Option<u64>,
@@ -43,6 +47,10 @@ pub struct ModelInfo {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schema(value_type = Object)]
     pub details: Option<Value>,
+    /// `available` (listed by the node) or `fallback` (the default model,
+    /// shown when the node did not answer).
+    #[serde(default)]
+    pub status: String,
     /// Runs admitted with this model by this API process.
     #[serde(default)]
     pub invocations: u64,
@@ -54,10 +62,15 @@ struct Tags {
     models: Vec<ModelInfo>,
 }
 
-/// `GET /models`: the node's models, or a clearly marked fallback.
+/// `GET /models`: the node's models, or a clearly marked fallback (the
+/// original's shape: `models` and, on fallback, `warning`).
 #[derive(Debug, Clone, Serialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ModelsResponse {
+    pub models: Vec<ModelInfo>,
+    /// Present when the node did not answer and the list is the fallback.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub warning: Option<String>,
     /// True when the list came from the AI node.
     pub available: bool,
     /// `ai-node` or `fallback`.
@@ -65,8 +78,10 @@ pub struct ModelsResponse {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
     pub default_model: String,
-    pub models: Vec<ModelInfo>,
 }
+
+/// The original's text for the fallback list.
+const FALLBACK_WARNING: &str = "Could not fetch dynamic model list from AI Node. showing default.";
 
 /// Why an AI call failed, in words a function author can act on.
 #[derive(Debug, thiserror::Error)]
@@ -188,7 +203,7 @@ impl AiClient {
     pub async fn models(&self) -> ModelsResponse {
         let runs = self.runs.lock().map(|r| r.clone()).unwrap_or_default();
         let count = |mut m: ModelInfo| {
-            m.invocations = runs.get(&m.name).copied().unwrap_or(0);
+            m.invocations = runs.get(&m.id).copied().unwrap_or(0);
             m
         };
         match self.tags().await {
@@ -196,19 +211,31 @@ impl AiClient {
                 available: true,
                 source: "ai-node",
                 reason: None,
+                warning: None,
                 default_model: self.default_model.clone(),
-                models: models.into_iter().map(count).collect(),
+                models: models
+                    .into_iter()
+                    .map(|m| ModelInfo {
+                        id: m.name.clone(),
+                        status: "available".into(),
+                        ..m
+                    })
+                    .map(count)
+                    .collect(),
             },
             Err(e) => ModelsResponse {
                 available: false,
                 source: "fallback",
                 reason: Some(e.to_string()),
+                warning: Some(FALLBACK_WARNING.into()),
                 default_model: self.default_model.clone(),
                 models: vec![count(ModelInfo {
-                    name: self.default_model.clone(),
+                    id: self.default_model.clone(),
+                    name: format!("{} (Default)", self.default_model),
                     size: None,
                     modified_at: None,
-                    details: None,
+                    details: Some(json!({})),
+                    status: "fallback".into(),
                     invocations: 0,
                 })],
             },

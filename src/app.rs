@@ -22,7 +22,7 @@ use crate::backend::embedded::{
 };
 use crate::backend::redis::{connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus};
 use crate::backend::{
-    self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, RateLimiter, ResultBus, WorkerDirectory,
+    self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, Quota, RateLimiter, ResultBus, WorkerDirectory,
 };
 use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, OperatorConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
@@ -163,8 +163,9 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         Ledger::new(embedded_records.clone()),
         Arc::new(InProcessJobCounter::default()),
     );
-    let limiter = (cfg.http.rate_limit_per_minute > 0)
-        .then(|| Arc::new(InProcessRateLimiter::new(cfg.http.rate_limit_per_minute)) as Arc<dyn RateLimiter>);
+    let limiters = Limiters::of(&cfg.http, |quota, _| {
+        Arc::new(InProcessRateLimiter::new(quota)) as Arc<dyn RateLimiter>
+    });
     let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new()?);
     let functions = Arc::new(FunctionService::new(artifacts.clone(), registry));
@@ -175,7 +176,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         functions: functions.clone(),
         queue: queue.clone(),
         jobs: jobs.clone(),
-        limiter,
+        limiters,
         directory: directory.clone(),
         logs: Some(logs.clone()),
         isolation: Some(isolation(&cfg.pool)),
@@ -228,11 +229,11 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let counter = Arc::new(RedisJobCounter::new(conn.clone(), &cfg.cloud.redis_key_prefix));
     let jobs = Jobs::new(bus, ledger(&cfg.cloud).await, counter);
     let prefix = &cfg.cloud.redis_key_prefix;
-    let limiter = (cfg.http.rate_limit_per_minute > 0).then(|| {
+    let limiters = Limiters::of(&cfg.http, |quota, name| {
         Arc::new(RedisRateLimiter::new(
             conn.clone(),
-            cfg.http.rate_limit_per_minute,
-            prefix,
+            quota,
+            &format!("{prefix}rl:{name}:"),
         )) as Arc<dyn RateLimiter>
     });
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, prefix));
@@ -244,7 +245,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
         functions: functions.clone(),
         queue,
         jobs: jobs.clone(),
-        limiter,
+        limiters,
         directory,
         logs,
         isolation: None,
@@ -368,12 +369,29 @@ async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::ai
     Ok((Arc::new(bus), conn))
 }
 
+/// The API's two request limits; `None` where disabled.
+struct Limiters {
+    runs: Option<Arc<dyn RateLimiter>>,
+    auth_failures: Option<Arc<dyn RateLimiter>>,
+}
+
+impl Limiters {
+    /// `make(quota, name)` builds one limiter; `name` tells their keys apart.
+    fn of(http: &HttpConfig, make: impl Fn(Quota, &str) -> Arc<dyn RateLimiter>) -> Limiters {
+        let per_minute = |limit: u32, name: &str| (limit > 0).then(|| make(Quota::per_minute(limit), name));
+        Limiters {
+            runs: per_minute(http.rate_limit_per_minute, "run"),
+            auth_failures: per_minute(http.auth_failure_limit_per_minute, "authfail"),
+        }
+    }
+}
+
 /// The backends the API uses.
 struct ApiParts {
     functions: Arc<FunctionService>,
     queue: Arc<dyn JobQueue>,
     jobs: Jobs,
-    limiter: Option<Arc<dyn RateLimiter>>,
+    limiters: Limiters,
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
     /// How functions are isolated, when this process runs them.
@@ -391,7 +409,7 @@ fn api_state(
         functions,
         queue,
         jobs,
-        limiter,
+        limiters,
         directory,
         logs,
         isolation,
@@ -403,13 +421,16 @@ fn api_state(
         Backend::ResultBus(jobs.bus().clone()),
         Backend::Records(jobs.ledger().store().clone()),
     ];
-    checks.extend(limiter.clone().map(Backend::RateLimiter));
+    // Both limiters use one backend: one check.
+    let limiter_backend = limiters.runs.clone().or_else(|| limiters.auth_failures.clone());
+    checks.extend(limiter_backend.map(Backend::RateLimiter));
     checks.extend(logs.clone().map(Backend::Logs));
     Arc::new(ApiState {
         functions,
         queue,
         jobs,
-        limiter,
+        limiter: limiters.runs,
+        auth_limiter: limiters.auth_failures,
         metrics: metrics.clone(),
         probe: Arc::new(Probe {
             checks,
@@ -424,6 +445,7 @@ fn api_state(
         settings: ApiSettings {
             trust_forwarded_for: http.trust_forwarded_for,
             sync_timeout: http.sync_timeout,
+            cors_origins: http.cors_origins.clone(),
         },
     })
 }

@@ -117,9 +117,19 @@ pub struct HttpArgs {
     /// API key clients send as `x-api-key` (at least 16 characters).
     #[arg(long, env = "INFRA_API_KEY", hide_env_values = true)]
     pub api_key: Option<String>,
-    /// Requests per minute per client IP; 0 disables the limit.
+    /// Uploads and runs (`POST /upload`, `POST /run`) per client IP in any
+    /// 60 s window, counted after authentication; 0 disables the limit.
     #[arg(long, env = "RATE_LIMIT_PER_MINUTE", default_value = "100")]
     pub rate_limit_per_minute: String,
+    /// Failed authentications per client IP in any 60 s window before that
+    /// IP's failures are answered 429 (a brute-force guard; callers with
+    /// the right key are not affected); 0 disables the guard.
+    #[arg(long, env = "AUTH_FAILURE_LIMIT_PER_MINUTE", default_value = "30")]
+    pub auth_failure_limit_per_minute: String,
+    /// Origins browsers may call the API from: `*` (any) or a comma list
+    /// such as `https://dash.example.com,http://localhost:3000`.
+    #[arg(long, env = "CORS_ORIGINS", default_value = "*")]
+    pub cors_origins: String,
     /// Take the client IP from X-Forwarded-For (only behind a trusted proxy).
     #[arg(long, env = "TRUST_FORWARDED_FOR", default_value = "false")]
     pub trust_forwarded_for: String,
@@ -330,11 +340,59 @@ pub struct AiConfig {
     pub max_calls: u32,
 }
 
+/// Which browser origins get `Access-Control-Allow-Origin`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum CorsOrigins {
+    /// `*`: safe because the only credential is the explicit `x-api-key`
+    /// header, which a page must be given to send; no cookie or other
+    /// ambient credential is accepted (and Allow-Credentials is never sent).
+    Any,
+    /// Exact origins (`scheme://host[:port]`, lower-case), echoed back.
+    List(Vec<String>),
+}
+
+impl CorsOrigins {
+    /// Parses `*` or a comma list of origins; every bad entry is named.
+    pub fn parse(raw: &str) -> Result<CorsOrigins, Vec<String>> {
+        let raw = raw.trim();
+        if raw == "*" || raw.is_empty() {
+            return Ok(CorsOrigins::Any);
+        }
+        let mut origins = Vec::new();
+        let mut bad = Vec::new();
+        for entry in raw.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+            match reqwest::Url::parse(entry) {
+                Ok(u)
+                    if matches!(u.scheme(), "http" | "https")
+                        && u.has_host()
+                        && u.username().is_empty()
+                        && u.password().is_none()
+                        && u.path() == "/"
+                        && u.query().is_none()
+                        && u.fragment().is_none() =>
+                {
+                    origins.push(u.origin().ascii_serialization());
+                }
+                _ => bad.push(format!(
+                    "CORS_ORIGINS entry {entry:?} must be * or an origin such as https://dash.example.com (scheme, host, optional port; no path)"
+                )),
+            }
+        }
+        if bad.is_empty() {
+            Ok(CorsOrigins::List(origins))
+        } else {
+            Err(bad)
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct HttpConfig {
     pub listen: SocketAddr,
     pub api_key: Option<String>,
     pub rate_limit_per_minute: u32,
+    pub auth_failure_limit_per_minute: u32,
+    pub cors_origins: CorsOrigins,
     pub trust_forwarded_for: bool,
     pub sync_timeout: Duration,
 }
@@ -566,6 +624,17 @@ impl HttpArgs {
                 1_000_000_000,
                 100,
             ),
+            auth_failure_limit_per_minute: p.num(
+                "AUTH_FAILURE_LIMIT_PER_MINUTE",
+                &self.auth_failure_limit_per_minute,
+                0,
+                1_000_000,
+                30,
+            ),
+            cors_origins: CorsOrigins::parse(&self.cors_origins).unwrap_or_else(|bad| {
+                p.0.extend(bad);
+                CorsOrigins::Any
+            }),
             trust_forwarded_for: p.flag("TRUST_FORWARDED_FOR", &self.trust_forwarded_for),
             sync_timeout: Duration::from_millis(p.num(
                 "SYNC_TIMEOUT_MS",
@@ -583,6 +652,8 @@ impl HttpArgs {
             port: "0".into(),
             api_key: None,
             rate_limit_per_minute: "100".into(),
+            auth_failure_limit_per_minute: "30".into(),
+            cors_origins: "*".into(),
             trust_forwarded_for: "false".into(),
             sync_timeout_ms: "300000".into(),
         }
@@ -904,6 +975,30 @@ fn resolve_python(python: &str) -> Result<PathBuf, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cors_origins_are_any_or_exact_origins() {
+        assert_eq!(CorsOrigins::parse("*"), Ok(CorsOrigins::Any));
+        assert_eq!(CorsOrigins::parse(""), Ok(CorsOrigins::Any));
+        assert_eq!(
+            CorsOrigins::parse(" https://Dash.Example.com , http://localhost:3000/ "),
+            Ok(CorsOrigins::List(vec![
+                "https://dash.example.com".into(),
+                "http://localhost:3000".into()
+            ]))
+        );
+        for bad in [
+            "dash.example.com",
+            "https://x.com/path",
+            "ftp://x.com",
+            "https://u:p@x.com",
+            "https://x.com?q",
+        ] {
+            let errors = CorsOrigins::parse(&format!("https://ok.com,{bad}")).unwrap_err();
+            assert_eq!(errors.len(), 1, "{bad}");
+            assert!(errors[0].contains("CORS_ORIGINS"), "{bad}");
+        }
+    }
 
     #[test]
     fn every_problem_is_listed() {

@@ -1,14 +1,31 @@
 //! Prometheus metrics: HTTP RED by route template, invocations by function
-//! and status, cold vs warm starts, warm instances.
+//! and status, cold vs warm starts, warm instances, and the process. The
+//! original controller's names (`http_request_duration_seconds`,
+//! `function_*`, `process_*`) are served beside this platform's `infra_*`.
 
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
+mod process;
+
 pub struct Metrics {
     registry: Registry,
+    /// `{method, route, status_code}`, the original's labels.
     pub http_duration: HistogramVec,
+    /// `infra_invocations_total{function,status}`: the same count as
+    /// `function_invocations_total`, kept for existing dashboards.
     pub invocations: IntCounterVec,
+    /// The original's `function_invocations_total{functionId,status}`.
+    pub function_invocations: IntCounterVec,
+    /// The original's `function_duration_seconds{functionId,status}`.
+    pub function_duration: HistogramVec,
+    /// The original's `function_handler_duration_seconds{functionId,status}`.
+    pub function_handler_duration: HistogramVec,
+    /// Requests refused by a limit, by limit (`runs`, `auth_failures`).
+    pub rate_limited: IntCounterVec,
+    /// Limiter calls that failed (the request was let through).
+    pub rate_limiter_errors: IntCounter,
     pub starts: IntCounterVec,
     pub warm_instances: IntGauge,
     pub busy_instances: IntGauge,
@@ -42,11 +59,53 @@ impl Metrics {
                 "http_request_duration_seconds",
                 "HTTP request latency by method, route template and status",
             )
+            // The original's buckets (0.1, 0.5, 1, 2, 5) and finer ones: its
+            // queries on `le` keep working.
             .buckets(vec![
-                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+                0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 2.5, 5.0, 10.0, 30.0,
             ]),
-            &["method", "route", "status"],
+            &["method", "route", "status_code"],
         )?;
+        let function_invocations = IntCounterVec::new(
+            Opts::new(
+                "function_invocations_total",
+                "Finished invocations by function and result status",
+            ),
+            &["functionId", "status"],
+        )?;
+        let function_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "function_duration_seconds",
+                "Invocation time as the worker measured it (durationMs), by function and result status",
+            )
+            .buckets(vec![0.01, 0.05, 0.1, 0.5, 1.0, 2.0, 5.0, 10.0, 30.0]),
+            &["functionId", "status"],
+        )?;
+        let function_handler_duration = HistogramVec::new(
+            HistogramOpts::new(
+                "function_handler_duration_seconds",
+                "Time inside the function's handler (handlerDurationMs), by function and result status",
+            )
+            .buckets(vec![0.0001, 0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 30.0]),
+            &["functionId", "status"],
+        )?;
+        let rate_limited = IntCounterVec::new(
+            Opts::new(
+                "infra_rate_limited_total",
+                "Requests answered 429 by a limit: runs (uploads and runs per IP) or auth_failures (failed keys per IP)",
+            ),
+            &["limit"],
+        )?;
+        let rate_limiter_errors = IntCounter::new(
+            "infra_rate_limiter_errors_total",
+            "Rate-limit checks that failed (limiter store unavailable); the request was let through",
+        )?;
+        registry.register(Box::new(function_invocations.clone()))?;
+        registry.register(Box::new(function_duration.clone()))?;
+        registry.register(Box::new(function_handler_duration.clone()))?;
+        registry.register(Box::new(rate_limited.clone()))?;
+        registry.register(Box::new(rate_limiter_errors.clone()))?;
+        registry.register(Box::new(process::ProcessCollector::new()?))?;
         let invocations = IntCounterVec::new(
             Opts::new("infra_invocations_total", "Finished invocations by function and status"),
             &["function", "status"],
@@ -200,6 +259,11 @@ impl Metrics {
             registry,
             http_duration,
             invocations,
+            function_invocations,
+            function_duration,
+            function_handler_duration,
+            rate_limited,
+            rate_limiter_errors,
             starts,
             warm_instances,
             busy_instances,
@@ -224,6 +288,26 @@ impl Metrics {
             deferred,
             function_jobs,
         })
+    }
+
+    /// A finished invocation, under this platform's and the original's
+    /// names. `status` is the result's status string; `handler_ms` is
+    /// observed only when it is a finite number >= 0 (as the original).
+    pub fn observe_result(&self, function_id: &str, status: &str, duration_ms: f64, handler_ms: Option<f64>) {
+        self.invocations.with_label_values(&[function_id, status]).inc();
+        self.function_invocations
+            .with_label_values(&[function_id, status])
+            .inc();
+        if duration_ms.is_finite() && duration_ms >= 0.0 {
+            self.function_duration
+                .with_label_values(&[function_id, status])
+                .observe(duration_ms / 1000.0);
+        }
+        if let Some(ms) = handler_ms.filter(|ms| ms.is_finite() && *ms >= 0.0) {
+            self.function_handler_duration
+                .with_label_values(&[function_id, status])
+                .observe(ms / 1000.0);
+        }
     }
 
     /// The Prometheus text exposition.

@@ -39,6 +39,8 @@ pub struct ApiSettings {
     pub trust_forwarded_for: bool,
     /// Upper bound on how long a synchronous `/run` waits for its result.
     pub sync_timeout: Duration,
+    /// Who gets `Access-Control-Allow-Origin`.
+    pub cors_origins: crate::config::CorsOrigins,
 }
 
 pub struct ApiState {
@@ -46,8 +48,10 @@ pub struct ApiState {
     pub queue: Arc<dyn JobQueue>,
     /// Job states and outcomes: the result bus backed by the durable ledger.
     pub jobs: crate::jobs::Jobs,
-    /// `None` disables rate limiting.
+    /// Uploads and runs per client IP; `None` disables the limit.
     pub limiter: Option<Arc<dyn RateLimiter>>,
+    /// Failed authentications per client IP (brute-force guard); `None` disables it.
+    pub auth_limiter: Option<Arc<dyn RateLimiter>>,
     pub metrics: Arc<Metrics>,
     /// Backends `/health` checks.
     pub probe: Arc<system::Probe>,
@@ -113,6 +117,59 @@ impl CommonResponses {
     }
 }
 
+impl CommonResponses {
+    /// 429: uploads and runs over the limit, or too many failed keys from
+    /// one address; `{"error": "Too Many Requests"}` with its headers.
+    /// Adds the 429 of the limits, or its headers and words to an
+    /// operation's own 429 (`/run`'s maxQueued).
+    fn add_too_many(
+        responses: &mut std::collections::BTreeMap<String, utoipa::openapi::RefOr<utoipa::openapi::Response>>,
+    ) {
+        let common = Self::too_many();
+        match responses.get_mut("429") {
+            Some(utoipa::openapi::RefOr::T(own)) => {
+                if let utoipa::openapi::RefOr::T(common) = common {
+                    own.description = format!("{} Or: {}", own.description, common.description);
+                    for (name, header) in common.headers {
+                        own.headers.entry(name).or_insert(header);
+                    }
+                }
+            }
+            Some(_) => {}
+            None => {
+                responses.insert("429".to_string(), common);
+            }
+        }
+    }
+
+    fn too_many() -> utoipa::openapi::RefOr<utoipa::openapi::Response> {
+        use utoipa::openapi::header::HeaderBuilder;
+        use utoipa::openapi::{ContentBuilder, ObjectBuilder, Ref, ResponseBuilder, Type};
+        let integer = |description: &str| {
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some(description))
+                .build()
+        };
+        ResponseBuilder::new()
+            .description(
+                "Too many uploads and runs from this address (`POST /upload`, `POST /run`), or too many failed \
+                 keys from it: `{\"error\": \"Too Many Requests\"}`",
+            )
+            .content(
+                "application/json",
+                ContentBuilder::new()
+                    .schema(Some(Ref::from_schema_name("ErrorBody")))
+                    .build(),
+            )
+            .header("Retry-After", integer("Seconds until a request is allowed again"))
+            .header("X-RateLimit-Limit", integer("Requests allowed in any 60 s window"))
+            .header("X-RateLimit-Remaining", integer("Requests left now (0)"))
+            .build()
+            .into()
+    }
+}
+
 impl Modify for CommonResponses {
     fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
         use utoipa::openapi::path::ParameterIn;
@@ -128,14 +185,16 @@ impl Modify for CommonResponses {
                     .map(|b| b.content.keys().cloned().collect::<Vec<_>>());
                 let params = op.parameters.clone().unwrap_or_default();
                 let responses = &mut op.responses.responses;
+                if !public {
+                    Self::add_too_many(responses);
+                }
                 let mut add = |code: &str, description: &str| {
                     responses
                         .entry(code.to_string())
                         .or_insert_with(|| Self::error(description));
                 };
                 if !public {
-                    add("401", "Missing or invalid x-api-key");
-                    add("429", "Rate limit exceeded (Retry-After)");
+                    add("401", "Missing or invalid x-api-key: `{\"error\": \"Unauthorized\"}`");
                 }
                 add("503", "A backend is unavailable; try again shortly");
                 if let Some(types) = body {
@@ -297,6 +356,9 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // A bug must cost one request an opaque 500, never the server.
         .layer(tower_http::catch_panic::CatchPanicLayer::custom(panic_response))
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::observe))
+        // Outermost: preflights are answered before the key check, and every
+        // answer (errors too) carries the CORS headers.
+        .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::cors))
         .with_state(state)
 }
 
@@ -316,11 +378,17 @@ async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
     )
 }
 
-/// The error body every failure has.
+/// The error body every failure has. A 401 and a 429 carry the original's
+/// exact `error` text (`Unauthorized`, `Too Many Requests`) with the detail
+/// in `message`.
 #[derive(serde::Serialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct ErrorBody {
     pub error: String,
+    /// The detail, where `error` is the original's fixed text (401, 429).
+    pub message: Option<String>,
+    /// On 429: seconds until a request is allowed again (as `Retry-After`).
+    pub retry_after: Option<u64>,
     pub request_id: Option<String>,
     /// Every validation problem, when there are several.
     pub details: Option<Vec<String>>,

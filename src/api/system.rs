@@ -134,7 +134,7 @@ impl Probe {
 
     fn metrics(&self) -> impl IntoResponse {
         (
-            [(header::CONTENT_TYPE, "text/plain; version=0.0.4")],
+            [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
             self.metrics.render(),
         )
     }
@@ -172,8 +172,9 @@ pub async fn metrics(State(state): State<Arc<ApiState>>) -> impl IntoResponse {
     state.probe.metrics()
 }
 
-/// Models of the AI node (`AI_NODE_URL`); a marked fallback when it is unset or down.
-#[utoipa::path(get, path = "/models", tag = "system", responses((status = 200, body = ModelsResponse)))]
+/// Models of the AI node (`AI_NODE_URL`); a marked fallback (still 200, with
+/// a `warning`) when it is unset or down. Needs no key, as in the original v2.4.
+#[utoipa::path(get, path = "/models", tag = "system", security(()), responses((status = 200, body = ModelsResponse)))]
 pub async fn models(State(state): State<Arc<ApiState>>) -> Json<ModelsResponse> {
     Json(state.ai.models().await)
 }
@@ -187,10 +188,29 @@ pub struct Totals {
     warm_instances: usize,
 }
 
+/// The original's runtimes: `pools` always has these keys.
+const POOL_RUNTIMES: [&str; 4] = ["python", "nodejs", "cpp", "go"];
+
+/// The original's `/system/status` fields (snake case, as it sends them)
+/// with this platform's `totals`, `workers` and `functions` beside them.
 #[derive(Serialize, ToSchema)]
 pub struct SystemStatus {
     /// `online` when at least one worker reported recently, else `offline`.
     status: &'static str,
+    /// Per runtime, summed over live workers: started processes ready to
+    /// serve without a fresh start (idle warm instances and ready stem
+    /// cells). `python`, `nodejs`, `cpp` and `go` are always present (0
+    /// where this platform has no such runtime).
+    #[schema(value_type = BTreeMap<String, usize>)]
+    pools: BTreeMap<String, usize>,
+    /// Jobs running on live workers.
+    active_jobs: usize,
+    /// Live workers (reported within their heartbeat ttl).
+    worker_count: usize,
+    /// The longest-running live worker's uptime; 0 when offline.
+    uptime_seconds: f64,
+    /// When this answer was made: epoch seconds (fractional).
+    timestamp: f64,
     totals: Totals,
     workers: Vec<WorkerStatus>,
     /// Per function with unfinished jobs: `jobs` accepted and not finished
@@ -200,7 +220,19 @@ pub struct SystemStatus {
     functions: std::collections::BTreeMap<String, crate::backend::FunctionLoad>,
 }
 
-/// Workers that reported recently, their warm pools and running jobs.
+/// Idle warm instances and stem cells per runtime over `workers`.
+fn pools_of(workers: &[WorkerStatus]) -> BTreeMap<String, usize> {
+    let mut pools: BTreeMap<String, usize> = POOL_RUNTIMES.iter().map(|r| (r.to_string(), 0)).collect();
+    for pool in workers.iter().filter_map(|w| w.pool.as_ref()) {
+        for (runtime, n) in pool.idle_by_runtime.iter().chain(pool.stem_cells.iter()) {
+            *pools.entry(runtime.clone()).or_insert(0) += n;
+        }
+    }
+    pools
+}
+
+/// Workers that reported recently, their warm pools and running jobs. The
+/// original v2.8 requires the key here too.
 #[utoipa::path(
     get, path = "/system/status", tag = "system",
     responses((status = 200, body = SystemStatus), (status = 503, body = super::ErrorBody))
@@ -214,8 +246,18 @@ pub async fn system_status(State(state): State<Arc<ApiState>>) -> Result<Json<Sy
         warm_instances: workers.iter().map(|w| w.warm_instances).sum(),
     };
     let functions = state.jobs.counter().load().await?;
+    let now = chrono::Utc::now();
+    let uptime_seconds = workers
+        .iter()
+        .map(|w| (now - w.started_at).num_milliseconds().max(0) as f64 / 1000.0)
+        .fold(0.0, f64::max);
     Ok(Json(SystemStatus {
         status: if workers.is_empty() { "offline" } else { "online" },
+        pools: pools_of(&workers),
+        active_jobs: totals.active_jobs,
+        worker_count: totals.workers,
+        uptime_seconds,
+        timestamp: now.timestamp_micros() as f64 / 1_000_000.0,
         totals,
         workers,
         functions,

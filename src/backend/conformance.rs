@@ -417,31 +417,85 @@ pub async fn result_bus(bus: &dyn ResultBus) {
         .is_err());
 }
 
-/// `limit` is the per-window limit the limiter was created with.
-pub async fn rate_limiter(limiter: &dyn RateLimiter, limit: u32) {
-    limiter.ping().await.expect("ping");
+/// `per_minute`: a limit of about 100 per minute; `short`: a window of a
+/// few seconds (3 s suits), for the boundary test; both fresh.
+pub async fn rate_limiter(per_minute: &dyn RateLimiter, short: &dyn RateLimiter) {
+    per_minute.ping().await.expect("ping");
+    let limit = per_minute.quota().limit;
     let key = unique("client");
-    // Stay clear of a window boundary, which would reset the count mid-test.
-    let probe = limiter.check(&unique("probe")).await.expect("check");
-    if probe.reset_secs <= 2 {
-        tokio::time::sleep(Duration::from_secs(probe.reset_secs + 1)).await;
-    }
-    let mut last = None;
     for i in 1..=limit {
-        let d = limiter.check(&key).await.expect("check");
+        let d = per_minute.check(&key).await.expect("check");
         assert!(d.allowed, "request {i} of {limit} allowed");
         assert_eq!(d.limit, limit);
         assert_eq!(d.remaining, limit - i);
-        assert!(d.reset_secs <= 60);
-        last = Some(d);
+        assert_eq!(d.retry_after_secs, 0);
+        assert!(d.reset_secs >= 59 && d.reset_secs <= 60, "{d:?}");
     }
-    assert!(last.is_some());
-    let denied = limiter.check(&key).await.expect("check");
+    let denied = per_minute.check(&key).await.expect("check");
     assert!(!denied.allowed, "request over the limit denied");
     assert_eq!(denied.remaining, 0);
     assert!(
-        limiter.check(&unique("other")).await.expect("check").allowed,
+        (1..=60).contains(&denied.retry_after_secs),
+        "retry after the oldest leaves the window: {denied:?}"
+    );
+    assert!(
+        per_minute.check(&unique("other")).await.expect("check").allowed,
         "keys are independent"
+    );
+    boundary_burst_is_refused(short).await;
+}
+
+/// At most `limit` allowed requests in ANY window: one request, then the
+/// rest of the budget late in its window; across the window's end (where a
+/// fixed window, aligned to the first request or to the clock, would start
+/// afresh) only the one request's place comes free.
+async fn boundary_burst_is_refused(limiter: &dyn RateLimiter) {
+    let quota = limiter.quota();
+    let window = quota.window;
+    assert!(window >= Duration::from_secs(2) && window <= Duration::from_secs(10));
+    let key = unique("burst");
+    let before_first = std::time::Instant::now();
+    assert!(limiter.check(&key).await.expect("check").allowed);
+    let after_first = std::time::Instant::now();
+    tokio::time::sleep(window.mul_f64(0.6)).await;
+    let burst_at = std::time::Instant::now();
+    for i in 1..quota.limit {
+        assert!(limiter.check(&key).await.expect("check").allowed, "burst request {i}");
+    }
+    let full = limiter.check(&key).await.expect("check");
+    assert!(!full.allowed && full.remaining == 0, "{full:?}");
+    // Until the first request is a window old, nothing passes (polling
+    // through any clock-aligned boundary in between).
+    let first_leaves = before_first + window;
+    while std::time::Instant::now() + window.mul_f64(0.08) < first_leaves {
+        let d = limiter.check(&key).await.expect("check");
+        assert!(
+            !d.allowed,
+            "allowed {:?} before the first request left the window",
+            before_first.elapsed()
+        );
+        assert!(d.retry_after_secs >= 1);
+        tokio::time::sleep(window / 20).await;
+    }
+    // Past it (and past a boundary set by the first request): exactly its one place.
+    let settle = (after_first + window.mul_f64(1.1)).saturating_duration_since(std::time::Instant::now());
+    tokio::time::sleep(settle).await;
+    assert!(
+        burst_at.elapsed() < window.mul_f64(0.9),
+        "the test ran too slowly to judge the window"
+    );
+    assert!(
+        limiter.check(&key).await.expect("check").allowed,
+        "the first request's place is free"
+    );
+    let d = limiter.check(&key).await.expect("check");
+    assert!(
+        !d.allowed,
+        "a second burst right after the window boundary must be refused: {d:?}"
+    );
+    assert!(
+        d.retry_after_secs >= 1 && d.retry_after_secs <= window.as_secs() + 1,
+        "{d:?}"
     );
 }
 

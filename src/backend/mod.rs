@@ -200,21 +200,65 @@ pub trait JobCounter: Send + Sync + 'static {
 /// lost with its record): the longest a job may wait (maxEventAgeSeconds).
 pub const JOB_COUNT_HORIZON: Duration = Duration::from_secs(6 * 3600 + 600);
 
+/// How many requests a key may make within any window of `window`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Quota {
+    pub limit: u32,
+    pub window: Duration,
+}
+
+impl Quota {
+    pub fn per_minute(limit: u32) -> Quota {
+        Quota {
+            limit,
+            window: Duration::from_secs(60),
+        }
+    }
+}
+
 /// The outcome of one rate-limit check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct RateDecision {
     pub allowed: bool,
     pub limit: u32,
+    /// Requests the key may still make now.
     pub remaining: u32,
-    /// Seconds until the current window ends.
+    /// Seconds (rounded up) until the whole budget is back: the newest
+    /// counted request leaves the window.
     pub reset_secs: u64,
+    /// Seconds (rounded up, at least 1) until the next request would be
+    /// allowed: the oldest counted request leaves the window. 0 when allowed.
+    pub retry_after_secs: u64,
 }
 
-/// Fixed-window request limiting per key (client IP).
+/// A sliding-window limit per key (a client IP): at most `limit` allowed
+/// requests within ANY trailing window, so no burst of twice the limit can
+/// straddle a window boundary (as a fixed window allows). Only allowed
+/// requests are counted: a refused one does not extend the wait.
 #[async_trait]
 pub trait RateLimiter: Send + Sync + 'static {
     async fn check(&self, key: &str) -> Result<RateDecision>;
+    fn quota(&self) -> Quota;
     async fn ping(&self) -> Result<()>;
+}
+
+/// A decision from the requests counted in the window (their ages) — the
+/// arithmetic both limiters share.
+pub fn rate_decision(
+    quota: Quota,
+    allowed: bool,
+    counted: u32,
+    oldest_left: Duration,
+    newest_left: Duration,
+) -> RateDecision {
+    let secs = |d: Duration| d.as_millis().div_ceil(1000) as u64;
+    RateDecision {
+        allowed,
+        limit: quota.limit,
+        remaining: quota.limit.saturating_sub(counted),
+        reset_secs: secs(newest_left),
+        retry_after_secs: if allowed { 0 } else { secs(oldest_left).max(1) },
+    }
 }
 
 /// Where workers report that they are alive, and what they run.

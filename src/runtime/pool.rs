@@ -97,6 +97,9 @@ pub struct PoolStats {
     pub stem_cells: BTreeMap<String, usize>,
     /// Idle instances per function id.
     pub idle_by_function: BTreeMap<String, usize>,
+    /// Idle instances per runtime (absent from older workers' reports).
+    #[serde(default)]
+    pub idle_by_runtime: BTreeMap<String, usize>,
     /// Functions below their minWarm (capacity too small, or starting).
     pub short_of_min_warm: BTreeMap<String, u32>,
 }
@@ -633,10 +636,12 @@ impl Pool {
     pub fn stats(&self) -> PoolStats {
         let st = self.lock();
         let mut idle_by_function = BTreeMap::new();
+        let mut idle_by_runtime = BTreeMap::new();
         let mut by_runtime: BTreeMap<(String, String), i64> = BTreeMap::new();
         for list in st.idle.values() {
             for idle in list {
                 *idle_by_function.entry(idle.function_id.clone()).or_insert(0) += 1;
+                *idle_by_runtime.entry(idle.runtime.as_str().to_string()).or_insert(0) += 1;
                 *by_runtime
                     .entry((idle.runtime.as_str().to_string(), idle.function_id.clone()))
                     .or_insert(0) += 1;
@@ -660,6 +665,7 @@ impl Pool {
                 .map(|(r, s)| (r.as_str().to_string(), s.len()))
                 .collect(),
             idle_by_function,
+            idle_by_runtime,
             short_of_min_warm: st.short.clone(),
         }
     }

@@ -602,10 +602,13 @@ impl Worker {
         for attempt in 0..3u32 {
             match self.jobs.finish(delivery.job.submitted_at, result).await {
                 Ok(stored) => {
-                    self.metrics
-                        .invocations
-                        .with_label_values(&[&delivery.job.function_id, stored.status.as_str()])
-                        .inc();
+                    // The handler's own time is what durationMs measures today.
+                    self.metrics.observe_result(
+                        &delivery.job.function_id,
+                        stored.status.as_str(),
+                        result.duration_ms,
+                        Some(result.duration_ms),
+                    );
                     tracing::info!(
                         status = stored.status.as_str(),
                         duration_ms = result.duration_ms,

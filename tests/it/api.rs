@@ -120,11 +120,12 @@ async fn async_run_goes_through_pending_to_success() {
 async fn auth_is_required_except_for_health_and_metrics() {
     let app = TestApp::start().await;
     let anon = reqwest::Client::new();
-    for path in ["/functions", "/api/functions", "/models", "/status/x"] {
+    for path in ["/functions", "/api/functions", "/system/status", "/status/x"] {
         let r = anon.get(app.url(path)).send().await.unwrap();
         assert_eq!(r.status(), 401, "{path}");
         let body: Value = r.json().await.unwrap();
-        assert!(body["error"].as_str().unwrap().contains("x-api-key"), "{body}");
+        assert_eq!(body["error"], "Unauthorized", "{body}");
+        assert!(body["message"].as_str().unwrap().contains("x-api-key"), "{body}");
         assert!(body["requestId"].is_string());
     }
     let wrong = anon
@@ -141,37 +142,44 @@ async fn auth_is_required_except_for_health_and_metrics() {
         .await
         .unwrap();
     assert_eq!(r.status(), 401);
-    for path in ["/health", "/metrics", "/api/health", "/openapi.json"] {
+    for path in [
+        "/health",
+        "/metrics",
+        "/api/health",
+        "/openapi.json",
+        "/models",
+        "/api/models",
+    ] {
         assert_eq!(anon.get(app.url(path)).send().await.unwrap().status(), 200, "{path}");
     }
 }
 
 #[tokio::test]
-async fn rate_limit_allows_100_per_minute_then_429() {
+async fn rate_limit_allows_100_uploads_and_runs_per_minute_then_429() {
     let app = TestApp::start_with(|a| a.http.rate_limit_per_minute = "100".into()).await;
-    // Stay clear of a window boundary, which would reset the count mid-test.
-    let probe = app.get("/functions").send().await.unwrap();
-    let reset: u64 = probe.headers()["x-ratelimit-reset"].to_str().unwrap().parse().unwrap();
-    let mut used = 1;
-    if reset <= 3 {
-        tokio::time::sleep(Duration::from_secs(reset + 1)).await;
-        used = 0;
-    }
+    let run = || app.post("/run").json(&json!({"functionId": "missing"})).send();
     let mut last_remaining = None;
-    for _ in used..100 {
-        let r = app.get("/functions").send().await.unwrap();
-        assert_eq!(r.status(), 200);
+    for _ in 0..100 {
+        let r = run().await.unwrap();
+        assert_eq!(r.status(), 404, "counted whatever the outcome");
         assert_eq!(r.headers()["x-ratelimit-limit"], "100");
         last_remaining = Some(r.headers()["x-ratelimit-remaining"].to_str().unwrap().to_string());
     }
     assert_eq!(last_remaining.as_deref(), Some("0"));
-    let r = app.get("/functions").send().await.unwrap();
+    let r = run().await.unwrap();
     assert_eq!(r.status(), 429);
     assert_eq!(r.headers()["x-ratelimit-remaining"], "0");
-    assert!(r.headers().contains_key("retry-after"));
+    let retry: u64 = r.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry));
     let body: Value = r.json().await.unwrap();
-    assert!(body["error"].as_str().unwrap().contains("rate limit"), "{body}");
-    // Probes are not counted and not limited.
+    assert_eq!(body["error"], "Too Many Requests", "{body}");
+    assert!(body["message"].as_str().unwrap().contains("rate limit"), "{body}");
+    // Uploads share the budget; reads are not limited; probes neither.
+    let up = app.upload_raw("main.py", ECHO.as_bytes().to_vec(), &[]).await;
+    assert_eq!(up.status(), 429);
+    let list = app.get("/functions").send().await.unwrap();
+    assert_eq!(list.status(), 200);
+    assert!(!list.headers().contains_key("x-ratelimit-limit"));
     assert_eq!(app.client.get(app.url("/health")).send().await.unwrap().status(), 200);
 }
 
@@ -462,11 +470,11 @@ async fn metrics_expose_http_invocations_and_starts() {
     let _ = app.get("/functions/missing").send().await.unwrap();
     let text = app.metrics().await;
     assert!(
-        text.contains(r#"http_request_duration_seconds_count{method="POST",route="/run",status="200"} 2"#),
+        text.contains(r#"http_request_duration_seconds_count{method="POST",route="/run",status_code="200"} 2"#),
         "{text}"
     );
     assert!(
-        text.contains(r#"route="/functions/{id}",status="404""#),
+        text.contains(r#"route="/functions/{id}",status_code="404""#),
         "route templates, not raw paths"
     );
     assert!(text.contains(&format!(

@@ -8,7 +8,15 @@ use infra_controller::backend::embedded::{
     Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory,
     InProcessJobCounter, InProcessRateLimiter, LocalArtifactStore,
 };
-use infra_controller::backend::JobQueue;
+use infra_controller::backend::{JobQueue, Quota};
+
+/// The boundary test's quota: a window short enough to wait out.
+pub fn short_quota() -> Quota {
+    Quota {
+        limit: 5,
+        window: Duration::from_secs(3),
+    }
+}
 
 #[tokio::test]
 async fn local_artifact_store() {
@@ -55,7 +63,11 @@ async fn embedded_result_bus() {
 
 #[tokio::test]
 async fn in_process_rate_limiter() {
-    conformance::rate_limiter(&InProcessRateLimiter::new(100), 100).await;
+    conformance::rate_limiter(
+        &InProcessRateLimiter::new(Quota::per_minute(100)),
+        &InProcessRateLimiter::new(short_quota()),
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -207,6 +219,7 @@ mod redis {
     use infra_controller::backend::redis::{
         connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus,
     };
+    use infra_controller::backend::Quota;
 
     use crate::services::RedisServer;
 
@@ -226,7 +239,11 @@ mod redis {
     async fn redis_rate_limiter() {
         let server = RedisServer::start();
         let (_, conn) = connect(&server.url()).await.unwrap();
-        conformance::rate_limiter(&RedisRateLimiter::new(conn, 100, ""), 100).await;
+        conformance::rate_limiter(
+            &RedisRateLimiter::new(conn.clone(), Quota::per_minute(100), "rl:"),
+            &RedisRateLimiter::new(conn, super::short_quota(), "rl-short:"),
+        )
+        .await;
     }
 
     #[tokio::test]

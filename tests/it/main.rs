@@ -6,6 +6,7 @@ mod api;
 mod attacks;
 mod binary;
 mod compat;
+mod compat_edge;
 mod conformance;
 mod examples;
 mod folder;

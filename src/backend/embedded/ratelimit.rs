@@ -1,25 +1,28 @@
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 
-use crate::backend::{Error, RateDecision, RateLimiter, Result};
+use crate::backend::{rate_decision, Error, Quota, RateDecision, RateLimiter, Result};
 
-const WINDOW_SECS: u64 = 60;
+/// Keys kept before idle ones are swept (an address scan must not grow the
+/// map without bound).
+const SWEEP_ABOVE: usize = 10_000;
 
-/// Fixed one-minute windows per key, in process memory (the same semantics as
-/// the Redis Lua limiter: INCR, expire at the window's end).
+/// A sliding-window log per key, in process memory: the times of the allowed
+/// requests of the last window (at most `limit` per key), on the monotonic
+/// clock. Same semantics as the Redis limiter.
 pub struct InProcessRateLimiter {
-    limit: u32,
-    windows: Mutex<HashMap<String, (u64, u32)>>,
+    quota: Quota,
+    logs: Mutex<HashMap<String, VecDeque<Instant>>>,
 }
 
 impl InProcessRateLimiter {
-    pub fn new(limit_per_minute: u32) -> Self {
+    pub fn new(quota: Quota) -> Self {
         InProcessRateLimiter {
-            limit: limit_per_minute,
-            windows: Mutex::new(HashMap::new()),
+            quota,
+            logs: Mutex::new(HashMap::new()),
         }
     }
 }
@@ -27,30 +30,37 @@ impl InProcessRateLimiter {
 #[async_trait]
 impl RateLimiter for InProcessRateLimiter {
     async fn check(&self, key: &str) -> Result<RateDecision> {
-        let now = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0);
-        let window = now / WINDOW_SECS;
-        let mut windows = self.windows.lock().map_err(|_| Error::Unavailable {
+        let now = Instant::now();
+        let window = self.quota.window;
+        let live = |t: &Instant| now.saturating_duration_since(*t) < window;
+        let mut logs = self.logs.lock().map_err(|_| Error::Unavailable {
             message: "rate limiter lock poisoned".into(),
             source: None,
         })?;
-        if windows.len() > 100_000 {
-            windows.retain(|_, (w, _)| *w == window);
+        if logs.len() > SWEEP_ABOVE {
+            logs.retain(|_, log| log.back().is_some_and(live));
         }
-        let slot = windows.entry(key.to_string()).or_insert((window, 0));
-        if slot.0 != window {
-            *slot = (window, 0);
+        let log = logs.entry(key.to_string()).or_default();
+        while log.front().is_some_and(|t| !live(t)) {
+            log.pop_front();
         }
-        slot.1 = slot.1.saturating_add(1);
-        let count = slot.1;
-        Ok(RateDecision {
-            allowed: count <= self.limit,
-            limit: self.limit,
-            remaining: self.limit.saturating_sub(count),
-            reset_secs: WINDOW_SECS - now % WINDOW_SECS,
-        })
+        let allowed = log.len() < self.quota.limit as usize;
+        if allowed {
+            log.push_back(now);
+        }
+        let left = |t: Option<&Instant>| t.map_or(Duration::ZERO, |t| window.saturating_sub(now - *t));
+        let counted = u32::try_from(log.len()).unwrap_or(u32::MAX);
+        Ok(rate_decision(
+            self.quota,
+            allowed,
+            counted,
+            left(log.front()),
+            left(log.back()),
+        ))
+    }
+
+    fn quota(&self) -> Quota {
+        self.quota
     }
 
     async fn ping(&self) -> Result<()> {

@@ -1,43 +1,62 @@
+use std::time::Duration;
+
 use async_trait::async_trait;
 use redis::aio::ConnectionManager;
 use redis::Script;
 
 use super::bounded;
-use crate::backend::{RateDecision, RateLimiter, Result};
+use crate::backend::{rate_decision, Quota, RateDecision, RateLimiter, Result};
 
-/// Counts and starts the window in one atomic step, so any number of API
-/// processes share one exact limit. The window starts at a key's first
-/// request and lasts 60 s (Redis's clock, not the callers').
+/// A sliding-window log in one sorted set per key: members are the allowed
+/// requests of the last window, scored by Redis's clock in microseconds (so
+/// every API process shares one exact limit and one clock). Trimming,
+/// counting and adding happen in one atomic step. A member is the TIME pair
+/// plus the count, unique even for two requests in one microsecond.
+///
+/// Returns `{allowed, counted, µs until the oldest leaves, µs until the
+/// newest leaves}`.
 const LUA: &str = r#"
-local count = redis.call('INCR', KEYS[1])
-if count == 1 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
+local limit = tonumber(ARGV[1])
+local window_ms = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = window_ms * 1000
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - window)
+local count = redis.call('ZCARD', KEYS[1])
+local allowed = 0
+if count < limit then
+  redis.call('ZADD', KEYS[1], now, t[1] .. '.' .. t[2] .. '-' .. count)
+  count = count + 1
+  allowed = 1
 end
-local ttl = redis.call('PTTL', KEYS[1])
-if ttl < 0 then
-  redis.call('PEXPIRE', KEYS[1], ARGV[1])
-  ttl = tonumber(ARGV[1])
+if count == 0 then
+  return {allowed, 0, 0, 0}
 end
-return {count, ttl}
+redis.call('PEXPIRE', KEYS[1], window_ms)
+local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local newest = redis.call('ZRANGE', KEYS[1], -1, -1, 'WITHSCORES')
+return {allowed, count, tonumber(oldest[2]) + window - now, tonumber(newest[2]) + window - now}
 "#;
-
-const WINDOW_MS: u64 = 60_000;
 
 pub struct RedisRateLimiter {
     conn: ConnectionManager,
     script: Script,
-    limit: u32,
-    prefix: String,
+    quota: Quota,
+    key_prefix: String,
 }
 
 impl RedisRateLimiter {
-    /// `prefix` namespaces the keys (e.g. per deployment).
-    pub fn new(conn: ConnectionManager, limit_per_minute: u32, prefix: &str) -> Self {
+    /// Keys are `key_prefix` + the checked key; limiters with different
+    /// quotas need different prefixes. (Not the fixed-window `ratelimit:`
+    /// keys of earlier versions, which held a counter: an old and a new
+    /// API process sharing one Redis during an upgrade must not meet each
+    /// other's key types.)
+    pub fn new(conn: ConnectionManager, quota: Quota, key_prefix: &str) -> Self {
         RedisRateLimiter {
             conn,
             script: Script::new(LUA),
-            limit: limit_per_minute,
-            prefix: prefix.to_string(),
+            quota,
+            key_prefix: key_prefix.to_string(),
         }
     }
 }
@@ -46,16 +65,23 @@ impl RedisRateLimiter {
 impl RateLimiter for RedisRateLimiter {
     async fn check(&self, key: &str) -> Result<RateDecision> {
         let mut conn = self.conn.clone();
-        let mut call = self.script.key(format!("{}ratelimit:{key}", self.prefix));
-        call.arg(WINDOW_MS);
-        let (count, ttl_ms): (u64, i64) = bounded("rate limit script", call.invoke_async(&mut conn)).await?;
-        let count = u32::try_from(count).unwrap_or(u32::MAX);
-        Ok(RateDecision {
-            allowed: count <= self.limit,
-            limit: self.limit,
-            remaining: self.limit.saturating_sub(count),
-            reset_secs: (ttl_ms.max(0) as u64).div_ceil(1000),
-        })
+        let mut call = self.script.key(format!("{}{key}", self.key_prefix));
+        call.arg(self.quota.limit)
+            .arg(u64::try_from(self.quota.window.as_millis()).unwrap_or(u64::MAX).max(1));
+        let (allowed, counted, oldest_us, newest_us): (i64, i64, i64, i64) =
+            bounded("rate limit script", call.invoke_async(&mut conn)).await?;
+        let micros = |us: i64| Duration::from_micros(u64::try_from(us).unwrap_or(0));
+        Ok(rate_decision(
+            self.quota,
+            allowed == 1,
+            u32::try_from(counted).unwrap_or(u32::MAX),
+            micros(oldest_us),
+            micros(newest_us),
+        ))
+    }
+
+    fn quota(&self) -> Quota {
+        self.quota
     }
 
     async fn ping(&self) -> Result<()> {
