@@ -194,11 +194,17 @@ pub async fn guard(State(state): State<Arc<ApiState>>, req: Request, next: Next)
                     d.limit, d.retry_after_secs
                 ),
             ),
-            _ => refusal(
-                StatusCode::UNAUTHORIZED,
-                "Unauthorized",
-                "missing or invalid x-api-key header",
-            ),
+            _ => {
+                // The original's /logs entry; the address only, never the key sent.
+                state
+                    .activity
+                    .warn("Unauthorized access", "", serde_json::json!({ "ip": &ip }));
+                refusal(
+                    StatusCode::UNAUTHORIZED,
+                    "Unauthorized",
+                    "missing or invalid x-api-key header",
+                )
+            }
         };
         return drain_then(req, resp).await;
     }

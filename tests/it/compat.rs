@@ -284,6 +284,25 @@ async fn the_original_logs(t: &Target) {
     let msgs: Vec<&str> = activity.iter().filter_map(|e| e["msg"].as_str()).collect();
     assert!(msgs.contains(&"Upload Success"), "{msgs:?}");
     assert!(msgs.contains(&"Run Request"), "{msgs:?}");
+    let anonymous = t
+        .client
+        .get(t.url("/functions"))
+        .header("x-api-key", "guess-0123456789abcdef");
+    assert_eq!(anonymous.send().await.unwrap().status(), 401);
+    let (_, activity) = t.json(reqwest::Method::GET, "/api/logs", None).await;
+    let activity = activity.as_array().expect("an array");
+    let refused = activity
+        .iter()
+        .find(|e| e["msg"] == "Unauthorized access")
+        .expect("logged");
+    assert_eq!(
+        (refused["level"].as_str(), refused["ip"].as_str()),
+        (Some("WARN"), Some("127.0.0.1"))
+    );
+    assert!(
+        !refused.to_string().contains("guess-"),
+        "the key sent is not kept: {refused}"
+    );
     let executed = activity
         .iter()
         .find(|e| e["msg"] == format!("Function Executed: {id}").as_str())
