@@ -781,3 +781,63 @@ async fn uploads_without_a_filename_are_taken_by_their_content() {
         assert_eq!(app.run_ok(&id, json!({})).await["result"], want);
     }
 }
+
+/// Every field the document lists for the upload form is taken by the
+/// server under that name, with a value of the documented type.
+#[tokio::test]
+async fn every_documented_upload_field_is_accepted() {
+    let app = TestApp::start().await;
+    let doc: Value = app.public_json("/openapi.json").await;
+    let form = &doc["components"]["schemas"]["UploadForm"]["properties"];
+    let fields = form.as_object().expect("UploadForm properties");
+    assert!(fields.len() > 10, "{form}");
+    let mut sent = Vec::new();
+    for (name, schema) in fields {
+        if name == "file" {
+            continue;
+        }
+        let value = match (schema["type"].as_str(), name.as_str()) {
+            (_, "handler") => "main.handler".to_string(),
+            (_, "envVars") => r#"{"A":"b"}"#.to_string(),
+            (Some("integer"), _) => {
+                let (min, max) = (schema["minimum"].as_u64().unwrap(), schema["maximum"].as_u64().unwrap());
+                min.max(1).min(max).max(min).to_string()
+            }
+            (Some("boolean"), _) => "true".to_string(),
+            (Some("string"), _) if schema["enum"].is_array() => "python".to_string(),
+            (Some("string"), _) => format!("value of {name}"),
+            other => panic!("{name}: undocumented type {other:?}"),
+        };
+        sent.push((name.clone(), value));
+    }
+    let fields: Vec<(&str, &str)> = sent.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = app.upload_raw("main.py", ECHO.as_bytes().to_vec(), &fields).await;
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{fields:?}: {body}");
+    assert!(
+        body.get("ignoredFields").is_none(),
+        "a documented field was ignored: {body}"
+    );
+    // And the same names as JSON on PUT.
+    let id = body["functionId"].as_str().unwrap();
+    let json: serde_json::Map<String, Value> = doc["components"]["schemas"]["UpdateRequest"]["properties"]
+        .as_object()
+        .unwrap()
+        .keys()
+        .filter_map(|k| {
+            let (_, v) = sent.iter().find(|(n, _)| n == k)?;
+            let v = match k.as_str() {
+                "envVars" => json!({"A": "c"}),
+                _ => serde_json::from_str(v).unwrap_or(Value::String(v.clone())),
+            };
+            Some((k.clone(), v))
+        })
+        .collect();
+    assert_eq!(json.len(), sent.len(), "the JSON update documents every setting");
+    let r = app.put(&format!("/functions/{id}")).json(&json).send().await.unwrap();
+    let status = r.status();
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(status, 200, "{json:?}: {body}");
+    assert!(body.get("ignoredFields").is_none(), "{body}");
+}
