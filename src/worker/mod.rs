@@ -15,10 +15,13 @@ use tracing::Instrument;
 use crate::ai::{AiClient, AiSession};
 use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, WorkerDirectory};
 use crate::function::settings::Handler;
+use crate::function::tuner::{self, CpuSample, PeakWindow};
 use crate::jobs::policy::{self, Next};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
-use crate::model::{DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, WorkerStatus};
+use crate::model::{
+    DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Resources, Runtime, WorkerStatus,
+};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
 
@@ -85,6 +88,8 @@ pub struct Worker {
     cache: ArtifactCache,
     pool: Arc<Pool>,
     metrics: Arc<Metrics>,
+    /// Recent peak memory of each function run here, for the auto-tuner.
+    peaks: PeakWindow,
 }
 
 impl Worker {
@@ -116,6 +121,7 @@ impl Worker {
             cache,
             pool,
             metrics,
+            peaks: PeakWindow::default(),
         }
     }
 
@@ -367,9 +373,13 @@ impl Worker {
                         }
                     },
                 };
-                let running = JobRecord::pending(job).with_status(JobStatus::Running);
-                if let Err(e) = self.jobs.set_state(&running).await {
-                    tracing::warn!(error = %e, "could not record RUNNING state");
+                // The original controller returns whatever `job:{id}` holds
+                // as the final answer: its jobs get only their result there.
+                if !job.original_format {
+                    let running = JobRecord::pending(job).with_status(JobStatus::Running);
+                    if let Err(e) = self.jobs.set_state(&running).await {
+                        tracing::warn!(error = %e, "could not record RUNNING state");
+                    }
                 }
                 let extender = self.keep_invisible(&delivery, slot);
                 let mut result = self.execute(&delivery, attempt).await;
@@ -504,8 +514,57 @@ impl Worker {
         self.ack(delivery).await;
     }
 
+    /// Runs the job and completes its result with what the worker knows:
+    /// its whole time (`durationMs`, as the original worker measures it),
+    /// the allocation, resources and the auto-tuner's advice.
     async fn execute(&self, delivery: &Delivery, attempt: u32) -> JobResult {
+        let started = std::time::Instant::now();
+        let mut result = self.run_job(delivery, attempt).await;
+        result.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.complete(&delivery.job, &mut result);
+        result
+    }
+
+    /// The result's extras beyond the run itself.
+    fn complete(&self, job: &crate::model::Job, result: &mut JobResult) {
+        result.worker_id = Some(self.id.clone());
+        result.allocated_memory_mb = Some(job.memory_mb);
+        if result.start_kind.is_none() {
+            // Not run (no code, no instance...): nothing measured to judge.
+            return;
+        }
+        let peaks = self.peaks.record(&job.function_id, result.peak_memory_bytes);
+        let cpu_percent = match (result.resources.as_ref(), result.handler_duration_ms) {
+            (Some(r), _) => r.cpu_usage_percent,
+            _ => None,
+        };
+        let cpu = cpu_percent.zip(result.handler_duration_ms).map(|(p, d)| CpuSample {
+            usage_percent: p,
+            duration_ms: d,
+        });
+        let advice = tuner::analyze(job.memory_mb, &peaks, cpu);
+        result.set_advice((advice.based_on_runs > 0).then_some(advice));
+    }
+
+    async fn run_job(&self, delivery: &Delivery, attempt: u32) -> JobResult {
         let job = &delivery.job;
+        // The worker reads code from its own bucket only; a task naming
+        // another one (a fleet configured apart) fails plainly rather than
+        // running whatever sits under that key here.
+        if !job.s3_bucket.is_empty() && job.s3_bucket != self.cache.bucket() {
+            let mut r = JobResult::platform(
+                job,
+                JobStatus::Error,
+                "CodeUnavailable",
+                format!(
+                    "the job's code is in bucket {:?}; this worker reads {:?}",
+                    job.s3_bucket,
+                    self.cache.bucket()
+                ),
+            );
+            r.attempt = attempt;
+            return r;
+        }
         let input = match &job.lifecycle.input_ref {
             Some(key) => match self.jobs.ledger().payload(key).await {
                 Ok(v) => v,
@@ -560,32 +619,54 @@ impl Worker {
         );
         let inv = self.pool.invoke(&spec, &job.warm_pool, &req, &mut ai).await;
         let o = inv.outcome;
-        JobResult {
-            request_id: job.request_id.clone(),
-            function_id: job.function_id.clone(),
-            status: o.status,
-            result: o.value,
-            error: o.error,
-            exit_code: o.exit_code,
-            stdout: o.stdout,
-            stderr: o.stderr,
-            duration_ms: o.duration_ms,
-            peak_memory_bytes: o.peak_memory_bytes,
-            cold_start: inv.cold_start,
-            start_kind: Some(inv.start_kind),
-            init_ms: inv.init_ms,
-            attempt,
-            usage: ai.usage(),
-            finished_at: Utc::now(),
-            attempts: job.lifecycle.failures.clone(),
-            dead_lettered: false,
+        let mut stdout = o.stdout;
+        if o.status == JobStatus::Success {
+            print_value(&mut stdout, &o.value);
         }
+        let handler_ms = (o.duration_ms > 0.0).then_some(o.duration_ms);
+        let cpu_usage_percent = o
+            .cpu_ms
+            .zip(handler_ms)
+            .map(|(cpu, wall)| (cpu / wall * 1000.0).round() / 10.0);
+        let resources = (o.peak_memory_bytes > 0 || cpu_usage_percent.is_some()).then(|| Resources {
+            memory_used_mb: (o.peak_memory_bytes as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0,
+            cpu_usage_percent,
+            // Networked functions share the host's network namespace, so
+            // no per-instance byte counts exist: left out, not guessed.
+            network_rx_bytes: None,
+            network_tx_bytes: None,
+        });
+        let mut result = JobResult::platform(job, o.status, "", "");
+        result.result = o.value;
+        result.error = o.error;
+        result.exit_code = o.exit_code;
+        result.stdout = stdout;
+        result.stderr = o.stderr;
+        result.handler_duration_ms = handler_ms;
+        result.peak_memory_bytes = o.peak_memory_bytes;
+        result.resources = resources;
+        result.cold_start = inv.cold_start;
+        result.start_kind = Some(inv.start_kind);
+        result.init_ms = inv.init_ms;
+        result.attempt = attempt;
+        result.usage = ai.usage();
+        result
     }
 
     /// Ends the job: published to callers and kept durably, retrying
     /// briefly. False if it could not be kept: the job is then left
     /// unacknowledged and will be delivered again.
     async fn finish(&self, delivery: &Delivery, result: &JobResult) -> bool {
+        let stamped;
+        let result = if result.worker_id.is_none() {
+            stamped = JobResult {
+                worker_id: Some(self.id.clone()),
+                ..result.clone()
+            };
+            &stamped
+        } else {
+            result
+        };
         for attempt in 0..3u32 {
             match self.jobs.finish(delivery.job.submitted_at, result).await {
                 Ok(stored) => {
@@ -639,6 +720,22 @@ fn instance_spec(
         version,
         network,
     })
+}
+
+/// Appends the return value to the printed output, on a line of its own,
+/// as the original's runner prints it (strings as they are, other values as
+/// one line of JSON; no line for no value): its clients show `stdout`.
+fn print_value(stdout: &mut String, value: &serde_json::Value) {
+    let line = match value {
+        serde_json::Value::Null => return,
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if !stdout.is_empty() && !stdout.ends_with('\n') {
+        stdout.push('\n');
+    }
+    stdout.push_str(&line);
+    stdout.push('\n');
 }
 
 pub fn hostname() -> String {

@@ -195,6 +195,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         trace_id: None,
         submitted_at: chrono::Utc::now(),
         lifecycle: Default::default(),
+        original_format: v.get("submittedAt").is_none(),
     };
     (job, reason)
 }
