@@ -6,6 +6,7 @@ mod dead_letters;
 pub mod error;
 mod functions;
 pub mod middleware;
+mod recommendation;
 mod run;
 pub mod system;
 
@@ -235,6 +236,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::models))
         .routes(routes!(system::system_status))
         .routes(routes!(system::warm_pool))
+        .routes(routes!(recommendation::recommendation))
         .routes(routes!(functions::list_logs))
         .routes(routes!(functions::get_log))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))

@@ -5,6 +5,7 @@ mod ai;
 mod api;
 mod attacks;
 mod binary;
+mod compat_wire;
 mod conformance;
 mod examples;
 mod folder;

@@ -86,7 +86,7 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
         )
         .await;
     let body = app.run_ok(&id, json!({"x": -1})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "TypeError");
     assert_eq!(body["error"]["message"], "negative: -1");
     let stack = body["error"]["traceback"].as_str().unwrap();
@@ -94,7 +94,7 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
     let body = app.run_ok(&id, json!({"reject": true})).await;
     assert_eq!(body["error"]["type"], "RangeError", "{body}");
     let body = app.run_ok(&id, json!({"string": true})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("a plain string"),
         "{body}"
@@ -113,14 +113,14 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
         )
         .await;
     let body = app.run_ok(&escaped, json!({})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["message"], "from a timer");
     let body = app.run_ok(&escaped, json!({})).await;
     assert_eq!(body["coldStart"], true, "not reused after an escaped error: {body}");
 
     let broken = app.upload_file("index.js", "exports.handler = (", &[]).await;
     let body = app.run_ok(&broken, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert_eq!(body["error"]["type"], "SyntaxError", "{body}");
 }
 
