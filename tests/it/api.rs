@@ -547,6 +547,7 @@ async fn openapi_document_matches_the_served_routes() {
             "/functions/{id}",
             "/functions/{id}/logs",
             "/functions/{id}/logs/{requestId}",
+            "/functions/{id}/recommendation",
             "/health",
             "/metrics",
             "/models",

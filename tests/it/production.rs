@@ -729,7 +729,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
     };
     assert_eq!(list["logs"][0]["requestId"], jobs[2].as_str(), "newest first");
     let one: Value = get_json(&client, format!("{}/functions/{id}/logs/{}", api.base, jobs[0])).await;
-    assert_eq!(one["stdout"], "line 0\n");
+    assert_eq!(one["stdout"], "line 0\n0\n", "its prints, then its return value");
     assert_eq!(one["status"], "SUCCESS");
     let missing = client
         .get(format!("{}/functions/{id}/logs/nope", api.base))
