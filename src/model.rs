@@ -140,7 +140,7 @@ pub struct FunctionRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {
-    /// Runs after the first one when it ends ERROR, TIMEOUT or CRASHED,
+    /// Runs after the first one when it ends FAILED, TIMEOUT or CRASHED,
     /// 0 to 5 (default 2, as Lambda). A job out of retries is dead-lettered.
     pub max_retries: u32,
     /// Wait before the first retry in seconds, doubled for each further one
@@ -284,12 +284,21 @@ fn empty_object() -> serde_json::Value {
 /// The original sends `envVars` values of any JSON type and its worker
 /// stringifies them; strings stay as they are, `null` is dropped, booleans
 /// become `True`/`False` (Python's `str`, which the original's functions
-/// saw), and numbers, arrays and objects their JSON text.
+/// saw), and numbers, arrays and objects their JSON text. Names an upload
+/// here would refuse (not `[A-Za-z_][A-Za-z0-9_]*`, or reserved for the
+/// loader and runtimes) and values with NUL are dropped, as the original
+/// worker drops names that collide with its own: its controller checks
+/// none of this, and this worker applies them inside the sandbox.
 fn env_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
     let raw: Option<BTreeMap<String, serde_json::Value>> = Option::deserialize(d)?;
     Ok(raw
         .unwrap_or_default()
         .into_iter()
+        .filter(|(k, _)| {
+            k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !crate::function::settings::reserved_env_name(k)
+        })
         .filter_map(|(k, v)| {
             let text = match v {
                 serde_json::Value::Null => return None,
@@ -298,7 +307,7 @@ fn env_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String,
                 serde_json::Value::Bool(false) => "False".to_string(),
                 other => other.to_string(),
             };
-            Some((k, text))
+            (!text.contains('\0')).then_some((k, text))
         })
         .collect())
 }
@@ -824,7 +833,7 @@ mod tests {
         // The original controller's task (contract 4.1): no submittedAt, handler, sha256.
         let task = r#"{"requestId":"6f1c2a52-1111-4aaa-8bbb-000000000001","functionId":"fn-1","runtime":"python",
             "memoryMb":256,"s3Bucket":"faas-code","s3Key":"functions/fn-1/v1.zip","timeoutMs":300000,
-            "input":{"name":"Ada"},"modelId":"llama3:8b","envVars":{"A":"x","N":3,"B":true,"Z":null}}"#;
+            "input":{"name":"Ada"},"modelId":"llama3:8b","envVars":{"A":"x","N":3,"B":true,"Z":null,"LD_PRELOAD":"/tmp/x.so","bad-name":"x"}}"#;
         let before = Utc::now();
         let job: Job = serde_json::from_str(task).unwrap();
         assert!(job.original_format);
@@ -836,6 +845,7 @@ mod tests {
         assert_eq!(job.env_vars.get("N").map(String::as_str), Some("3"));
         assert_eq!(job.env_vars.get("B").map(String::as_str), Some("True"));
         assert!(!job.env_vars.contains_key("Z"));
+        assert_eq!(job.env_vars.len(), 3, "{:?}", job.env_vars);
         assert_eq!(job.lifecycle.first_attempt(), 1);
 
         // v2.4: no envVars; the worker's defaults for everything optional.
