@@ -717,7 +717,9 @@ impl Instance {
                         duration_ms,
                         peak_memory_bytes,
                         exit_code: (status == JobStatus::Success).then_some(0),
-                        cpu_ms: cpu_before.and_then(|b| self.cpu_time().and_then(|a| a.since(b, started.elapsed()))),
+                        cpu_ms: cpu_before
+                            .filter(|b| b.measures(started.elapsed()))
+                            .and_then(|b| self.cpu_time().map(|a| (a.ms - b.ms).max(0.0))),
                     };
                     // An instance that hit its memory limit may be left in a bad state;
                     // one with processes still running (a fork bomb, a forgotten
@@ -942,12 +944,11 @@ struct CpuTime {
 }
 
 impl CpuTime {
-    /// The CPU time since `before`, over a wall time of `wall`; None when
-    /// the source is too coarse for it (under 20 of its units): a 3 ms
-    /// handler on a 10 ms clock tick reads as 0 % or 300 %, both false.
-    fn since(self, before: CpuTime, wall: Duration) -> Option<f64> {
-        let wall_ms = wall.as_secs_f64() * 1000.0;
-        (wall_ms >= 20.0 * self.resolution_ms.max(before.resolution_ms)).then(|| (self.ms - before.ms).max(0.0))
+    /// Whether this source can measure a run of `wall`: at least 20 of its
+    /// units (a 3 ms handler on a 10 ms clock tick reads as 0 % or 300 %,
+    /// both false). Short runs on /proc then cost no second reading.
+    fn measures(self, wall: Duration) -> bool {
+        wall.as_secs_f64() * 1000.0 >= 20.0 * self.resolution_ms
     }
 }
 

@@ -534,14 +534,15 @@ impl Worker {
             return;
         }
         let peaks = self.peaks.record(&job.function_id, result.peak_memory_bytes);
-        let cpu_percent = match (result.resources.as_ref(), result.handler_duration_ms) {
-            (Some(r), _) => r.cpu_usage_percent,
-            _ => None,
-        };
-        let cpu = cpu_percent.zip(result.handler_duration_ms).map(|(p, d)| CpuSample {
-            usage_percent: p,
-            duration_ms: d,
-        });
+        let cpu = result
+            .resources
+            .as_ref()
+            .and_then(|r| r.cpu_usage_percent)
+            .zip(result.handler_duration_ms)
+            .map(|(usage_percent, duration_ms)| CpuSample {
+                usage_percent,
+                duration_ms,
+            });
         let advice = tuner::analyze(job.memory_mb, &peaks, cpu);
         result.set_advice((advice.based_on_runs > 0).then_some(advice));
     }

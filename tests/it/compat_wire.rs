@@ -545,3 +545,53 @@ async fn results_carry_the_original_extras_and_the_recommendation_follows_recent
     assert!(doc["paths"]["/functions/{id}/recommendation"]["get"].is_object());
     app.stop().await;
 }
+
+#[tokio::test]
+async fn cpu_use_is_measured_when_the_run_is_long_enough_to_tell() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import time\n\
+             def handler(event, context):\n    \
+                 t = time.time()\n    \
+                 if event['busy']:\n        \
+                     while time.time() - t < 0.4:\n            pass\n    \
+                 else:\n        time.sleep(event['sleep'])\n    \
+                 return 'done'\n",
+            &[],
+        )
+        .await;
+    let busy = app.run_ok(&id, json!({"busy": true})).await;
+    let cpu = busy["resources"]["cpuUsagePercent"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{busy}"));
+    // A busy loop gets what the scheduler gives it (on a loaded 2-core host,
+    // maybe a third of a core): real CPU time is measured, whatever the share.
+    assert!(cpu > 10.0, "a busy loop uses CPU: {busy}");
+    if cpu > 80.0 {
+        assert!(
+            busy["optimizationTip"].as_str().unwrap().contains("CPU bound"),
+            "{busy}"
+        );
+    }
+    // A string return value is printed as it is.
+    assert_eq!(busy["stdout"], "done\n");
+
+    let idle = app.run_ok(&id, json!({"busy": false, "sleep": 0.7})).await;
+    let cpu = idle["resources"]["cpuUsagePercent"]
+        .as_f64()
+        .unwrap_or_else(|| panic!("{idle}"));
+    assert!(cpu < 10.0, "sleeping is not CPU: {idle}");
+    assert!(
+        idle["optimizationTip"].as_str().unwrap().contains("I/O bound"),
+        "{idle}"
+    );
+
+    // Too short to tell on a clock tick: left out, not guessed.
+    let quick = app.run_ok(&id, json!({"busy": false, "sleep": 0})).await;
+    assert!(quick["resources"]["memoryUsedMb"].as_f64().unwrap() > 0.0, "{quick}");
+    if quick["handlerDurationMs"].as_f64().unwrap() < 1.0 {
+        assert!(quick["resources"].get("cpuUsagePercent").is_none(), "{quick}");
+    }
+    app.stop().await;
+}
