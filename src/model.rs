@@ -587,7 +587,7 @@ impl JobResult {
             duration_ms: 0.0,
             handler_duration_ms: None,
             peak_memory_bytes: 0,
-            allocated_memory_mb: Some(job.memory_mb),
+            allocated_memory_mb: (job.memory_mb > 0).then_some(job.memory_mb),
             resources: None,
             auto_tuner: None,
             optimization_tip: None,

@@ -528,7 +528,7 @@ impl Worker {
     /// The result's extras beyond the run itself.
     fn complete(&self, job: &crate::model::Job, result: &mut JobResult) {
         result.worker_id = Some(self.id.clone());
-        result.allocated_memory_mb = Some(job.memory_mb);
+        result.allocated_memory_mb = (job.memory_mb > 0).then_some(job.memory_mb);
         if result.start_kind.is_none() {
             // Not run (no code, no instance...): nothing measured to judge.
             return;
