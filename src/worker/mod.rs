@@ -723,15 +723,30 @@ fn instance_spec(
     })
 }
 
+/// Most of a return value printed into `stdout` (as much as the bootstrap
+/// keeps of a stream).
+const PRINTED_VALUE_BYTES: usize = 256 * 1024;
+
 /// Appends the return value to the printed output, on a line of its own,
 /// as the original's runner prints it (strings as they are, other values as
 /// one line of JSON; no line for no value): its clients show `stdout`.
+/// A value larger than `PRINTED_VALUE_BYTES` is cut there (it is whole in
+/// `result`), so a large return value is not carried twice in full.
 fn print_value(stdout: &mut String, value: &serde_json::Value) {
-    let line = match value {
+    let mut line = match value {
         serde_json::Value::Null => return,
         serde_json::Value::String(s) => s.clone(),
         other => other.to_string(),
     };
+    if line.len() > PRINTED_VALUE_BYTES {
+        let mut cut = PRINTED_VALUE_BYTES;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let dropped = line.len() - cut;
+        line.truncate(cut);
+        line.push_str(&format!("\n[truncated {dropped} bytes; the whole value is in result]"));
+    }
     if !stdout.is_empty() && !stdout.ends_with('\n') {
         stdout.push('\n');
     }
@@ -743,4 +758,27 @@ pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_return_value_is_printed_after_the_output() {
+        let mut out = "hi".to_string();
+        print_value(&mut out, &json!({"a": 1}));
+        assert_eq!(out, "hi\n{\"a\":1}\n");
+        let mut out = String::new();
+        print_value(&mut out, &json!("plain text"));
+        assert_eq!(out, "plain text\n");
+        let mut out = "kept\n".to_string();
+        print_value(&mut out, &serde_json::Value::Null);
+        assert_eq!(out, "kept\n");
+        let mut out = String::new();
+        print_value(&mut out, &json!("é".repeat(PRINTED_VALUE_BYTES)));
+        assert!(out.len() < PRINTED_VALUE_BYTES + 100, "{}", out.len());
+        assert!(out.contains("the whole value is in result"));
+    }
 }
