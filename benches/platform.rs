@@ -233,7 +233,7 @@ async fn measure(name: &str, deployment: &mut Deployment) {
         let (ms, body) = run_sync(&client, base, &id).await;
         assert_eq!(body["status"], "SUCCESS", "{body}");
         assert_eq!(body["coldStart"], false);
-        let handler = body["durationMs"].as_f64().unwrap();
+        let handler = body["handlerDurationMs"].as_f64().unwrap();
         total.push(ms);
         own.push(handler);
         overhead.push(ms - handler);
@@ -395,7 +395,7 @@ async fn runtimes() {
             let (ms, body) = run_sync(&client, &stem.base, &id).await;
             assert_eq!(body["startKind"], "warm", "{body}");
             total.push(ms);
-            overhead.push(ms - body["durationMs"].as_f64().unwrap());
+            overhead.push(ms - body["handlerDurationMs"].as_f64().unwrap());
         }
         lines.push((format!("{runtime} warm invoke: total"), total));
         lines.push((format!("{runtime} warm invoke: platform overhead"), overhead));

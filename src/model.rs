@@ -1,10 +1,14 @@
 //! Plain serde types shared by every part of the platform: function records,
 //! the job (task) wire format and job results.
 //!
-//! Field names follow the original Node controller/worker so mixed fleets can
-//! migrate: task JSON `requestId, functionId, runtime, memoryMb, s3Bucket,
-//! s3Key, timeoutMs, input, modelId, envVars`; result JSON `functionId,
-//! status, exitCode, stdout, stderr, durationMs, peakMemoryBytes`.
+//! Field names follow the original Node controller/Python worker so mixed
+//! fleets work both ways (docs/compat-wire.md): task JSON `requestId,
+//! functionId, runtime, memoryMb, s3Bucket, s3Key, timeoutMs, input, modelId,
+//! envVars` (everything else optional when read); result JSON `requestId,
+//! functionId, workerId, status` (SUCCESS/FAILED/...), `exitCode, stdout,
+//! stderr, durationMs, handlerDurationMs, peakMemoryBytes, allocatedMemoryMb,
+//! optimizationTip, estimatedSavings, recommendedMemoryMb` (`finishedAt` and
+//! this project's other fields optional when read, unknown fields kept).
 
 use std::collections::BTreeMap;
 
@@ -16,7 +20,9 @@ use utoipa::ToSchema;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Runtime {
+    #[serde(alias = "python3")]
     Python,
+    #[serde(alias = "node")]
     Nodejs,
 }
 
@@ -207,7 +213,7 @@ impl FunctionRecord {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase", default)]
 pub struct RetryPolicy {
-    /// Runs after the first one when it ends ERROR, TIMEOUT or CRASHED,
+    /// Runs after the first one when it ends FAILED, TIMEOUT or CRASHED,
     /// 0 to 5 (default 2, as Lambda). A job out of retries is dead-lettered.
     pub max_retries: u32,
     /// Wait before the first retry in seconds, doubled for each further one
@@ -284,9 +290,10 @@ impl JobLifecycle {
 }
 
 /// One unit of work on the queue (the original "task" JSON, plus a few fields
-/// the original ignores).
+/// the original ignores). Read through [`JobWire`], so the original
+/// controller's tasks (no `submittedAt`, `handler`, ...) are jobs too.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
-#[serde(rename_all = "camelCase")]
+#[serde(rename_all = "camelCase", from = "JobWire")]
 pub struct Job {
     pub request_id: String,
     pub function_id: String,
@@ -315,19 +322,171 @@ pub struct Job {
     pub submitted_at: DateTime<Utc>,
     #[serde(flatten)]
     pub lifecycle: JobLifecycle,
+    /// The message came from the original controller (it has no
+    /// `submittedAt`): its `job:{id}` key must only ever hold the result,
+    /// as the original's `/status` returns whatever is there. Not on the wire.
+    #[serde(skip)]
+    #[schema(ignore)]
+    pub original_format: bool,
 }
 
 pub fn default_handler() -> String {
     "main.handler".to_string()
 }
 
+/// The original worker's defaults for a task (section 4.1 of the contract).
+const ORIGINAL_DEFAULT_MEMORY_MB: u32 = 128;
+const ORIGINAL_DEFAULT_TIMEOUT_MS: u64 = 300_000;
+
+fn unknown_function() -> String {
+    "unknown".to_string()
+}
+
+fn original_memory_mb() -> u32 {
+    ORIGINAL_DEFAULT_MEMORY_MB
+}
+
+fn original_timeout_ms() -> u64 {
+    ORIGINAL_DEFAULT_TIMEOUT_MS
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(Default::default())
+}
+
+/// The original sends `envVars` values of any JSON type and its worker
+/// stringifies them; strings stay as they are, `null` is dropped, booleans
+/// become `True`/`False` (Python's `str`, which the original's functions
+/// saw), and numbers, arrays and objects their JSON text. Names an upload
+/// here would refuse (not `[A-Za-z_][A-Za-z0-9_]*`, or reserved for the
+/// loader and runtimes) and values with NUL are dropped, as the original
+/// worker drops names that collide with its own: its controller checks
+/// none of this, and this worker applies them inside the sandbox.
+fn env_values<'de, D: serde::Deserializer<'de>>(d: D) -> Result<BTreeMap<String, String>, D::Error> {
+    let raw: Option<BTreeMap<String, serde_json::Value>> = Option::deserialize(d)?;
+    Ok(raw
+        .unwrap_or_default()
+        .into_iter()
+        .filter(|(k, _)| {
+            k.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+                && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+                && !crate::function::settings::reserved_env_name(k)
+        })
+        .filter_map(|(k, v)| {
+            let text = match v {
+                serde_json::Value::Null => return None,
+                serde_json::Value::String(s) => s,
+                serde_json::Value::Bool(true) => "True".to_string(),
+                serde_json::Value::Bool(false) => "False".to_string(),
+                other => other.to_string(),
+            };
+            (!text.contains('\0')).then_some((k, text))
+        })
+        .collect())
+}
+
+/// `null` read as the type's default (the original worker writes `null`
+/// for metrics it could not take).
+fn null_default<'de, D, T>(d: D) -> Result<T, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: Deserialize<'de> + Default,
+{
+    Ok(Option::<T>::deserialize(d)?.unwrap_or_default())
+}
+
+/// A task as read from the queue: ours, or the original controller's
+/// `{requestId, functionId, runtime, memoryMb, s3Bucket, s3Key, timeoutMs,
+/// input, modelId, envVars}` with the original worker's defaults for what
+/// is missing. `requestId` and `s3Key` are required, as there.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct JobWire {
+    request_id: String,
+    #[serde(default = "unknown_function", deserialize_with = "string_or_unknown")]
+    function_id: String,
+    #[serde(default)]
+    runtime: Option<Runtime>,
+    #[serde(default = "original_memory_mb")]
+    memory_mb: u32,
+    #[serde(default, deserialize_with = "null_default")]
+    s3_bucket: String,
+    s3_key: String,
+    #[serde(default = "original_timeout_ms")]
+    timeout_ms: u64,
+    #[serde(default = "empty_object")]
+    input: serde_json::Value,
+    #[serde(default)]
+    model_id: Option<String>,
+    #[serde(default, deserialize_with = "env_values")]
+    env_vars: BTreeMap<String, String>,
+    #[serde(default)]
+    handler: Option<String>,
+    #[serde(default, deserialize_with = "null_default")]
+    sha256: String,
+    #[serde(default)]
+    warm_pool: WarmPool,
+    #[serde(default)]
+    network: bool,
+    #[serde(default)]
+    trace_id: Option<String>,
+    #[serde(default)]
+    submitted_at: Option<DateTime<Utc>>,
+    #[serde(flatten)]
+    lifecycle: JobLifecycle,
+}
+
+fn string_or_unknown<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    Ok(Option::<String>::deserialize(d)?.unwrap_or_else(unknown_function))
+}
+
+impl From<JobWire> for Job {
+    fn from(w: JobWire) -> Job {
+        let runtime = w.runtime.unwrap_or(Runtime::Python);
+        Job {
+            request_id: w.request_id,
+            function_id: w.function_id,
+            runtime,
+            memory_mb: if w.memory_mb == 0 {
+                ORIGINAL_DEFAULT_MEMORY_MB
+            } else {
+                w.memory_mb
+            },
+            s3_bucket: w.s3_bucket,
+            s3_key: w.s3_key,
+            timeout_ms: w.timeout_ms,
+            input: w.input,
+            model_id: w.model_id,
+            env_vars: w.env_vars,
+            // The original names no handler: its Python functions are
+            // `main.handler`, its Node ones `index.js`.
+            handler: w
+                .handler
+                .filter(|h| !h.is_empty())
+                .unwrap_or_else(|| runtime.default_handler().to_string()),
+            sha256: w.sha256,
+            warm_pool: w.warm_pool,
+            network: w.network,
+            trace_id: w.trace_id,
+            original_format: w.submitted_at.is_none(),
+            // The original's tasks carry no time: they count from receipt.
+            submitted_at: w.submitted_at.unwrap_or_else(Utc::now),
+            lifecycle: w.lifecycle,
+        }
+    }
+}
+
 /// Lifecycle of a job. Everything from `Success` on is terminal.
+///
+/// A failed run is `FAILED`, as the original worker says it; `ERROR` (what
+/// this platform wrote before) is still read, so stored records stay readable.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum JobStatus {
     Pending,
     Running,
     Success,
+    #[serde(rename = "FAILED", alias = "ERROR")]
     Error,
     Timeout,
     Oom,
@@ -345,7 +504,7 @@ impl JobStatus {
             JobStatus::Pending => "PENDING",
             JobStatus::Running => "RUNNING",
             JobStatus::Success => "SUCCESS",
-            JobStatus::Error => "ERROR",
+            JobStatus::Error => "FAILED",
             JobStatus::Timeout => "TIMEOUT",
             JobStatus::Oom => "OOM",
             JobStatus::Crashed => "CRASHED",
@@ -365,30 +524,89 @@ pub struct ErrorInfo {
     pub traceback: Option<String>,
 }
 
-/// The terminal outcome of a job, as published on `result:{requestId}`.
+/// What a run used, where the worker could measure it (absent otherwise).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Resources {
+    /// The run's peak resident memory (`peakMemoryBytes` in MB).
+    pub memory_used_mb: f64,
+    /// CPU time of the instance's processes over the handler's time, in
+    /// percent (above 100 with several cores busy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cpu_usage_percent: Option<f64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_rx_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network_tx_bytes: Option<u64>,
+}
+
+/// The memory recommendation for the function (see `function::tuner`).
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoTunerAdvice {
+    /// None in the comfortable band (30 % to 85 % of the allocation).
+    pub recommended_memory_mb: Option<u32>,
+    /// E.g. `"$0.16/month"`, when the recommendation is below the allocation.
+    pub estimated_savings: Option<String>,
+    pub tip: Option<String>,
+    /// The highest peak among the runs looked at, in MB.
+    pub peak_memory_mb: f64,
+    /// How many recent runs with a measured peak it is based on.
+    pub based_on_runs: usize,
+}
+
+/// The terminal outcome of a job, as published on `result:{requestId}` and
+/// kept at `job:{requestId}`: the original worker's result JSON, plus this
+/// platform's fields beside it.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct JobResult {
     pub request_id: String,
+    #[serde(default, deserialize_with = "null_default")]
     pub function_id: String,
+    /// The worker that ran it (its id in `/system/status`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_id: Option<String>,
     pub status: JobStatus,
-    /// The handler's return value (JSON).
+    /// The handler's return value (JSON). Also printed at the end of
+    /// `stdout`, where the original's clients look for it.
     #[serde(default)]
     pub result: serde_json::Value,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
     #[serde(default)]
     pub exit_code: Option<i32>,
-    #[serde(default)]
+    /// What the handler printed, then its return value on a line of its own
+    /// (strings as they are, other values as JSON), as the original's runner prints it.
+    #[serde(default, deserialize_with = "null_default")]
     pub stdout: String,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub stderr: String,
+    /// The worker's time for the run: code, instance (start or reuse) and
+    /// handler, as the original worker measures it.
+    #[serde(default, deserialize_with = "null_default")]
+    pub duration_ms: f64,
     /// Time spent in the handler itself, measured inside the instance.
     #[serde(default)]
-    pub duration_ms: f64,
-    #[serde(default)]
+    pub handler_duration_ms: Option<f64>,
+    #[serde(default, deserialize_with = "null_default")]
     pub peak_memory_bytes: u64,
+    /// The function's `memoryMb` for this run.
     #[serde(default)]
+    pub allocated_memory_mb: Option<u32>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<Resources>,
+    /// The auto-tuner's advice from the function's recent peaks (also flat
+    /// below, where the original's dashboard reads it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub auto_tuner: Option<AutoTunerAdvice>,
+    #[serde(default)]
+    pub optimization_tip: Option<String>,
+    #[serde(default)]
+    pub estimated_savings: Option<String>,
+    #[serde(default)]
+    pub recommended_memory_mb: Option<u32>,
+    #[serde(default, deserialize_with = "null_default")]
     pub cold_start: bool,
     /// `warm`, `stem` or `fresh` (see `runtime::StartKind`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -396,11 +614,14 @@ pub struct JobResult {
     /// Time the instance spent starting and importing the handler (cold starts only).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub init_ms: Option<f64>,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "null_default")]
     pub attempt: u32,
     /// Tokens the function used on the AI node, when it called it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub usage: Option<crate::ai::Usage>,
+    /// When the result was made; a result of the original worker has none
+    /// and reads as made when it was read.
+    #[serde(default = "Utc::now")]
     pub finished_at: DateTime<Utc>,
     /// Earlier runs of this job that failed (retries).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
@@ -408,26 +629,43 @@ pub struct JobResult {
     /// The job ran out of retries (or age) and is kept among the dead letters.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
+    /// Fields this platform does not know, kept as they came: an original
+    /// worker's `cpuUsage`, `networkRx`, `diskRead`, `outputFiles`,
+    /// `llm_token_count`, ... reach the original's clients unchanged.
+    #[serde(flatten, default, skip_serializing_if = "serde_json::Map::is_empty")]
+    #[schema(ignore)]
+    pub extra: serde_json::Map<String, serde_json::Value>,
 }
 
 impl JobResult {
     /// A result produced by the platform rather than by the handler.
     pub fn platform(job: &Job, status: JobStatus, error_type: &str, message: impl Into<String>) -> Self {
+        let message = message.into();
         JobResult {
             request_id: job.request_id.clone(),
             function_id: job.function_id.clone(),
+            worker_id: None,
             status,
             result: serde_json::Value::Null,
-            error: Some(ErrorInfo {
-                error_type: error_type.to_string(),
-                message: message.into(),
-                traceback: None,
-            }),
             exit_code: None,
             stdout: String::new(),
-            stderr: String::new(),
+            // Where the original's clients read a failure (its worker puts
+            // the exception text here).
+            stderr: format!("{error_type}: {message}"),
+            error: Some(ErrorInfo {
+                error_type: error_type.to_string(),
+                message,
+                traceback: None,
+            }),
             duration_ms: 0.0,
+            handler_duration_ms: None,
             peak_memory_bytes: 0,
+            allocated_memory_mb: (job.memory_mb > 0).then_some(job.memory_mb),
+            resources: None,
+            auto_tuner: None,
+            optimization_tip: None,
+            estimated_savings: None,
+            recommended_memory_mb: None,
             cold_start: false,
             start_kind: None,
             init_ms: None,
@@ -436,7 +674,16 @@ impl JobResult {
             finished_at: Utc::now(),
             attempts: job.lifecycle.failures.clone(),
             dead_lettered: false,
+            extra: serde_json::Map::new(),
         }
+    }
+
+    /// Puts the auto-tuner's advice on the result, nested and flat.
+    pub fn set_advice(&mut self, advice: Option<AutoTunerAdvice>) {
+        self.optimization_tip = advice.as_ref().and_then(|a| a.tip.clone());
+        self.estimated_savings = advice.as_ref().and_then(|a| a.estimated_savings.clone());
+        self.recommended_memory_mb = advice.as_ref().and_then(|a| a.recommended_memory_mb);
+        self.auto_tuner = advice;
     }
 
     /// This result as one failed run, for the job's history.
@@ -525,7 +772,11 @@ pub struct LogEntry {
     pub stderr: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<ErrorInfo>,
+    /// The worker's time for the run (the result's `durationMs`).
     pub duration_ms: f64,
+    /// The handler's own time, when measured.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub handler_duration_ms: Option<f64>,
     pub peak_memory_bytes: u64,
     pub cold_start: bool,
     pub attempt: u32,
@@ -567,6 +818,7 @@ impl LogEntry {
             stderr,
             error,
             duration_ms: result.duration_ms,
+            handler_duration_ms: result.handler_duration_ms,
             peak_memory_bytes: result.peak_memory_bytes,
             cold_start: result.cold_start,
             attempt: result.attempt,
@@ -618,6 +870,7 @@ mod tests {
             trace_id: None,
             submitted_at: Utc::now(),
             lifecycle: JobLifecycle::default(),
+            original_format: false,
         };
         let v = serde_json::to_value(&job).unwrap();
         for key in [
@@ -635,6 +888,123 @@ mod tests {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["runtime"], "python");
+    }
+
+    #[test]
+    fn failed_is_written_and_error_still_read() {
+        assert_eq!(serde_json::to_value(JobStatus::Error).unwrap(), "FAILED");
+        for s in ["\"FAILED\"", "\"ERROR\""] {
+            assert_eq!(serde_json::from_str::<JobStatus>(s).unwrap(), JobStatus::Error);
+        }
+        // A record stored before the rename.
+        let old = r#"{"requestId":"r","functionId":"f","status":"ERROR","submittedAt":"2026-01-01T00:00:00Z","updatedAt":"2026-01-01T00:00:01Z"}"#;
+        assert_eq!(serde_json::from_str::<JobRecord>(old).unwrap().status, JobStatus::Error);
+    }
+
+    #[test]
+    fn the_original_controllers_task_is_a_job() {
+        // The original controller's task (contract 4.1): no submittedAt, handler, sha256.
+        let task = r#"{"requestId":"6f1c2a52-1111-4aaa-8bbb-000000000001","functionId":"fn-1","runtime":"python",
+            "memoryMb":256,"s3Bucket":"faas-code","s3Key":"functions/fn-1/v1.zip","timeoutMs":300000,
+            "input":{"name":"Ada"},"modelId":"llama3:8b","envVars":{"A":"x","N":3,"B":true,"Z":null,"LD_PRELOAD":"/tmp/x.so","bad-name":"x"}}"#;
+        let before = Utc::now();
+        let job: Job = serde_json::from_str(task).unwrap();
+        assert!(job.original_format);
+        assert!(job.submitted_at >= before);
+        assert_eq!(job.handler, "main.handler");
+        assert_eq!(job.memory_mb, 256);
+        assert_eq!(job.s3_bucket, "faas-code");
+        assert_eq!(job.input["name"], "Ada");
+        assert_eq!(job.env_vars.get("N").map(String::as_str), Some("3"));
+        assert_eq!(job.env_vars.get("B").map(String::as_str), Some("True"));
+        assert!(!job.env_vars.contains_key("Z"));
+        assert_eq!(job.env_vars.len(), 3, "{:?}", job.env_vars);
+        assert_eq!(job.lifecycle.first_attempt(), 1);
+
+        // v2.4: no envVars; the worker's defaults for everything optional.
+        let minimal = r#"{"requestId":"r2","s3Key":"functions/x/v1.zip","runtime":"nodejs","s3Bucket":null}"#;
+        let job: Job = serde_json::from_str(minimal).unwrap();
+        assert_eq!(job.function_id, "unknown");
+        assert_eq!(job.handler, "index.handler");
+        assert_eq!((job.memory_mb, job.timeout_ms), (128, 300_000));
+        assert_eq!(job.input, serde_json::json!({}));
+        assert_eq!(job.s3_bucket, "");
+
+        // Required there, required here.
+        assert!(serde_json::from_str::<Job>(r#"{"s3Key":"k"}"#).is_err());
+        assert!(serde_json::from_str::<Job>(r#"{"requestId":"r"}"#).is_err());
+    }
+
+    #[test]
+    fn our_jobs_round_trip_unchanged() {
+        let job = crate::backend::conformance::sample_job("f");
+        let back: Job = serde_json::from_str(&serde_json::to_string(&job).unwrap()).unwrap();
+        assert_eq!(back, job);
+        assert!(!back.original_format);
+    }
+
+    #[test]
+    fn the_original_workers_result_is_a_result() {
+        // The original worker's result JSON (contract 4.2): no finishedAt,
+        // nulls for what it could not measure, snake_case llm_token_count.
+        let raw = r#"{"requestId":"r1","functionId":"fn-1","workerId":"ip-10-0-1-5","status":"FAILED",
+            "exitCode":-1,"stdout":"","stderr":"Execution timed out after 300000ms","durationMs":300012,
+            "handlerDurationMs":null,"peakMemoryBytes":null,"allocatedMemoryMb":null,"optimizationTip":null,
+            "estimatedSavings":null,"recommendedMemoryMb":null,"cpuUsage":0.0,"networkRx":0,"networkTx":0,
+            "diskRead":0,"diskWrite":0,"outputFiles":[],"llm_token_count":0}"#;
+        let before = Utc::now();
+        let r: JobResult = serde_json::from_str(raw).unwrap();
+        assert_eq!(r.status, JobStatus::Error);
+        assert_eq!(r.worker_id.as_deref(), Some("ip-10-0-1-5"));
+        assert_eq!(r.exit_code, Some(-1));
+        assert_eq!(r.duration_ms, 300012.0);
+        assert_eq!(r.peak_memory_bytes, 0);
+        assert!(r.finished_at >= before);
+        // What this platform does not know is passed on as it came.
+        let again = serde_json::to_value(&r).unwrap();
+        for key in ["cpuUsage", "networkRx", "diskWrite", "outputFiles", "llm_token_count"] {
+            assert!(again.get(key).is_some(), "{key} lost: {again}");
+        }
+        assert_eq!(again["status"], "FAILED");
+
+        let ok = r#"{"requestId":"r2","functionId":"fn-1","workerId":"w","status":"SUCCESS","exitCode":0,
+            "stdout":"{\"hello\": \"Ada\"}\n","stderr":"","durationMs":412,"handlerDurationMs":3.214,
+            "peakMemoryBytes":22020096,"allocatedMemoryMb":128,"optimizationTip":"Reduce to 42MB",
+            "estimatedSavings":"$3.14/month","recommendedMemoryMb":42}"#;
+        let r: JobResult = serde_json::from_str(ok).unwrap();
+        assert_eq!(r.status, JobStatus::Success);
+        assert_eq!(r.handler_duration_ms, Some(3.214));
+        assert_eq!(r.allocated_memory_mb, Some(128));
+        assert_eq!(r.recommended_memory_mb, Some(42));
+        assert!(r.extra.is_empty(), "{:?}", r.extra);
+    }
+
+    #[test]
+    fn our_results_have_the_original_fields() {
+        let job = crate::backend::conformance::sample_job("f");
+        let r = JobResult::platform(&job, JobStatus::Error, "CodeUnavailable", "gone");
+        let v = serde_json::to_value(&r).unwrap();
+        for key in [
+            "requestId",
+            "functionId",
+            "status",
+            "exitCode",
+            "stdout",
+            "stderr",
+            "durationMs",
+            "handlerDurationMs",
+            "peakMemoryBytes",
+            "allocatedMemoryMb",
+            "optimizationTip",
+            "estimatedSavings",
+            "recommendedMemoryMb",
+        ] {
+            assert!(v.get(key).is_some(), "missing {key}: {v}");
+        }
+        assert_eq!(v["status"], "FAILED");
+        assert_eq!(v["stderr"], "CodeUnavailable: gone");
+        let back: JobResult = serde_json::from_value(v).unwrap();
+        assert_eq!(back, r);
     }
 
     #[test]

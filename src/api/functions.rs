@@ -624,7 +624,7 @@ impl InvocationLog {
             timestamp: e.finished_at,
             status: e.status,
             duration: e.duration_ms.max(0.0).round() as u64,
-            handler_duration_ms: None,
+            handler_duration_ms: e.handler_duration_ms,
             memory: (e.peak_memory_bytes as f64 / 1_048_576.0).round() as u64,
             message,
             function_id: e.function_id,

@@ -7,6 +7,7 @@ mod dead_letters;
 pub mod error;
 mod functions;
 pub mod middleware;
+mod recommendation;
 mod run;
 pub mod system;
 
@@ -297,6 +298,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(system::models))
         .routes(routes!(system::system_status))
         .routes(routes!(system::warm_pool))
+        .routes(routes!(recommendation::recommendation))
         .routes(routes!(functions::list_logs))
         .routes(routes!(functions::get_log))
         .routes(routes!(functions::recent_activity))

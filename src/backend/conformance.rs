@@ -15,9 +15,7 @@ use super::{
     ArtifactStore, Error, FunctionRegistry, JobCounter, JobQueue, LogStore, RateLimiter, RecordStore, ResultBus,
     WorkerDirectory,
 };
-use crate::model::{
-    ErrorInfo, FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus,
-};
+use crate::model::{FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus};
 
 fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", uuid::Uuid::new_v4())
@@ -76,34 +74,25 @@ pub fn sample_job(function_id: &str) -> Job {
         trace_id: None,
         submitted_at: Utc::now(),
         lifecycle: Default::default(),
+        original_format: false,
     }
 }
 
 fn sample_result(job: &Job, status: JobStatus, value: serde_json::Value) -> JobResult {
-    JobResult {
-        request_id: job.request_id.clone(),
-        function_id: job.function_id.clone(),
-        status,
-        result: value,
-        error: (status != JobStatus::Success).then(|| ErrorInfo {
-            error_type: "X".into(),
-            message: "m".into(),
-            traceback: None,
-        }),
-        exit_code: Some(0),
-        stdout: "out".into(),
-        stderr: String::new(),
-        duration_ms: 1.5,
-        peak_memory_bytes: 1024,
-        cold_start: true,
-        start_kind: None,
-        init_ms: None,
-        attempt: 1,
-        usage: None,
-        finished_at: Utc::now(),
-        attempts: Vec::new(),
-        dead_lettered: false,
+    let mut r = JobResult::platform(job, status, "X", "m");
+    if status == JobStatus::Success {
+        r.error = None;
     }
+    r.result = value;
+    r.exit_code = Some(0);
+    r.stdout = "out".into();
+    r.stderr = String::new();
+    r.duration_ms = 1.5;
+    r.handler_duration_ms = Some(1.0);
+    r.peak_memory_bytes = 1024;
+    r.cold_start = true;
+    r.attempt = 1;
+    r
 }
 
 pub async fn artifact_store(store: &dyn ArtifactStore) {

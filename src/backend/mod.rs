@@ -87,7 +87,7 @@ pub struct Delivery {
     /// 1 on the first delivery; grows with every redelivery.
     pub attempt: u32,
     /// Set when the message was not a valid job: `job` then holds only the
-    /// identity that could be recovered, and the job must end as ERROR.
+    /// identity that could be recovered, and the job must end as FAILED.
     pub defect: Option<String>,
 }
 

@@ -123,6 +123,7 @@ pub fn new_job(function: &FunctionRecord, bucket: &str, req: RunRequest) -> Job 
             max_concurrency: function.max_concurrency,
             ..JobLifecycle::default()
         },
+        original_format: false,
     }
 }
 

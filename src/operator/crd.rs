@@ -74,7 +74,7 @@ pub struct FunctionSpec {
 #[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, Default, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct RetrySpec {
-    /// Runs after the first one when it ends ERROR, TIMEOUT or CRASHED (default 2).
+    /// Runs after the first one when it ends FAILED, TIMEOUT or CRASHED (default 2).
     /// A job out of retries is kept among the dead letters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 5))]

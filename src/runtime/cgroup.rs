@@ -257,6 +257,19 @@ impl Cgroup {
             .unwrap_or(0)
     }
 
+    /// CPU time used by every process that was ever in the cgroup, in µs
+    /// (cgroup v2 keeps `cpu.stat` in every cgroup, with or without the cpu
+    /// controller). None on v1, where it needs a cpuacct hierarchy.
+    pub fn cpu_usage_usec(&self) -> Option<u64> {
+        if self.version != Version::V2 {
+            return None;
+        }
+        let dir = self.memory.as_ref().or(self.pids.as_ref())?;
+        let text = std::fs::read_to_string(dir.join("cpu.stat")).ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix("usage_usec ").and_then(|n| n.trim().parse().ok()))
+    }
+
     /// How many times a fork was refused for the process limit.
     pub fn pids_refused(&self) -> u64 {
         let Some(dir) = &self.pids else { return 0 };

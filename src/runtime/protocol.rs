@@ -104,6 +104,9 @@ pub struct Outcome {
     pub duration_ms: f64,
     pub peak_memory_bytes: u64,
     pub exit_code: Option<i32>,
+    /// CPU time of the instance's processes during the invocation, where
+    /// it could be measured finely enough to mean something.
+    pub cpu_ms: Option<f64>,
 }
 
 impl Outcome {
@@ -121,6 +124,7 @@ impl Outcome {
             duration_ms: 0.0,
             peak_memory_bytes: 0,
             exit_code: None,
+            cpu_ms: None,
         }
     }
 }

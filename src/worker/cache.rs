@@ -50,6 +50,11 @@ impl ArtifactCache {
         }
     }
 
+    /// The bucket this worker reads code from (jobs name it as `s3Bucket`).
+    pub fn bucket(&self) -> &str {
+        self.store.bucket()
+    }
+
     /// The directory holding the job's code, fetching and extracting it on a miss.
     /// Returns the directory and the code version (sha256).
     pub async fn code_dir(&self, s3_key: &str, sha256: &str) -> Result<(PathBuf, String), CacheError> {

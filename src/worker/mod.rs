@@ -15,11 +15,12 @@ use tracing::Instrument;
 use crate::ai::{AiClient, AiSession};
 use crate::backend::{Delivery, FunctionRegistry, JobQueue, LogStore, WorkerDirectory};
 use crate::function::settings::Handler;
+use crate::function::tuner::{self, CpuSample, PeakWindow};
 use crate::jobs::policy::{self, Next};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::model::{
-    DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus,
+    DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Resources, Runtime, UsageDelta, WorkerStatus,
 };
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
@@ -89,6 +90,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Finished runs and their durations, written to the registry with each heartbeat.
     usage: crate::function::usage::UsageTally,
+    /// Recent peak memory of each function run here, for the auto-tuner.
+    peaks: PeakWindow,
 }
 
 impl Worker {
@@ -121,6 +124,7 @@ impl Worker {
             pool,
             metrics,
             usage: Default::default(),
+            peaks: PeakWindow::default(),
         }
     }
 
@@ -378,9 +382,13 @@ impl Worker {
                         }
                     },
                 };
-                let running = JobRecord::pending(job).with_status(JobStatus::Running);
-                if let Err(e) = self.jobs.set_state(&running).await {
-                    tracing::warn!(error = %e, "could not record RUNNING state");
+                // The original controller returns whatever `job:{id}` holds
+                // as the final answer: its jobs get only their result there.
+                if !job.original_format {
+                    let running = JobRecord::pending(job).with_status(JobStatus::Running);
+                    if let Err(e) = self.jobs.set_state(&running).await {
+                        tracing::warn!(error = %e, "could not record RUNNING state");
+                    }
                 }
                 let extender = self.keep_invisible(&delivery, slot);
                 let mut result = self.execute(&delivery, attempt).await;
@@ -404,7 +412,8 @@ impl Worker {
             if self.finish(&delivery, &result).await {
                 self.ack(&delivery).await;
                 self.usage
-                    .add(&result.function_id, &UsageDelta::finished(result.duration_ms, None));
+                    .add(&result.function_id, &UsageDelta::finished(result.duration_ms, result.handler_duration_ms),
+                );
                 if let Some(key) = &job.lifecycle.input_ref {
                     if let Err(e) = self.jobs.ledger().remove_payload(key).await {
                         tracing::debug!(error = %e, "could not remove the stored input");
@@ -517,8 +526,58 @@ impl Worker {
         self.ack(delivery).await;
     }
 
+    /// Runs the job and completes its result with what the worker knows:
+    /// its whole time (`durationMs`, as the original worker measures it),
+    /// the allocation, resources and the auto-tuner's advice.
     async fn execute(&self, delivery: &Delivery, attempt: u32) -> JobResult {
+        let started = std::time::Instant::now();
+        let mut result = self.run_job(delivery, attempt).await;
+        result.duration_ms = started.elapsed().as_secs_f64() * 1000.0;
+        self.complete(&delivery.job, &mut result);
+        result
+    }
+
+    /// The result's extras beyond the run itself.
+    fn complete(&self, job: &crate::model::Job, result: &mut JobResult) {
+        result.worker_id = Some(self.id.clone());
+        result.allocated_memory_mb = (job.memory_mb > 0).then_some(job.memory_mb);
+        if result.start_kind.is_none() {
+            // Not run (no code, no instance...): nothing measured to judge.
+            return;
+        }
+        let peaks = self.peaks.record(&job.function_id, result.peak_memory_bytes);
+        let cpu = result
+            .resources
+            .as_ref()
+            .and_then(|r| r.cpu_usage_percent)
+            .zip(result.handler_duration_ms)
+            .map(|(usage_percent, duration_ms)| CpuSample {
+                usage_percent,
+                duration_ms,
+            });
+        let advice = tuner::analyze(job.memory_mb, &peaks, cpu);
+        result.set_advice((advice.based_on_runs > 0).then_some(advice));
+    }
+
+    async fn run_job(&self, delivery: &Delivery, attempt: u32) -> JobResult {
         let job = &delivery.job;
+        // The worker reads code from its own bucket only; a task naming
+        // another one (a fleet configured apart) fails plainly rather than
+        // running whatever sits under that key here.
+        if !job.s3_bucket.is_empty() && job.s3_bucket != self.cache.bucket() {
+            let mut r = JobResult::platform(
+                job,
+                JobStatus::Error,
+                "CodeUnavailable",
+                format!(
+                    "the job's code is in bucket {:?}; this worker reads {:?}",
+                    job.s3_bucket,
+                    self.cache.bucket()
+                ),
+            );
+            r.attempt = attempt;
+            return r;
+        }
         let input = match &job.lifecycle.input_ref {
             Some(key) => match self.jobs.ledger().payload(key).await {
                 Ok(v) => v,
@@ -573,41 +632,78 @@ impl Worker {
         );
         let inv = self.pool.invoke(&spec, &job.warm_pool, &req, &mut ai).await;
         let o = inv.outcome;
-        JobResult {
-            request_id: job.request_id.clone(),
-            function_id: job.function_id.clone(),
-            status: o.status,
-            result: o.value,
-            error: o.error,
-            exit_code: o.exit_code,
-            stdout: o.stdout,
-            stderr: o.stderr,
-            duration_ms: o.duration_ms,
-            peak_memory_bytes: o.peak_memory_bytes,
-            cold_start: inv.cold_start,
-            start_kind: Some(inv.start_kind),
-            init_ms: inv.init_ms,
-            attempt,
-            usage: ai.usage(),
-            finished_at: Utc::now(),
-            attempts: job.lifecycle.failures.clone(),
-            dead_lettered: false,
+        let mut stdout = o.stdout;
+        if o.status == JobStatus::Success {
+            print_value(&mut stdout, &o.value);
         }
+        let handler_ms = (o.duration_ms > 0.0).then_some(o.duration_ms);
+        let cpu_usage_percent = o
+            .cpu_ms
+            .zip(handler_ms)
+            .map(|(cpu, wall)| (cpu / wall * 1000.0).round() / 10.0);
+        let resources = (o.peak_memory_bytes > 0 || cpu_usage_percent.is_some()).then(|| Resources {
+            memory_used_mb: (o.peak_memory_bytes as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0,
+            cpu_usage_percent,
+            // Networked functions share the host's network namespace, so
+            // no per-instance byte counts exist: left out, not guessed.
+            network_rx_bytes: None,
+            network_tx_bytes: None,
+        });
+        let mut result = JobResult::platform(job, o.status, "", "");
+        result.result = o.value;
+        result.error = o.error;
+        // The original's clients read `exitCode` (0 is success) and look for
+        // a handler's exception in `stderr`.
+        result.exit_code = Some(o.exit_code.unwrap_or(match o.status {
+            JobStatus::Success => 0,
+            JobStatus::Timeout => -1,
+            _ => 1,
+        }));
+        let mut stderr = o.stderr;
+        if let (true, Some(e)) = (o.status == JobStatus::Error, &result.error) {
+            if !stderr.is_empty() && !stderr.ends_with('\n') {
+                stderr.push('\n');
+            }
+            match &e.traceback {
+                Some(tb) => stderr.push_str(tb),
+                None => stderr.push_str(&format!("{}: {}\n", e.error_type, e.message)),
+            }
+        }
+        result.stdout = stdout;
+        result.stderr = stderr;
+        result.handler_duration_ms = handler_ms;
+        result.peak_memory_bytes = o.peak_memory_bytes;
+        result.resources = resources;
+        result.cold_start = inv.cold_start;
+        result.start_kind = Some(inv.start_kind);
+        result.init_ms = inv.init_ms;
+        result.attempt = attempt;
+        result.usage = ai.usage();
+        result
     }
 
     /// Ends the job: published to callers and kept durably, retrying
     /// briefly. False if it could not be kept: the job is then left
     /// unacknowledged and will be delivered again.
     async fn finish(&self, delivery: &Delivery, result: &JobResult) -> bool {
+        let stamped;
+        let result = if result.worker_id.is_none() {
+            stamped = JobResult {
+                worker_id: Some(self.id.clone()),
+                ..result.clone()
+            };
+            &stamped
+        } else {
+            result
+        };
         for attempt in 0..3u32 {
             match self.jobs.finish(delivery.job.submitted_at, result).await {
                 Ok(stored) => {
-                    // The handler's own time is what durationMs measures today.
                     self.metrics.observe_result(
                         &delivery.job.function_id,
                         stored.status.as_str(),
                         result.duration_ms,
-                        Some(result.duration_ms),
+                        result.handler_duration_ms,
                     );
                     tracing::info!(
                         status = stored.status.as_str(),
@@ -657,8 +753,62 @@ fn instance_spec(
     })
 }
 
+/// Most of a return value printed into `stdout` (as much as the bootstrap
+/// keeps of a stream).
+const PRINTED_VALUE_BYTES: usize = 256 * 1024;
+
+/// Appends the return value to the printed output, on a line of its own,
+/// as the original's runner prints it (strings as they are, other values as
+/// one line of JSON; no line for no value): its clients show `stdout`.
+/// A value larger than `PRINTED_VALUE_BYTES` is cut there (it is whole in
+/// `result`), so a large return value is not carried twice in full.
+fn print_value(stdout: &mut String, value: &serde_json::Value) {
+    let mut line = match value {
+        serde_json::Value::Null => return,
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if line.len() > PRINTED_VALUE_BYTES {
+        let mut cut = PRINTED_VALUE_BYTES;
+        while !line.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        let dropped = line.len() - cut;
+        line.truncate(cut);
+        line.push_str(&format!("\n[truncated {dropped} bytes; the whole value is in result]"));
+    }
+    if !stdout.is_empty() && !stdout.ends_with('\n') {
+        stdout.push('\n');
+    }
+    stdout.push_str(&line);
+    stdout.push('\n');
+}
+
 pub fn hostname() -> String {
     std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
         .unwrap_or_else(|_| "unknown".to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn the_return_value_is_printed_after_the_output() {
+        let mut out = "hi".to_string();
+        print_value(&mut out, &json!({"a": 1}));
+        assert_eq!(out, "hi\n{\"a\":1}\n");
+        let mut out = String::new();
+        print_value(&mut out, &json!("plain text"));
+        assert_eq!(out, "plain text\n");
+        let mut out = "kept\n".to_string();
+        print_value(&mut out, &serde_json::Value::Null);
+        assert_eq!(out, "kept\n");
+        let mut out = String::new();
+        print_value(&mut out, &json!("é".repeat(PRINTED_VALUE_BYTES)));
+        assert!(out.len() < PRINTED_VALUE_BYTES + 100, "{}", out.len());
+        assert!(out.contains("the whole value is in result"));
+    }
 }

@@ -251,7 +251,7 @@ async fn with_the_node_down_the_handler_gets_a_clear_error_not_a_hang() {
     assert_eq!(r.status(), 200);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(t0.elapsed() < Duration::from_secs(5), "took {:?}", t0.elapsed());
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "AIError");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("unreachable"),
@@ -312,7 +312,7 @@ async fn an_unknown_model_named_in_the_sdk_fails_inside_the_function() {
         )
         .await;
     let body = app.run_ok(&id, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert!(
         body["error"]["message"]
             .as_str()

@@ -555,6 +555,7 @@ async fn openapi_document_matches_the_served_routes() {
             "/functions/{id}",
             "/functions/{id}/logs",
             "/functions/{id}/logs/{requestId}",
+            "/functions/{id}/recommendation",
             "/health",
             "/logs",
             "/metrics",
@@ -721,7 +722,7 @@ async fn infra_up_keeps_invocation_logs() {
         let r = app.get(&format!("/functions/{id}/logs/{job}")).send().await.unwrap();
         if r.status() == 200 {
             let entry: Value = r.json().await.unwrap();
-            assert_eq!(entry["status"], "ERROR");
+            assert_eq!(entry["status"], "FAILED");
             assert_eq!(entry["stdout"], "hi 5\n");
             assert_eq!(entry["error"]["type"], "RuntimeError");
             break;

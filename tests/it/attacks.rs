@@ -402,7 +402,7 @@ async fn contained_as(app: &TestApp, expect_root: bool) {
     // Stopped by the process limit (then the timeout) or, 128 interpreters
     // later, by the memory limit: either way a clear end.
     assert!(
-        matches!(body["status"].as_str(), Some("TIMEOUT" | "ERROR" | "OOM")),
+        matches!(body["status"].as_str(), Some("TIMEOUT" | "FAILED" | "OOM")),
         "{body}"
     );
 
@@ -413,7 +413,7 @@ async fn contained_as(app: &TestApp, expect_root: bool) {
         )
         .await;
     let body = app.run_ok(&filler, json!({})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     let message = body["error"]["message"].as_str().unwrap_or_default();
     assert!(message.contains("No space left on device"), "{body}");
     // Nothing landed on the host's disk.
@@ -659,6 +659,6 @@ async fn the_protocol_socket_cannot_hold_the_worker_or_forge_results() {
         .upload_py("def handler(e, c):\n    return 'x' * (7 * 1024 * 1024)\n", &[])
         .await;
     let body = app.run_ok(&big, json!({})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "ResultTooLarge", "{body}");
 }

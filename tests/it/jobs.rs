@@ -36,7 +36,7 @@ async fn failing_async_runs_are_retried_until_they_succeed() {
     assert_eq!(attempts.len(), 2, "{body}");
     for (i, a) in attempts.iter().enumerate() {
         assert_eq!(a["attempt"], i as u64 + 1);
-        assert_eq!(a["status"], "ERROR");
+        assert_eq!(a["status"], "FAILED");
         assert!(
             a["error"]["message"]
                 .as_str()
@@ -59,7 +59,7 @@ async fn failing_async_runs_are_retried_until_they_succeed() {
     // A sync run is never retried: its caller gets the failure.
     let (status, body) = app.run(&id, json!({"id": "b"})).await;
     assert_eq!(status, 200);
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["attempt"], 1);
     app.stop().await;
 }
@@ -75,7 +75,7 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
         .await;
     let job = app.run_async(&id, json!({"x": "input"})).await;
     let (_, body) = app.wait_job(&job, Duration::from_secs(60)).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["attempt"], 2);
     assert_eq!(body["deadLettered"], true, "{body}");
     assert_eq!(body["attempts"].as_array().unwrap().len(), 1);
@@ -137,7 +137,7 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
     let list: Value = app.get("/dead-letters").send().await.unwrap().json().await.unwrap();
     assert_eq!(list["count"], 0, "redriven letters leave: {list}");
     // The original job keeps its outcome.
-    assert_eq!(app.status(&job).await.1["status"], "ERROR");
+    assert_eq!(app.status(&job).await.1["status"], "FAILED");
     app.stop().await;
 }
 

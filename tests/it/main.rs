@@ -7,6 +7,7 @@ mod attacks;
 mod binary;
 mod compat;
 mod compat_edge;
+mod compat_wire;
 mod conformance;
 mod examples;
 mod folder;

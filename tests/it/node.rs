@@ -25,7 +25,11 @@ async fn sync_handler_runs_and_its_instance_is_reused() {
     let body = app.run_ok(&id, json!({"a": 2, "b": 3})).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], json!({"sum": 5, "fn": id, "left": true}));
-    assert_eq!(body["stdout"], "adding 2 3\n");
+    // What it printed, then its return value printed (as the original's clients read it).
+    let stdout = body["stdout"].as_str().unwrap();
+    assert!(stdout.starts_with("adding 2 3\n"), "{stdout}");
+    let printed: serde_json::Value = serde_json::from_str(stdout.trim_end().lines().last().unwrap()).unwrap();
+    assert_eq!(printed, body["result"]);
     assert_eq!(body["stderr"], "to stderr\n");
     assert_eq!(body["coldStart"], true);
     assert!(body["peakMemoryBytes"].as_u64().unwrap() > 1_000_000, "{body}");
@@ -86,7 +90,7 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
         )
         .await;
     let body = app.run_ok(&id, json!({"x": -1})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "TypeError");
     assert_eq!(body["error"]["message"], "negative: -1");
     let stack = body["error"]["traceback"].as_str().unwrap();
@@ -94,7 +98,7 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
     let body = app.run_ok(&id, json!({"reject": true})).await;
     assert_eq!(body["error"]["type"], "RangeError", "{body}");
     let body = app.run_ok(&id, json!({"string": true})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert!(
         body["error"]["message"].as_str().unwrap().contains("a plain string"),
         "{body}"
@@ -113,14 +117,14 @@ async fn thrown_errors_and_rejections_are_errors_with_stacks() {
         )
         .await;
     let body = app.run_ok(&escaped, json!({})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["message"], "from a timer");
     let body = app.run_ok(&escaped, json!({})).await;
     assert_eq!(body["coldStart"], true, "not reused after an escaped error: {body}");
 
     let broken = app.upload_file("index.js", "exports.handler = (", &[]).await;
     let body = app.run_ok(&broken, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert_eq!(body["error"]["type"], "SyntaxError", "{body}");
 }
 

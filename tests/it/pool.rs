@@ -134,6 +134,6 @@ async fn the_pool_never_exceeds_its_memory_capacity() {
         .upload_py("def handler(e, c):\n    return 1\n", &[("memoryMb", "2048")])
         .await;
     let body = app.run_ok(&big, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert_eq!(body["error"]["type"], "CapacityExceeded", "{body}");
 }

@@ -433,7 +433,7 @@ async fn production_retries_dead_letters_idempotency_and_large_payloads() {
     let (_, body) = run_at(&client, &api.base, &failing, json!({"k": 1}), true).await;
     let job = body["jobId"].as_str().unwrap().to_string();
     let body = wait_durable(&client, &api.base, &job, Duration::from_secs(60)).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert_eq!(body["attempt"], 2, "{body}");
     assert_eq!(body["deadLettered"], true);
     let list = get_json(&client, format!("{}/dead-letters?functionId={failing}", api2.base)).await;
@@ -670,7 +670,7 @@ async fn malformed_queue_messages_end_as_error_and_never_loop() {
         assert!(Instant::now() < deadline, "the malformed job never ended");
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "MalformedJob");
     // Both messages were deleted, not left to come back.
     tokio::time::sleep(Duration::from_secs(3)).await;
@@ -728,7 +728,7 @@ async fn invocation_logs_are_kept_in_the_logs_table() {
     };
     assert_eq!(list[0]["requestId"], jobs[2].as_str(), "newest first");
     let one: Value = get_json(&client, format!("{}/functions/{id}/logs/{}", api.base, jobs[0])).await;
-    assert_eq!(one["stdout"], "line 0\n");
+    assert_eq!(one["stdout"], "line 0\n0\n", "its prints, then its return value");
     assert_eq!(one["status"], "SUCCESS");
     let missing = client
         .get(format!("{}/functions/{id}/logs/nope", api.base))

@@ -14,7 +14,7 @@ async fn handler_exception_gives_error_with_traceback() {
         .upload_py("def helper(x):\n    raise ValueError('bad input: %s' % x)\n\ndef handler(event, context):\n    print('before the error')\n    return helper(event['x'])\n", &[])
         .await;
     let body = app.run_ok(&id, json!({"x": 7})).await;
-    assert_eq!(body["status"], "ERROR", "{body}");
+    assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "ValueError");
     assert_eq!(body["error"]["message"], "bad input: 7");
     let tb = body["error"]["traceback"].as_str().unwrap();
@@ -33,11 +33,11 @@ async fn import_errors_are_reported() {
     let app = TestApp::start().await;
     let id = app.upload_py("def handler(event, context)\n    return 1\n", &[]).await;
     let body = app.run_ok(&id, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert_eq!(body["error"]["type"], "SyntaxError", "{body}");
     let missing = app.upload_py("def other(event, context):\n    return 1\n", &[]).await;
     let body = app.run_ok(&missing, json!({})).await;
-    assert_eq!(body["status"], "ERROR");
+    assert_eq!(body["status"], "FAILED");
     assert!(body["error"]["message"].as_str().unwrap().contains("handler"), "{body}");
 }
 
@@ -274,7 +274,7 @@ async fn output_is_captured_bounded_and_results_must_be_json() {
         stdout.len()
     );
     let weird = app.run_ok(&id, json!({"weird": true})).await;
-    assert_eq!(weird["status"], "ERROR");
+    assert_eq!(weird["status"], "FAILED");
     assert_eq!(weird["error"]["type"], "ResultNotSerializable");
     let plain = app.run_ok(&id, json!({})).await;
     assert_eq!(plain["status"], "SUCCESS");
@@ -414,7 +414,7 @@ async fn instances_run_unprivileged_and_a_fork_bomb_is_contained() {
         )
         .await;
     let body = app.run_ok(&bomb, json!({})).await;
-    assert!(matches!(body["status"].as_str(), Some("ERROR" | "TIMEOUT")), "{body}");
+    assert!(matches!(body["status"].as_str(), Some("FAILED" | "TIMEOUT")), "{body}");
     // The platform survives and serves on.
     assert_eq!(app.run_ok(&who, json!({})).await["status"], "SUCCESS");
     // Nothing of the bomb is left: no instance uid holds more than a few processes.

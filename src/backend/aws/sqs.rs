@@ -173,7 +173,7 @@ async fn send_batch(client: &Client, url: &str, batch: Vec<SendReq>) {
 }
 
 /// A message that is not a job: keep what identifies it, so the worker can
-/// end it as ERROR (if it names a job) and delete it instead of looping.
+/// end it as FAILED (if it names a job) and delete it instead of looping.
 fn defective(body: &str, reason: String) -> (Job, String) {
     let v: serde_json::Value = serde_json::from_str(body).unwrap_or(serde_json::Value::Null);
     let text = |k: &str| v.get(k).and_then(|x| x.as_str()).map(str::to_string);
@@ -195,6 +195,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         trace_id: None,
         submitted_at: chrono::Utc::now(),
         lifecycle: Default::default(),
+        original_format: v.get("submittedAt").is_none(),
     };
     (job, reason)
 }

@@ -39,7 +39,10 @@ return false
 "#;
 
 /// Job records as `job:{id}` (with a TTL) and results published on
-/// `result:{id}` — the original worker's channel. One shared subscriber
+/// `result:{id}` — the original worker's key and channel, and for a finished
+/// job the original's value too (the result JSON), so an original
+/// controller reads what this worker finishes and this controller what an
+/// original worker finishes (docs/compat-wire.md). One shared subscriber
 /// connection (pattern `result:*`) fans results out to waiting requests.
 pub struct RedisResultBus {
     conn: ConnectionManager,
@@ -102,8 +105,38 @@ impl RedisResultBus {
     }
 }
 
+/// What `job:{id}` holds: a record of a job in progress (`PENDING`,
+/// `RUNNING`, with `updatedAt`), or a terminal job's result itself, as the
+/// original worker keeps it and the original controller's `/status` returns
+/// it: ours with `submittedAt` beside, an original worker's without.
 fn decode(raw: &str) -> Result<JobRecord> {
-    serde_json::from_str(raw).map_err(|e| Error::Invalid(format!("unreadable job record: {e}")))
+    let unreadable = |e: serde_json::Error| Error::Invalid(format!("unreadable job record: {e}"));
+    let value: serde_json::Value = serde_json::from_str(raw).map_err(unreadable)?;
+    if value.get("updatedAt").is_some() {
+        return serde_json::from_value(value).map_err(unreadable);
+    }
+    let submitted_at = value
+        .get("submittedAt")
+        .and_then(|t| serde_json::from_value::<DateTime<Utc>>(t.clone()).ok());
+    let mut result: JobResult = serde_json::from_value(value).map_err(unreadable)?;
+    result.extra.remove("submittedAt");
+    Ok(JobRecord::finished(submitted_at.unwrap_or(result.finished_at), result))
+}
+
+/// The value kept at `job:{id}` for a terminal record (see `decode`).
+fn terminal_value(record: &JobRecord) -> Result<String> {
+    let invalid = |e: serde_json::Error| Error::Invalid(e.to_string());
+    let Some(result) = &record.result else {
+        return serde_json::to_string(record).map_err(invalid);
+    };
+    let mut value = serde_json::to_value(result).map_err(invalid)?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "submittedAt".into(),
+            serde_json::to_value(record.submitted_at).map_err(invalid)?,
+        );
+    }
+    serde_json::to_string(&value).map_err(invalid)
 }
 
 /// The shared subscriber: (re)connects, subscribes to `result:*`, and after
@@ -213,7 +246,7 @@ impl ResultBus for RedisResultBus {
             )));
         }
         let record = JobRecord::finished(submitted_at, result.clone());
-        let record_json = serde_json::to_string(&record).map_err(|e| Error::Invalid(e.to_string()))?;
+        let record_json = terminal_value(&record)?;
         let result_json = serde_json::to_string(result).map_err(|e| Error::Invalid(e.to_string()))?;
         let mut conn = self.conn.clone();
         let mut call = self.publish.key(self.job_key(&result.request_id));
@@ -255,5 +288,33 @@ impl ResultBus for RedisResultBus {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn job_keys_hold_records_in_progress_or_bare_results() {
+        let job = crate::backend::conformance::sample_job("f");
+        let running = JobRecord::pending(&job).with_status(crate::model::JobStatus::Running);
+        let raw = serde_json::to_string(&running).unwrap();
+        assert_eq!(decode(&raw).unwrap(), running);
+
+        let mut result = JobResult::platform(&job, crate::model::JobStatus::Error, "E", "m");
+        result.stdout = "out".into();
+        let finished = JobRecord::finished(job.submitted_at, result.clone());
+        let raw = terminal_value(&finished).unwrap();
+        let stored: serde_json::Value = serde_json::from_str(&raw).unwrap();
+        // The original's shape: the result's fields at the top.
+        assert_eq!(stored["status"], "FAILED");
+        assert_eq!(stored["stdout"], "out");
+        assert_eq!(stored["requestId"], job.request_id.as_str());
+        assert!(stored.get("updatedAt").is_none());
+        let back = decode(&raw).unwrap();
+        assert_eq!(back.submitted_at, job.submitted_at);
+        assert_eq!(back.result.as_ref().unwrap(), &result);
+        assert_eq!(back, finished);
     }
 }
