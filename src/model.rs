@@ -29,10 +29,19 @@ pub enum Runtime {
 impl Runtime {
     pub const ALL: &'static [Runtime] = &[Runtime::Python, Runtime::Nodejs];
 
+    /// Also takes versioned names as the original dashboard and Lambda write
+    /// them (`python3.11`, `nodejs20.x`): the version is the worker's.
     pub fn parse(s: &str) -> Option<Runtime> {
-        match s.trim().to_ascii_lowercase().as_str() {
+        let s = s.trim().to_ascii_lowercase();
+        let versioned = |prefix: &str| {
+            s.strip_prefix(prefix)
+                .is_some_and(|v| !v.is_empty() && v.chars().all(|c| c.is_ascii_digit() || c == '.' || c == 'x'))
+        };
+        match s.as_str() {
             "python" | "python3" => Some(Runtime::Python),
             "nodejs" | "node" => Some(Runtime::Nodejs),
+            _ if versioned("python3.") => Some(Runtime::Python),
+            _ if versioned("nodejs") => Some(Runtime::Nodejs),
             _ => None,
         }
     }
@@ -849,6 +858,22 @@ pub struct WorkerStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn runtimes_are_read_with_or_without_a_version() {
+        for (name, want) in [
+            ("python", Some(Runtime::Python)),
+            ("python3.11", Some(Runtime::Python)),
+            ("nodejs20.x", Some(Runtime::Nodejs)),
+            ("Node", Some(Runtime::Nodejs)),
+            ("python2.7", None),
+            ("nodejs", Some(Runtime::Nodejs)),
+            ("nodejs-evil", None),
+            ("ruby", None),
+        ] {
+            assert_eq!(Runtime::parse(name), want, "{name}");
+        }
+    }
 
     #[test]
     fn job_wire_format_matches_the_original_names() {

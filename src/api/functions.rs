@@ -410,13 +410,18 @@ pub async fn upload(
     form: Result<Multipart, MultipartRejection>,
 ) -> Result<Json<UploadResponse>, ApiError> {
     let (query, mut ignored) = from_query(query?.0);
-    let from_headers = from_headers(&headers)?;
+    // The body is read before anything else can refuse the request, so the
+    // client reads the answer rather than a connection closed mid-upload.
     let (form_draft, code, unknown_fields) = read_form(form?).await?;
     ignored.extend(unknown_fields);
+    let from_headers = from_headers(&headers)?;
     let code = code.ok_or_else(|| {
         ApiError::bad_request("No file provided: missing multipart field 'file' (a .py file or a .zip)")
     })?;
-    let draft = form_draft.or(query).or(from_headers);
+    // The original controller's headers are its only source of settings and
+    // win here: its dashboard also sends form fields it never meant to be
+    // read (`runtime=python3.11`). An empty field on an upload is no value.
+    let draft = from_headers.or(form_draft.without_empty()).or(query.without_empty());
     let (code, _turn) = code.load(&draft).await?;
     let record = state.functions.create(&draft, code, None).await?;
     tracing::info!(

@@ -90,13 +90,30 @@ pub async fn observe(State(state): State<Arc<ApiState>>, req: Request, next: Nex
     state
         .metrics
         .http_duration
-        .with_label_values(&[method.as_str(), route.as_str(), &status.to_string()])
+        .with_label_values(&[method_label(&method), route.as_str(), &status.to_string()])
         .observe(elapsed.as_secs_f64());
     span.in_scope(|| tracing::debug!(status, latency_ms = elapsed.as_secs_f64() * 1000.0, "request served"));
     if let Ok(v) = HeaderValue::from_str(&id) {
         resp.headers_mut().insert("x-request-id", v);
     }
     resp
+}
+
+/// The method as a metric label: the standard ones by name, anything else
+/// (any token is a valid method) as `other`, so nobody can grow the
+/// metrics without bound by inventing methods.
+fn method_label(method: &axum::http::Method) -> &'static str {
+    use axum::http::Method;
+    match *method {
+        Method::GET => "GET",
+        Method::HEAD => "HEAD",
+        Method::POST => "POST",
+        Method::PUT => "PUT",
+        Method::DELETE => "DELETE",
+        Method::PATCH => "PATCH",
+        Method::OPTIONS => "OPTIONS",
+        _ => "other",
+    }
 }
 
 /// Most of a plain-text error body kept as the JSON error's message.
@@ -136,19 +153,22 @@ async fn as_json_error(resp: Response) -> Response {
     out
 }
 
-/// The client address used for rate limiting: the peer, or the first
-/// `X-Forwarded-For` hop when the API sits behind a trusted proxy.
+/// The client address used for rate limiting: the peer, or, behind a
+/// trusted proxy, the address that proxy appended to `X-Forwarded-For` (the
+/// last hop: the ones before it are whatever the client sent). Only a valid
+/// IP address is taken; anything else falls back to the peer.
 fn client_ip(req: &Request, trust_forwarded_for: bool) -> String {
     if trust_forwarded_for {
-        if let Some(first) = req
+        if let Some(ip) = req
             .headers()
-            .get("x-forwarded-for")
+            .get_all("x-forwarded-for")
+            .iter()
+            .next_back()
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.split(',').next())
-            .map(str::trim)
-            .filter(|s| !s.is_empty())
+            .and_then(|v| v.rsplit(',').next())
+            .and_then(|hop| hop.trim().parse::<std::net::IpAddr>().ok())
         {
-            return first.to_string();
+            return ip.to_string();
         }
     }
     req.extensions()
@@ -421,6 +441,34 @@ mod tests {
         h.insert("x-request-id", HeaderValue::from_static("bad id with spaces"));
         assert_ne!(request_id(&h), "bad id with spaces");
         assert_eq!(request_id(&HeaderMap::new()).len(), 36);
+    }
+
+    #[test]
+    fn forwarded_for_takes_the_hop_the_proxy_appended() {
+        let req = |xff: &[&str]| {
+            let mut b = Request::builder().uri("/run");
+            for v in xff {
+                b = b.header("x-forwarded-for", *v);
+            }
+            let mut r = b.body(axum::body::Body::empty()).unwrap();
+            r.extensions_mut()
+                .insert(ConnectInfo(SocketAddr::from(([10, 0, 0, 9], 4000))));
+            r
+        };
+        // The client wrote the first hops; the trusted proxy appended the last.
+        assert_eq!(client_ip(&req(&["1.2.3.4, 203.0.113.7"]), true), "203.0.113.7");
+        assert_eq!(client_ip(&req(&["1.2.3.4", "203.0.113.8"]), true), "203.0.113.8");
+        assert_eq!(client_ip(&req(&["garbage<script>"]), true), "10.0.0.9");
+        assert_eq!(client_ip(&req(&["1.2.3.4, 203.0.113.7"]), false), "10.0.0.9");
+        assert_eq!(client_ip(&req(&[" 2001:db8::1 "]), true), "2001:db8::1");
+    }
+
+    #[test]
+    fn invented_methods_share_one_metric_label() {
+        let m = |s: &str| axum::http::Method::from_bytes(s.as_bytes()).unwrap();
+        assert_eq!(method_label(&m("GET")), "GET");
+        assert_eq!(method_label(&m("MADEUP")), "other");
+        assert_eq!(method_label(&m(&"Q".repeat(4000))), "other");
     }
 
     #[test]

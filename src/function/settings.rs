@@ -268,6 +268,17 @@ impl SettingsDraft {
         self
     }
 
+    /// The same draft with blank values taken as not given.
+    pub fn without_empty(mut self) -> SettingsDraft {
+        for f in SETTING_FIELDS {
+            let slot = f.slot(&mut self);
+            if slot.as_deref().is_some_and(|v| v.trim().is_empty()) {
+                *slot = None;
+            }
+        }
+        self
+    }
+
     pub fn is_empty(&self) -> bool {
         let mut probe = self.clone();
         SETTING_FIELDS.iter().all(|f| f.slot(&mut probe).is_none())

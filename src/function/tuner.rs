@@ -2,7 +2,7 @@
 //! for a function from how much memory it really used. Pure logic, no I/O.
 //!
 //! The original's rules (contract section 6): below 30 % of the allocation
-//! is waste (recommend twice the peak, at least 32 MB), above 85 % is a risk
+//! is waste (recommend twice the peak, at least 128 MB, the smallest allocation), above 85 % is a risk
 //! (recommend 1.2 times the peak), in between there is no recommendation; a
 //! saving is priced at $0.00005 per MB-hour over 730 hours a month. Unlike
 //! the original, which judged one run, the peak judged here is the highest
@@ -22,8 +22,12 @@ pub const RISK_RATIO: f64 = 0.85;
 pub const WASTE_FACTOR: f64 = 2.0;
 /// Headroom over the peak when recommending more memory.
 pub const RISK_FACTOR: f64 = 1.2;
-/// Never recommend less than this.
-pub const MIN_MEMORY_MB: u32 = 32;
+/// Never recommend less than this: the smallest allocation a function may
+/// have here, so a recommendation can always be applied (the original's
+/// floor was 32 MB, below its own 128 MB minimum).
+pub const MIN_MEMORY_MB: u32 = crate::function::settings::MEMORY_MB_MIN;
+/// Nor more than the largest allocation.
+const MAX_MEMORY_MB: u32 = crate::function::settings::MEMORY_MB_MAX;
 /// The original's price of one MB for one hour (its `COST_PER_MB_HOUR`).
 pub const COST_PER_MB_HOUR: f64 = 0.00005;
 const HOURS_PER_MONTH: f64 = 730.0;
@@ -75,7 +79,7 @@ pub fn analyze(allocated_mb: u32, peaks_bytes: &[u64], cpu: Option<CpuSample>) -
         });
         (Some(rec), tip)
     } else if ratio > RISK_RATIO {
-        let rec = (peak_mb * RISK_FACTOR) as u32;
+        let rec = ((peak_mb * RISK_FACTOR) as u32).clamp(MIN_MEMORY_MB, MAX_MEMORY_MB);
         let tip = format!(
             "Memory risk: peak usage over {over} ({} MB) is dangerously high ({}% of {allocated} MB). Increase to {rec} MB.",
             peak_mb as u32,
@@ -163,28 +167,30 @@ mod tests {
 
     #[test]
     fn waste_recommends_twice_the_peak_with_savings() {
-        let a = analyze(256, &[20 * M], None);
-        assert_eq!(a.recommended_memory_mb, Some(40));
-        // (256 - 40) * 0.00005 * 730 = 7.884
-        assert_eq!(a.estimated_savings.as_deref(), Some("$7.88/month"));
+        let a = analyze(1024, &[100 * M], None);
+        assert_eq!(a.recommended_memory_mb, Some(200));
+        // (1024 - 200) * 0.00005 * 730 = 30.076
+        assert_eq!(a.estimated_savings.as_deref(), Some("$30.08/month"));
         let tip = a.tip.unwrap();
         assert!(tip.starts_with("Resource waste"), "{tip}");
-        assert!(tip.contains("Reduce to 40 MB to save 84%"), "{tip}");
+        assert!(tip.contains("Reduce to 200 MB to save 80%"), "{tip}");
         assert_eq!(a.based_on_runs, 1);
     }
 
     #[test]
-    fn waste_never_goes_below_32_mb() {
-        let a = analyze(128, &[5 * M], None);
-        assert_eq!(a.recommended_memory_mb, Some(32));
-        assert_eq!(a.estimated_savings.as_deref(), Some("$3.50/month"));
+    fn waste_never_goes_below_what_can_be_allocated() {
+        let a = analyze(256, &[20 * M], None);
+        assert_eq!(a.recommended_memory_mb, Some(MIN_MEMORY_MB));
+        // (256 - 128) * 0.00005 * 730 = 4.672
+        assert_eq!(a.estimated_savings.as_deref(), Some("$4.67/month"));
+        assert!(a.tip.unwrap().contains("Reduce to 128 MB"));
     }
 
     #[test]
     fn a_waste_recommendation_not_below_the_allocation_has_no_tip_or_saving() {
-        // 9 MB of 32 MB is 28 %: waste, but 32 MB is already the floor.
-        let a = analyze(32, &[9 * M], None);
-        assert_eq!(a.recommended_memory_mb, Some(32));
+        // 5 MB of 128 MB is 4 %: waste, but 128 MB is already the floor.
+        let a = analyze(128, &[5 * M], None);
+        assert_eq!(a.recommended_memory_mb, Some(128));
         assert_eq!(a.tip, None);
         assert_eq!(a.estimated_savings, None);
     }

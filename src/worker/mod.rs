@@ -90,6 +90,8 @@ pub struct Worker {
     metrics: Arc<Metrics>,
     /// Finished runs and their durations, written to the registry with each heartbeat.
     usage: crate::function::usage::UsageTally,
+    /// Jobs being handled now.
+    active: std::sync::atomic::AtomicUsize,
     /// Recent peak memory of each function run here, for the auto-tuner.
     peaks: PeakWindow,
 }
@@ -124,11 +126,12 @@ impl Worker {
             pool,
             metrics,
             usage: Default::default(),
+            active: Default::default(),
             peaks: PeakWindow::default(),
         }
     }
 
-    fn status(&self, free_slots: usize) -> WorkerStatus {
+    fn status(&self) -> WorkerStatus {
         let stats = self.pool.stats();
         let pools = stats.idle_by_function.clone();
         WorkerStatus {
@@ -137,7 +140,9 @@ impl Worker {
             started_at: self.started_at,
             reported_at: Utc::now(),
             concurrency: self.cfg.concurrency,
-            active_jobs: self.cfg.concurrency.saturating_sub(free_slots),
+            // Jobs in hand, not slots taken: the receive loop holds a slot
+            // while it waits for messages.
+            active_jobs: self.active.load(std::sync::atomic::Ordering::Relaxed),
             warm_instances: pools.values().sum(),
             pools,
             pool: Some(stats),
@@ -145,13 +150,9 @@ impl Worker {
     }
 
     /// Reports this worker every few seconds until `stop`, then withdraws it.
-    async fn heartbeat(self: Arc<Self>, slots: Arc<Semaphore>, stop: CancellationToken) {
+    async fn heartbeat(self: Arc<Self>, stop: CancellationToken) {
         loop {
-            if let Err(e) = self
-                .directory
-                .report(&self.status(slots.available_permits()), HEARTBEAT_TTL)
-                .await
-            {
+            if let Err(e) = self.directory.report(&self.status(), HEARTBEAT_TTL).await {
                 tracing::warn!(error = %e, "could not report worker status");
             }
             if let Some(registry) = &self.registry {
@@ -176,7 +177,7 @@ impl Worker {
     pub async fn run(self: Arc<Self>, shutdown: CancellationToken, drain: Duration) {
         let slots = Arc::new(Semaphore::new(self.cfg.concurrency.max(1)));
         let beat_stop = CancellationToken::new();
-        let beat = tokio::spawn(self.clone().heartbeat(slots.clone(), beat_stop.clone()));
+        let beat = tokio::spawn(self.clone().heartbeat(beat_stop.clone()));
         let follow = tokio::spawn(self.clone().follow_warm_pool(beat_stop.clone()));
         let mut tasks = JoinSet::new();
         loop {
@@ -306,6 +307,15 @@ impl Worker {
     }
 
     async fn handle(&self, delivery: Delivery) {
+        self.active.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        // Counted down however handling ends (including a panic unwinding).
+        struct Done<'a>(&'a std::sync::atomic::AtomicUsize);
+        impl Drop for Done<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
+        }
+        let _done = Done(&self.active);
         let job = &delivery.job;
         let span = tracing::info_span!(
             "job",

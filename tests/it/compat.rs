@@ -60,8 +60,8 @@ impl Target {
         (status, resp.json().await.unwrap_or(Value::Null))
     }
 
-    /// An upload as the original dashboard's backend sends it: settings in
-    /// headers, the name percent-encoded, extra form fields it does not use.
+    /// An upload as the original dashboard sends it: settings in headers,
+    /// the name percent-encoded, and form fields the original never read.
     async fn upload_like_the_dashboard(&self, source: &str, name: &str) -> (u16, Value) {
         let form = reqwest::multipart::Form::new()
             .part(
@@ -69,6 +69,9 @@ impl Target {
                 reqwest::multipart::Part::bytes(source.as_bytes().to_vec()).file_name("main.py"),
             )
             .text("functionId", "ignored-by-the-controller")
+            // The deploy page also sends these; the original reads only its headers.
+            .text("runtime", "python3.11")
+            .text("memoryMb", "128")
             .text("envVars", r#"{"GREETING":"hello","TOKEN":"s3cr3t-value"}"#);
         let resp = self
             .req(reqwest::Method::POST, "/api/upload")
@@ -259,6 +262,18 @@ async fn the_original_contract(t: &Target) {
         }
         assert!(Instant::now() < deadline, "no average duration: {one}");
         tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    // Nothing runs now: the dashboard's "active jobs" reads 0 (workers
+    // report every 5 s).
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let (_, status) = t.json(reqwest::Method::GET, "/system/status", None).await;
+        if status["active_jobs"] == 0 && status["status"] == "online" {
+            break;
+        }
+        assert!(Instant::now() < deadline, "an idle platform reports jobs: {status}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
     // DELETE: {success, deletedId}.
@@ -482,4 +497,17 @@ async fn a_node_fetch_client_like_the_dashboard_backend() {
 fn names_are_encoded_as_the_dashboard_does() {
     assert_eq!(encode_uri_component("a b/é"), "a%20b%2F%C3%A9");
     assert_eq!(encode_uri_component("safe-_.!~*'()"), "safe-_.!~*'()");
+}
+
+/// Anyone may send any method token: it must not become a metric series.
+#[tokio::test]
+async fn invented_methods_do_not_grow_the_metrics() {
+    let app = TestApp::start().await;
+    for i in 0..20 {
+        let m = reqwest::Method::from_bytes(format!("MADEUP{i}").as_bytes()).unwrap();
+        app.client.request(m, app.url("/nope")).send().await.unwrap();
+    }
+    let metrics = app.metrics().await;
+    assert!(!metrics.contains("MADEUP"), "an invented method is a label");
+    assert!(metrics.contains(r#"method="other""#), "counted as other");
 }
