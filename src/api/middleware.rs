@@ -328,7 +328,7 @@ const DRAIN_MAX_TIME: Duration = Duration::from_secs(5);
 /// Past the bound the answer says `Connection: close`, so the connection is
 /// not reused with a half-read body in it. A client that asked for
 /// `100-continue` has sent nothing yet and is answered at once.
-async fn drain_then(req: Request, mut resp: Response) -> Response {
+pub(super) async fn drain_then(req: Request, mut resp: Response) -> Response {
     let headers = req.headers();
     let declared: Option<u64> = headers
         .get(header::CONTENT_LENGTH)

@@ -15,7 +15,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::DefaultBodyLimit;
-use axum::http::{Method, StatusCode, Uri};
+use axum::http::StatusCode;
 use axum::routing::get;
 use axum::{Json, Router};
 use utoipa::openapi::security::{ApiKey, ApiKeyValue, SecurityScheme};
@@ -369,15 +369,24 @@ fn panic_response(_: Box<dyn std::any::Any + Send + 'static>) -> axum::response:
     ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &"a request handler panicked").into_response()
 }
 
-async fn no_route(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(StatusCode::NOT_FOUND, format!("no route for {method} {}", uri.path()))
+/// Like every refusal made before a handler, answered after a bounded read of
+/// the body, so a client still sending (an upload to a wrong path) reads it.
+async fn no_route(req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let err = ApiError::new(
+        StatusCode::NOT_FOUND,
+        format!("no route for {} {}", req.method(), req.uri().path()),
+    );
+    middleware::drain_then(req, err.into_response()).await
 }
 
-async fn method_not_allowed(method: Method, uri: Uri) -> ApiError {
-    ApiError::new(
+async fn method_not_allowed(req: axum::extract::Request) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let err = ApiError::new(
         StatusCode::METHOD_NOT_ALLOWED,
-        format!("{method} is not allowed on {}", uri.path()),
-    )
+        format!("{} is not allowed on {}", req.method(), req.uri().path()),
+    );
+    middleware::drain_then(req, err.into_response()).await
 }
 
 /// The error body every failure has. A 401 and a 429 carry the original's

@@ -458,6 +458,19 @@ try {
 } catch (e) {
   out.unauthenticatedUpload = `fetch failed: ${e.cause ? e.cause.code || e.cause.message : e.message}`;
 }
+// Refusals that come before an upload is read are answered readably too.
+const refusal = async (path, headers) => {
+  const f = new FormData();
+  f.append('file', new Blob(['x'.repeat(3 * 1024 * 1024)]), 'main.py');
+  try {
+    const r = await fetch(`${base}${path}`, { method: 'POST', headers: { 'x-api-key': key, ...headers }, body: f });
+    return r.status;
+  } catch (e) {
+    return `fetch failed: ${e.cause ? e.cause.code || e.cause.message : e.message}`;
+  }
+};
+out.badNameUpload = await refusal('/api/upload', { 'x-function-name': '%zz' });
+out.wrongPathUpload = await refusal('/api/uplaod', {});
 console.log(JSON.stringify(out));
 "#;
 
@@ -491,6 +504,8 @@ async fn a_node_fetch_client_like_the_dashboard_backend() {
     assert_eq!(seen["recentIsArray"], true, "{seen}");
     assert_eq!(seen["unauthenticatedUpload"], 401, "{seen}");
     assert!(seen["unauthenticatedBody"]["error"].is_string(), "{seen}");
+    assert_eq!(seen["badNameUpload"], 400, "{seen}");
+    assert_eq!(seen["wrongPathUpload"], 404, "{seen}");
 }
 
 #[test]
