@@ -31,14 +31,7 @@ async fn upload_py_and_run_sync() {
         "peak memory measured: {body}"
     );
 
-    let f: Value = app
-        .get(&format!("/functions/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f: Value = app.fetch_json(&format!("/functions/{id}")).await;
     assert_eq!(f["name"], "echo");
     assert_eq!(f["memoryMb"], 256);
     assert_eq!(f["runtime"], "python");
@@ -259,7 +252,7 @@ async fn bad_files_and_zips_get_400() {
     assert!(r.status().is_client_error(), "{}", r.status());
     assert!(r.json::<Value>().await.unwrap()["error"].is_string());
     // Nothing was stored by any of these.
-    let list: Value = app.get("/functions").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.fetch_json("/functions").await;
     assert_eq!(list, json!([]));
 }
 
@@ -452,7 +445,7 @@ async fn functions_list_counts_invocations() {
         app.run_ok(&a, json!({})).await;
     }
     app.run_ok(&b, json!({})).await;
-    let list: Value = app.get("/api/functions").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.fetch_json("/api/functions").await;
     assert_eq!(list.as_array().unwrap().len(), 2);
     let count =
         |id: &str| list.as_array().unwrap().iter().find(|f| f["functionId"] == id).unwrap()["invocations"].clone();
@@ -508,7 +501,7 @@ async fn health_reports_each_backend() {
 async fn models_come_from_the_ai_node_or_a_marked_fallback() {
     let node = crate::ai::FakeOllama::start().await;
     let app = TestApp::start_with(|a| a.ai.ai_node_url = Some(node.url.clone())).await;
-    let body: Value = app.get("/models").send().await.unwrap().json().await.unwrap();
+    let body: Value = app.fetch_json("/models").await;
     assert_eq!(body["available"], true, "{body}");
     assert_eq!(body["source"], "ai-node");
     let names: Vec<_> = body["models"]
@@ -693,7 +686,7 @@ async fn system_status_shows_the_worker_and_its_warm_pool() {
     // The worker reports every few seconds; the first report is at start.
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
     loop {
-        let body: Value = app.get("/system/status").send().await.unwrap().json().await.unwrap();
+        let body: Value = app.fetch_json("/system/status").await;
         assert_eq!(body["status"], "online", "{body}");
         assert_eq!(body["totals"]["workers"], 1);
         assert_eq!(body["workers"][0]["concurrency"], 4);
@@ -730,14 +723,7 @@ async fn infra_up_keeps_invocation_logs() {
         assert!(std::time::Instant::now() < deadline, "log never written");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let list: Value = app
-        .get(&format!("/functions/{id}/logs"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.fetch_json(&format!("/functions/{id}/logs")).await;
     assert_eq!(list.as_array().unwrap().len(), 1, "{list}");
     assert_eq!(list[0]["requestId"], job.as_str());
     assert_eq!(list[0]["id"], job.as_str());

@@ -7,56 +7,26 @@
 
 use std::time::{Duration, Instant};
 
-use infra_controller::backend::aws::{DynamoRegistry, S3ArtifactStore, SqsQueue};
 use reqwest::multipart::{Form, Part};
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::services::{aws, unique, RedisServer};
+use crate::production::Cluster;
 
 const BIG: usize = 5 * 1024 * 1024;
 
 /// An `infra api` process over moto and its own redis-server.
 struct ApiProcess {
-    redis: RedisServer,
+    cluster: Cluster,
     proc: Proc,
 }
 
 impl ApiProcess {
     async fn start(extra: &[(&str, &str)]) -> ApiProcess {
-        let settings = aws();
-        let bucket = unique("artifacts");
-        let table = unique("functions");
-        S3ArtifactStore::new(&settings, &bucket)
-            .await
-            .ensure_bucket()
-            .await
-            .unwrap();
-        DynamoRegistry::new(&settings, &table)
-            .await
-            .ensure_table()
-            .await
-            .unwrap();
-        let queue = SqsQueue::create_queue(&settings, &unique("jobs")).await.unwrap();
-        let redis = RedisServer::start();
-        let endpoint = settings.endpoint_url.clone().unwrap();
-        let redis_url = redis.url();
-        let mut env: Vec<(&str, &str)> = vec![
-            ("AWS_REGION", "us-east-1"),
-            ("AWS_ENDPOINT_URL", &endpoint),
-            ("AWS_ACCESS_KEY_ID", "test"),
-            ("AWS_SECRET_ACCESS_KEY", "test"),
-            ("AWS_EC2_METADATA_DISABLED", "true"),
-            ("BUCKET_NAME", &bucket),
-            ("TABLE_NAME", &table),
-            ("SQS_URL", &queue),
-            ("REDIS_URL", &redis_url),
-            ("INFRA_API_KEY", KEY),
-            ("PORT", "0"),
-        ];
-        env.extend_from_slice(extra);
-        let proc = spawn_infra(&["api"], &env);
-        ApiProcess { redis, proc }
+        let cluster = Cluster::new().await;
+        // The cluster's API has no rate limit unless `extra` sets one.
+        let proc = cluster.api(extra);
+        ApiProcess { cluster, proc }
     }
 
     fn url(&self, path: &str) -> String {
@@ -508,7 +478,7 @@ async fn infra_api_models_status_metrics_and_a_failing_limiter_store() {
 
     // Redis down: the limit lets uploads through (they need no Redis)
     // rather than refusing them; the failure is counted.
-    api.redis.stop();
+    api.cluster.redis.stop();
     let form = Form::new().part("file", Part::bytes(ECHO.as_bytes().to_vec()).file_name("main.py"));
     let r = client
         .post(api.url("/upload"))

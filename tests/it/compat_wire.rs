@@ -8,91 +8,36 @@
 use std::time::{Duration, Instant};
 
 use futures::StreamExt;
-use infra_controller::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, SqsQueue};
+use infra_controller::backend::aws::S3ArtifactStore;
 use infra_controller::backend::ArtifactStore;
 use serde_json::{json, Value};
 
 use crate::helpers::*;
-use crate::services::{aws, unique, RedisServer};
+use crate::production::Cluster;
+use crate::services::aws;
 
+/// A cluster (moto, redis-server, `infra` processes) and the names an
+/// original controller's task needs.
 struct Fleet {
-    redis: RedisServer,
-    env: Vec<(String, String)>,
+    cluster: Cluster,
     bucket: String,
     queue: String,
-    _dirs: Vec<tempfile::TempDir>,
 }
 
 impl Fleet {
     async fn new() -> Fleet {
-        let settings = aws();
-        let bucket = unique("code");
-        let table = unique("functions");
-        S3ArtifactStore::new(&settings, &bucket)
-            .await
-            .ensure_bucket()
-            .await
-            .unwrap();
-        DynamoRegistry::new(&settings, &table)
-            .await
-            .ensure_table()
-            .await
-            .unwrap();
-        let queue = SqsQueue::create_queue(&settings, &unique("tasks")).await.unwrap();
-        let logs = unique("logs");
-        DynamoLogStore::new(&settings, &logs, Duration::from_secs(86_400))
-            .await
-            .ensure_table()
-            .await
-            .unwrap();
-        let redis = RedisServer::start();
-        let env = [
-            ("AWS_REGION", "us-east-1".to_string()),
-            ("AWS_ENDPOINT_URL", settings.endpoint_url.clone().unwrap()),
-            ("AWS_ACCESS_KEY_ID", "test".into()),
-            ("AWS_SECRET_ACCESS_KEY", "test".into()),
-            ("AWS_EC2_METADATA_DISABLED", "true".into()),
-            ("BUCKET_NAME", bucket.clone()),
-            ("TABLE_NAME", table),
-            ("SQS_URL", queue.clone()),
-            ("LOGS_TABLE_NAME", logs),
-            ("REDIS_URL", redis.url()),
-            ("INFRA_API_KEY", KEY.into()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_string(), v))
-        .collect();
-        Fleet {
-            redis,
-            env,
-            bucket,
-            queue,
-            _dirs: Vec::new(),
-        }
-    }
-
-    fn spawn(&self, args: &[&str], extra: &[(&str, &str)]) -> Proc {
-        let mut env: Vec<(&str, &str)> = self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-        env.extend_from_slice(extra);
-        spawn_infra(args, &env)
+        let cluster = Cluster::new().await;
+        let bucket = cluster.var("BUCKET_NAME").to_string();
+        let queue = cluster.var("SQS_URL").to_string();
+        Fleet { cluster, bucket, queue }
     }
 
     fn api(&self) -> Proc {
-        self.spawn(&["api"], &[("PORT", "0"), ("RATE_LIMIT_PER_MINUTE", "0")])
+        self.cluster.api(&[])
     }
 
     fn worker(&mut self) -> Proc {
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().to_string_lossy().to_string();
-        self._dirs.push(dir);
-        self.spawn(
-            &["worker"],
-            &[
-                ("WORKER_PORT", "0"),
-                ("WORKER_DATA_DIR", path.as_str()),
-                ("WORKER_CONCURRENCY", "2"),
-            ],
-        )
+        self.cluster.worker(&[("WORKER_CONCURRENCY", "2")])
     }
 
     async fn sqs(&self) -> aws_sdk_sqs::Client {
@@ -109,7 +54,7 @@ impl Fleet {
     }
 
     async fn redis(&self) -> redis::aio::MultiplexedConnection {
-        redis::Client::open(self.redis.url())
+        redis::Client::open(self.cluster.redis.url())
             .unwrap()
             .get_multiplexed_async_connection()
             .await
@@ -119,7 +64,7 @@ impl Fleet {
     /// Messages on `result:*`, as the original controller's PSUBSCRIBE sees them.
     async fn results(&self) -> tokio::sync::mpsc::UnboundedReceiver<(String, String)> {
         let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-        let mut pubsub = redis::Client::open(self.redis.url())
+        let mut pubsub = redis::Client::open(self.cluster.redis.url())
             .unwrap()
             .get_async_pubsub()
             .await
@@ -473,14 +418,7 @@ async fn results_carry_the_original_extras_and_the_recommendation_follows_recent
             &[("memoryMb", "512")],
         )
         .await;
-    let fresh: Value = app
-        .get(&format!("/functions/{id}/recommendation"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let fresh: Value = app.fetch_json(&format!("/functions/{id}/recommendation")).await;
     assert_eq!(fresh["basedOnRuns"], 0, "{fresh}");
     assert_eq!(fresh["recommendedMemoryMb"], Value::Null);
     assert_eq!(fresh["allocatedMemoryMb"], 512);
@@ -514,14 +452,7 @@ async fn results_carry_the_original_extras_and_the_recommendation_follows_recent
     // (a log is written just after its result is published: wait for it).
     let deadline = Instant::now() + Duration::from_secs(10);
     let r: Value = loop {
-        let r: Value = app
-            .get(&format!("/functions/{id}/recommendation"))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
+        let r: Value = app.fetch_json(&format!("/functions/{id}/recommendation")).await;
         if r["basedOnRuns"] == 3 || Instant::now() > deadline {
             break r;
         }

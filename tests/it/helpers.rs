@@ -87,6 +87,17 @@ impl TestApp {
         self.client.get(self.url(path)).header("x-api-key", KEY)
     }
 
+    /// A GET with the key, decoded as JSON whatever its status.
+    pub async fn fetch_json(&self, path: &str) -> Value {
+        self.get(path)
+            .send()
+            .await
+            .expect("request")
+            .json()
+            .await
+            .expect("json")
+    }
+
     pub fn post(&self, path: &str) -> reqwest::RequestBuilder {
         self.client.post(self.url(path)).header("x-api-key", KEY)
     }

@@ -80,14 +80,7 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
     assert_eq!(body["deadLettered"], true, "{body}");
     assert_eq!(body["attempts"].as_array().unwrap().len(), 1);
 
-    let list: Value = app
-        .get(&format!("/dead-letters?functionId={id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let list: Value = app.fetch_json(&format!("/dead-letters?functionId={id}")).await;
     assert_eq!(list["count"], 1, "{list}");
     let letter = &list["deadLetters"][0];
     assert_eq!(letter["jobId"], job.as_str());
@@ -134,7 +127,7 @@ async fn exhausted_jobs_are_dead_lettered_and_redriven_after_a_fix() {
     let (_, body) = app.wait_job(new_job, Duration::from_secs(30)).await;
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], "fixed input");
-    let list: Value = app.get("/dead-letters").send().await.unwrap().json().await.unwrap();
+    let list: Value = app.fetch_json("/dead-letters").await;
     assert_eq!(list["count"], 0, "redriven letters leave: {list}");
     // The original job keeps its outcome.
     assert_eq!(app.status(&job).await.1["status"], "FAILED");
@@ -164,14 +157,7 @@ async fn retry_settings_are_validated_and_updated_field_by_field() {
     let id = app
         .upload_py("def handler(e, c):\n    return 1\n", &[("maxEventAgeSeconds", "60")])
         .await;
-    let f: Value = app
-        .get(&format!("/functions/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f: Value = app.fetch_json(&format!("/functions/{id}")).await;
     assert_eq!(
         f["retry"],
         json!({"maxRetries": 2, "backoffSeconds": 1, "retryOnOom": false, "maxEventAgeSeconds": 60})
@@ -302,7 +288,7 @@ async fn max_concurrency_bounds_runs_and_max_queued_answers_429() {
     for _ in 0..12 {
         jobs.push(app.run_async(&id, json!({})).await);
     }
-    let status: Value = app.get("/system/status").send().await.unwrap().json().await.unwrap();
+    let status: Value = app.fetch_json("/system/status").await;
     assert!(status["functions"][&id]["jobs"].as_u64().unwrap() > 0, "{status}");
     let mut intervals = Vec::new();
     for job in &jobs {

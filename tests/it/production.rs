@@ -72,6 +72,15 @@ impl Cluster {
         spawn_infra(args, &env)
     }
 
+    /// One of the environment variables every process of the cluster gets.
+    pub(crate) fn var(&self, name: &str) -> &str {
+        self.env
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+            .unwrap_or_default()
+    }
+
     pub(crate) fn api(&self, extra: &[(&str, &str)]) -> Proc {
         let mut env = vec![("PORT", "0"), ("RATE_LIMIT_PER_MINUTE", "0")];
         env.extend_from_slice(extra);
