@@ -855,6 +855,40 @@ pub struct WorkerStatus {
     pub pool: Option<crate::runtime::PoolStats>,
 }
 
+/// The task fields the original worker agent reads (its contract, section
+/// 4.1): every task this controller sends has them.
+pub const ORIGINAL_TASK_FIELDS: &[&str] = &[
+    "requestId",
+    "functionId",
+    "runtime",
+    "memoryMb",
+    "s3Bucket",
+    "s3Key",
+    "timeoutMs",
+    "input",
+    "modelId",
+    "envVars",
+];
+
+/// The result fields the original controller, its dashboard and scripts
+/// read (its contract, sections 4.2 and 5.3): every result has them.
+pub const ORIGINAL_RESULT_FIELDS: &[&str] = &[
+    "requestId",
+    "functionId",
+    "workerId",
+    "status",
+    "exitCode",
+    "stdout",
+    "stderr",
+    "durationMs",
+    "handlerDurationMs",
+    "peakMemoryBytes",
+    "allocatedMemoryMb",
+    "optimizationTip",
+    "estimatedSavings",
+    "recommendedMemoryMb",
+];
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -898,18 +932,7 @@ mod tests {
             original_format: false,
         };
         let v = serde_json::to_value(&job).unwrap();
-        for key in [
-            "requestId",
-            "functionId",
-            "runtime",
-            "memoryMb",
-            "s3Bucket",
-            "s3Key",
-            "timeoutMs",
-            "input",
-            "modelId",
-            "envVars",
-        ] {
+        for key in ORIGINAL_TASK_FIELDS {
             assert!(v.get(key).is_some(), "missing {key}");
         }
         assert_eq!(v["runtime"], "python");
@@ -1009,21 +1032,8 @@ mod tests {
         let job = crate::backend::conformance::sample_job("f");
         let r = JobResult::platform(&job, JobStatus::Error, "CodeUnavailable", "gone");
         let v = serde_json::to_value(&r).unwrap();
-        for key in [
-            "requestId",
-            "functionId",
-            "status",
-            "exitCode",
-            "stdout",
-            "stderr",
-            "durationMs",
-            "handlerDurationMs",
-            "peakMemoryBytes",
-            "allocatedMemoryMb",
-            "optimizationTip",
-            "estimatedSavings",
-            "recommendedMemoryMb",
-        ] {
+        // workerId is stamped by the worker that finishes the job.
+        for key in ORIGINAL_RESULT_FIELDS.iter().filter(|k| **k != "workerId") {
             assert!(v.get(key).is_some(), "missing {key}: {v}");
         }
         assert_eq!(v["status"], "FAILED");

@@ -130,22 +130,7 @@ async fn next_result(
 /// The fields the original controller, its dashboard and scripts read from a
 /// worker result (contract 4.2 and 5.3).
 fn assert_original_result_shape(r: &Value) {
-    for key in [
-        "requestId",
-        "functionId",
-        "workerId",
-        "status",
-        "exitCode",
-        "stdout",
-        "stderr",
-        "durationMs",
-        "handlerDurationMs",
-        "peakMemoryBytes",
-        "allocatedMemoryMb",
-        "optimizationTip",
-        "estimatedSavings",
-        "recommendedMemoryMb",
-    ] {
+    for key in infra_controller::model::ORIGINAL_RESULT_FIELDS {
         assert!(r.get(key).is_some(), "no {key} in {r}");
     }
     assert!(matches!(r["status"].as_str(), Some("SUCCESS" | "FAILED")), "{r}");
@@ -333,18 +318,7 @@ async fn this_controller_understands_the_original_workers_results() {
         assert!(Instant::now() < deadline, "the /run task never reached SQS");
     };
     // What this controller sends is a task the original worker can run too.
-    for key in [
-        "requestId",
-        "functionId",
-        "runtime",
-        "memoryMb",
-        "s3Bucket",
-        "s3Key",
-        "timeoutMs",
-        "input",
-        "modelId",
-        "envVars",
-    ] {
+    for key in infra_controller::model::ORIGINAL_TASK_FIELDS {
         assert!(task.get(key).is_some(), "no {key} in {task}");
     }
     let job_id = task["requestId"].as_str().unwrap().to_string();
