@@ -526,3 +526,63 @@ async fn invented_methods_do_not_grow_the_metrics() {
     assert!(!metrics.contains("MADEUP"), "an invented method is a label");
     assert!(metrics.contains(r#"method="other""#), "counted as other");
 }
+
+/// The original platform's Python functions as they were written: `main`
+/// instead of `handler`, and its `sdk` module.
+#[tokio::test]
+async fn original_python_functions_run_unchanged() {
+    let app = TestApp::start().await;
+    let main_only = app
+        .upload_py(
+            "def main(event, context):\n    return {'from': 'main', 'n': event['n']}\n",
+            &[],
+        )
+        .await;
+    let done = app.run_ok(&main_only, json!({"n": 3})).await;
+    assert_eq!(done["result"], json!({"from": "main", "n": 3}), "{done}");
+
+    let with_sdk = app
+        .upload_py(
+            "import sdk\n\ndef handler(event, context):\n    data = sdk.get_input()\n    ctx = sdk.get_context()\n    sdk.return_output({'doubled': data['n'] * 2, 'request': ctx['request_id'], 'memory': ctx['memory_mb']})\n",
+            &[("memoryMb", "256")],
+        )
+        .await;
+    let done = app.run_ok(&with_sdk, json!({"n": 21})).await;
+    assert_eq!(done["status"], "SUCCESS", "{done}");
+    assert_eq!(done["result"]["doubled"], 42, "{done}");
+    assert_eq!(done["result"]["request"], done["jobId"], "{done}");
+    assert_eq!(done["result"]["memory"], "256", "{done}");
+    assert!(
+        done["stdout"].as_str().unwrap().contains("\"doubled\""),
+        "printed as the original: {done}"
+    );
+    // The next invocation does not see the last one's output.
+    let again = app
+        .upload_py(
+            "import sdk\n\ndef handler(event, context):\n    if event.get('set'):\n        sdk.return_output('set')\n",
+            &[],
+        )
+        .await;
+    assert_eq!(app.run_ok(&again, json!({"set": true})).await["result"], "set");
+    assert_eq!(app.run_ok(&again, json!({})).await["result"], Value::Null);
+    // A function that ships its own sdk module keeps it.
+    let zip = zip_of(&[
+        (
+            "main.py",
+            "import sdk\n\ndef handler(event, context):\n    return sdk.mine()\n",
+        ),
+        ("sdk.py", "def mine():\n    return 'its own'\n"),
+    ]);
+    let r = app.upload_raw("own.zip", zip, &[]).await;
+    let own = r.json::<Value>().await.unwrap()["functionId"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(app.run_ok(&own, json!({})).await["result"], "its own");
+    // An explicit handler name does not fall back to main.
+    let explicit = app
+        .upload_py("def main(event, context):\n    return 1\n", &[("handler", "main.run")])
+        .await;
+    let (status, body) = app.run(&explicit, json!({})).await;
+    assert_eq!((status, body["status"].as_str()), (200, Some("FAILED")), "{body}");
+}

@@ -134,6 +134,46 @@ _SDK = types.ModuleType("infra_ai", "Ask the AI node's models through the worker
 _SDK.generate, _SDK.chat, _SDK.AIError = generate, chat, AIError
 sys.modules["infra_ai"] = _SDK
 
+# The original platform's `sdk` module, for its functions as they are:
+# `sdk.get_input()`, `sdk.get_context()`, `sdk.return_output(data)`, bound to
+# the invocation running now (an instance runs one at a time).
+_UNSET = object()
+_CURRENT = {"event": None, "context": None, "output": _UNSET}
+
+
+def _get_input():
+    """The invocation's input (the original's PAYLOAD)."""
+    event = _CURRENT["event"]
+    return {} if event is None else event
+
+
+def _get_context():
+    """The original's context dict: request_id, function_id, model_id, memory_mb (a string, as there)."""
+    ctx = _CURRENT["context"]
+    if ctx is None:
+        return {}
+    return {
+        "request_id": ctx.request_id,
+        "function_id": ctx.function_id,
+        "model_id": ctx.model_id,
+        "memory_mb": str(ctx.memory_limit_in_mb),
+    }
+
+
+def _return_output(data):
+    """The invocation's result when the handler returns nothing (the worker
+    prints it at the end of stdout, where the original's clients read it)."""
+    _CURRENT["output"] = data
+
+
+_ORIGINAL_SDK = types.ModuleType("sdk", "The original Infra Controller's function SDK.")
+_ORIGINAL_SDK.get_input, _ORIGINAL_SDK.get_context, _ORIGINAL_SDK.return_output = (
+    _get_input,
+    _get_context,
+    _return_output,
+)
+sys.modules["sdk"] = _ORIGINAL_SDK
+
 
 class Context:
     """What a handler learns about its invocation (AWS Lambda's names where they exist)."""
@@ -234,8 +274,15 @@ def _load(msg):
     try:
         _become(msg)
         sys.path.insert(0, msg["codeDir"])
+        # A function that ships its own `sdk` gets its own, not the original's.
+        code_dir = msg["codeDir"]
+        if os.path.exists(os.path.join(code_dir, "sdk.py")) or os.path.isdir(os.path.join(code_dir, "sdk")):
+            sys.modules.pop("sdk", None)
         module = importlib.import_module(msg["module"])
         fn = getattr(module, msg["function"], None)
+        if fn is None and msg["function"] == "handler":
+            # The original's runner: `handler`, else `main(event, context)`.
+            fn = getattr(module, "main", None)
         if not callable(fn):
             raise AttributeError("module %r has no callable %r" % (msg["module"], msg["function"]))
     except MemoryError as e:
@@ -256,8 +303,12 @@ def _invoke(fn, msg):
     _reset_peak()
     status, value_json, error = "SUCCESS", "null", None
     start = time.perf_counter()
+    context = Context(msg)
+    _CURRENT.update(event=msg.get("event"), context=context, output=_UNSET)
     try:
-        value = fn(msg.get("event"), Context(msg))
+        value = fn(msg.get("event"), context)
+        if value is None and _CURRENT["output"] is not _UNSET:
+            value = _CURRENT["output"]
         _child_leaves()
         duration = (time.perf_counter() - start) * 1000.0
         try:
