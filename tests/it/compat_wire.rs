@@ -41,16 +41,7 @@ impl Fleet {
     }
 
     async fn sqs(&self) -> aws_sdk_sqs::Client {
-        let settings = aws();
-        let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new(settings.region.clone()))
-            .endpoint_url(settings.endpoint_url.clone().unwrap())
-            .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-                "test", "test", None, None, "static",
-            ))
-            .load()
-            .await;
-        aws_sdk_sqs::Client::new(&sdk)
+        crate::services::sqs_client().await
     }
 
     async fn redis(&self) -> redis::aio::MultiplexedConnection {

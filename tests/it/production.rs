@@ -640,17 +640,8 @@ async fn malformed_queue_messages_end_as_error_and_never_loop() {
     let mut cluster = Cluster::new().await;
     let api = cluster.api(&[]);
     let _worker = cluster.worker(&[("VISIBILITY_TIMEOUT_SECONDS", "2")]);
-    let sqs_url = cluster.env.iter().find(|(k, _)| k == "SQS_URL").unwrap().1.clone();
-    let settings = aws();
-    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
-        .region(aws_config::Region::new(settings.region.clone()))
-        .endpoint_url(settings.endpoint_url.clone().unwrap())
-        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
-            "test", "test", None, None, "static",
-        ))
-        .load()
-        .await;
-    let sqs = aws_sdk_sqs::Client::new(&sdk);
+    let sqs_url = cluster.var("SQS_URL").to_string();
+    let sqs = crate::services::sqs_client().await;
     let job_id = uuid::Uuid::new_v4().to_string();
     for body in [
         format!(r#"{{"requestId":"{job_id}","functionId":"f","runtime":"cobol"}}"#),

@@ -21,6 +21,20 @@ pub fn aws() -> AwsSettings {
     }
 }
 
+/// An SQS client on moto, for tests that put messages on a queue themselves.
+pub async fn sqs_client() -> aws_sdk_sqs::Client {
+    let settings = aws();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .endpoint_url(settings.endpoint_url.clone().expect("moto endpoint"))
+        .credentials_provider(aws_sdk_sqs::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    aws_sdk_sqs::Client::new(&sdk)
+}
+
 /// A short unique name usable as a bucket, table or queue name.
 pub fn unique(prefix: &str) -> String {
     format!("{prefix}-{}", &uuid::Uuid::new_v4().simple().to_string()[..20])
