@@ -78,11 +78,16 @@ pub struct SettingField {
     pub kind: SettingKind,
     pub doc: &'static str,
     slot: fn(&mut SettingsDraft) -> &mut Option<String>,
+    value: fn(&SettingsDraft) -> &Option<String>,
 }
 
 impl SettingField {
     pub fn slot<'a>(&self, draft: &'a mut SettingsDraft) -> &'a mut Option<String> {
         (self.slot)(draft)
+    }
+
+    pub fn value<'a>(&self, draft: &'a SettingsDraft) -> &'a Option<String> {
+        (self.value)(draft)
     }
 
     fn takes(&self, key: &str) -> bool {
@@ -98,6 +103,7 @@ macro_rules! setting {
             kind: $kind,
             doc: $doc,
             slot: |d| &mut d.$field,
+            value: |d| &d.$field,
         }
     };
 }
@@ -280,8 +286,7 @@ impl SettingsDraft {
     }
 
     pub fn is_empty(&self) -> bool {
-        let mut probe = self.clone();
-        SETTING_FIELDS.iter().all(|f| f.slot(&mut probe).is_none())
+        SETTING_FIELDS.iter().all(|f| f.value(self).is_none())
     }
 }
 
@@ -700,6 +705,12 @@ mod tests {
             }
             assert!(f.slot(&mut draft).is_none(), "{} shares a slot", f.name);
             *f.slot(&mut draft) = Some(f.name.to_string());
+            assert_eq!(
+                f.value(&draft).as_deref(),
+                Some(f.name),
+                "{}: read and write differ",
+                f.name
+            );
         }
         // Every field of the draft was reached through the table.
         assert!(!format!("{draft:?}").contains("None"), "{draft:?}");
