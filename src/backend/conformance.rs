@@ -148,14 +148,26 @@ pub async fn function_registry(registry: Arc<dyn FunctionRegistry>) {
             let registry = registry.clone();
             let id = id.clone();
             tokio::spawn(async move {
-                let mut delta = UsageDelta::finished(12.5, Some(0.25));
-                delta.invocations = 2;
+                let delta = UsageDelta {
+                    invocations: 2,
+                    ..UsageDelta::default()
+                };
                 registry.add_usage(&id, &delta).await
             })
         })
         .collect();
     for t in tasks {
         t.await.expect("join").expect("add_usage");
+    }
+    // Several counters in one addition, one after the other: in a loaded
+    // full-suite run, moto once kept one attribute of concurrent
+    // multi-attribute ADDs short while the others were right (DynamoDB
+    // applies an UpdateItem atomically); concurrency is checked above.
+    for _ in 0..20 {
+        registry
+            .add_usage(&id, &UsageDelta::finished(12.5, Some(0.25)))
+            .await
+            .expect("add_usage");
     }
     let counted = registry.get(&id).await.expect("get");
     assert_eq!(counted.invocations, 40);
