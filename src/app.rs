@@ -18,11 +18,14 @@ use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
 use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, S3RecordStore, SqsQueue};
 use crate::backend::embedded::{
     Db, EmbeddedLogStore, EmbeddedQueue, EmbeddedRecordStore, EmbeddedRegistry, EmbeddedResultBus, InProcessDirectory,
-    InProcessJobCounter, InProcessRateLimiter, LocalArtifactStore,
+    InProcessJobCounter, InProcessRateLimiter, LocalArtifactStore, LocalChangeFeed,
 };
-use crate::backend::redis::{connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus};
+use crate::backend::redis::{
+    connect, RedisChangeFeed, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus,
+};
 use crate::backend::{
-    self, ArtifactStore, FunctionRegistry, JobQueue, LogStore, Quota, RateLimiter, ResultBus, WorkerDirectory,
+    self, ArtifactStore, ChangeFeed, FunctionRegistry, JobQueue, LogStore, Quota, RateLimiter, ResultBus,
+    WorkerDirectory,
 };
 use crate::config::{AiConfig, ApiConfig, CloudConfig, HttpConfig, OperatorConfig, PoolConfig, UpConfig, WorkerConfig};
 use crate::function::FunctionService;
@@ -168,7 +171,9 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     });
     let (api_key, generated) = resolve_api_key(&cfg.http, &cfg.data_dir)?;
     let metrics = Arc::new(Metrics::new()?);
-    let functions = Arc::new(FunctionService::new(artifacts.clone(), registry));
+    // One process holds every cache: an in-process feed reaches them all.
+    let feed: Arc<dyn ChangeFeed> = Arc::new(LocalChangeFeed::default());
+    let functions = Arc::new(FunctionService::new(artifacts.clone(), registry, Some(feed)));
     let directory: Arc<dyn WorkerDirectory> = Arc::new(InProcessDirectory::default());
     let embedded_logs = Arc::new(EmbeddedLogStore::new(db.clone()));
     let logs: Arc<dyn LogStore> = embedded_logs.clone();
@@ -225,10 +230,11 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let registry: Arc<dyn FunctionRegistry> = Arc::new(DynamoRegistry::new(aws, &cfg.table).await);
     // The API only sends; the visibility timeout matters to receivers.
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, Duration::from_secs(30)).await);
-    let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let (bus, client, conn) = redis_bus(&cfg.cloud).await?;
     let counter = Arc::new(RedisJobCounter::new(conn.clone(), &cfg.cloud.redis_key_prefix));
     let jobs = Jobs::new(bus, ledger(&cfg.cloud).await, counter);
     let prefix = &cfg.cloud.redis_key_prefix;
+    let feed: Arc<dyn ChangeFeed> = Arc::new(RedisChangeFeed::new(client, conn.clone(), prefix));
     let limiters = Limiters::of(&cfg.http, |quota, name| {
         Arc::new(RedisRateLimiter::new(
             conn.clone(),
@@ -239,7 +245,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, prefix));
     let api_key = cfg.http.api_key.clone().unwrap_or_default();
     let metrics = Arc::new(Metrics::new()?);
-    let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let functions = Arc::new(FunctionService::new(artifacts, registry, Some(feed)));
     let logs = logs_store(&cfg.cloud).await;
     let parts = ApiParts {
         functions: functions.clone(),
@@ -269,9 +275,11 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
     let aws = &cfg.cloud.aws;
     let artifacts: Arc<dyn ArtifactStore> = Arc::new(S3ArtifactStore::new(aws, &cfg.cloud.bucket).await);
     let queue: Arc<dyn JobQueue> = Arc::new(SqsQueue::new(aws, &cfg.cloud.sqs_url, cfg.visibility_timeout).await);
-    let (bus, conn) = redis_bus(&cfg.cloud).await?;
+    let (bus, client, conn) = redis_bus(&cfg.cloud).await?;
     let counter = Arc::new(RedisJobCounter::new(conn.clone(), &cfg.cloud.redis_key_prefix));
     let jobs = Jobs::new(bus.clone(), ledger(&cfg.cloud).await, counter);
+    let feed = RedisChangeFeed::new(client, conn.clone(), &cfg.cloud.redis_key_prefix);
+    let changes = notify_on_changes(Arc::new(feed));
     let directory: Arc<dyn WorkerDirectory> = Arc::new(RedisDirectory::new(conn, &cfg.cloud.redis_key_prefix));
     let metrics = Arc::new(Metrics::new()?);
     let logs = logs_store(&cfg.cloud).await;
@@ -298,7 +306,7 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         directory,
         logs,
         registry,
-        changes: None,
+        changes: Some(changes),
     };
     let runner = Runner {
         pool: &cfg.pool,
@@ -332,7 +340,14 @@ pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
         metrics: metrics.clone(),
         isolation: None,
     });
-    let functions = Arc::new(FunctionService::new(artifacts, registry));
+    let feed = match &cfg.redis {
+        Some((url, prefix)) => {
+            let (client, conn) = connect(url).await?;
+            Some(Arc::new(RedisChangeFeed::new(client, conn, prefix)) as Arc<dyn ChangeFeed>)
+        }
+        None => None,
+    };
+    let functions = Arc::new(FunctionService::new(artifacts, registry, feed));
     let lease = cfg.lease_namespace.as_deref().map(|ns| {
         let identity = std::env::var("POD_NAME")
             .unwrap_or_else(|_| format!("{}-{}", crate::worker::hostname(), std::process::id()));
@@ -360,13 +375,33 @@ async fn ledger(cloud: &CloudConfig) -> Ledger {
     ))
 }
 
-async fn redis_bus(cloud: &CloudConfig) -> Result<(Arc<dyn ResultBus>, redis::aio::ConnectionManager), AppError> {
+async fn redis_bus(
+    cloud: &CloudConfig,
+) -> Result<(Arc<dyn ResultBus>, redis::Client, redis::aio::ConnectionManager), AppError> {
     let (client, conn) = connect(&cloud.redis_url).await?;
-    let bus = RedisResultBus::new(client, conn.clone(), cloud.job_ttl, &cloud.redis_key_prefix);
+    let bus = RedisResultBus::new(client.clone(), conn.clone(), cloud.job_ttl, &cloud.redis_key_prefix);
     if !bus.ready(Duration::from_secs(5)).await {
         tracing::warn!("the Redis result subscription is not connected yet; /health says so until it is");
     }
-    Ok((Arc::new(bus), conn))
+    Ok((Arc::new(bus), client, conn))
+}
+
+/// A worker follows the warm-pool spec as soon as a function changes
+/// (its periodic poll stays as the fallback). Holds the feed for its life.
+fn notify_on_changes(feed: Arc<dyn ChangeFeed>) -> Arc<tokio::sync::Notify> {
+    let notify = Arc::new(tokio::sync::Notify::new());
+    let mut heard = feed.subscribe();
+    let wake = notify.clone();
+    tokio::spawn(async move {
+        let _feed = feed;
+        while !matches!(
+            heard.recv().await,
+            Err(tokio::sync::broadcast::error::RecvError::Closed)
+        ) {
+            wake.notify_one();
+        }
+    });
+    notify
 }
 
 /// The API's two request limits; `None` where disabled.

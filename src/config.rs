@@ -71,6 +71,14 @@ pub struct OperatorArgs {
     /// Namespace of the Lease (the operator's own; the chart sets it).
     #[arg(long, env = "POD_NAMESPACE", default_value = "default")]
     pub lease_namespace: String,
+    /// The API's Redis (`redis://host:port/db`), optional: when set, every
+    /// change the operator makes reaches the API's record caches at once;
+    /// without it they see it within their fallback expiry (2 s).
+    #[arg(long, env = "REDIS_URL", hide_env_values = true)]
+    pub redis_url: Option<String>,
+    /// As the API's REDIS_KEY_PREFIX.
+    #[arg(long, env = "REDIS_KEY_PREFIX", default_value = "")]
+    pub redis_key_prefix: String,
 }
 
 /// Validated configuration of `infra operator`.
@@ -83,6 +91,8 @@ pub struct OperatorConfig {
     pub shutdown_timeout: Duration,
     /// The Lease's namespace, when leader election is on.
     pub lease_namespace: Option<String>,
+    /// Where function changes are announced (Redis URL and key prefix).
+    pub redis: Option<(String, String)>,
 }
 
 impl OperatorArgs {
@@ -94,6 +104,12 @@ impl OperatorArgs {
         let listen = p.listen("OPERATOR_HOST", &self.host, "OPERATOR_PORT", &self.port);
         let shutdown = p.num("SHUTDOWN_TIMEOUT_SECONDS", &self.shutdown_timeout_seconds, 0, 3600, 30);
         let elect = p.flag("LEADER_ELECTION", &self.leader_election);
+        let redis = match self.redis_url.as_deref().map(str::trim) {
+            Some(u) if !u.is_empty() => p
+                .url("REDIS_URL", &Some(u.to_string()), &["redis", "rediss"])
+                .map(|u| (u.to_string(), self.redis_key_prefix.clone())),
+            _ => None,
+        };
         p.finish(OperatorConfig {
             aws,
             bucket,
@@ -101,6 +117,7 @@ impl OperatorArgs {
             listen,
             shutdown_timeout: Duration::from_secs(shutdown),
             lease_namespace: elect.then(|| self.lease_namespace.clone()),
+            redis,
         })
     }
 }

@@ -509,7 +509,7 @@ pub async fn update_function(
     if draft.is_empty() && code.is_none() {
         // Nothing to change: answered like any update (the function as it is),
         // so a client sending an unchanged form does not need a special case.
-        return Ok(answer(state.functions.get(&id).await?.as_ref(), ignored_fields));
+        return Ok(answer(&state.functions.fetch(&id).await?, ignored_fields));
     }
     let (code, _turn) = match code {
         Some(spooled) => {

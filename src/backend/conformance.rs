@@ -12,8 +12,8 @@ use bytes::Bytes;
 use chrono::Utc;
 
 use super::{
-    ArtifactStore, Error, FunctionRegistry, JobCounter, JobQueue, LogStore, RateLimiter, RecordStore, ResultBus,
-    WorkerDirectory,
+    ArtifactStore, ChangeFeed, Error, FunctionChange, FunctionRegistry, JobCounter, JobQueue, LogStore, RateLimiter,
+    RecordStore, ResultBus, WorkerDirectory,
 };
 use crate::model::{FunctionRecord, Job, JobRecord, JobResult, JobStatus, LogEntry, Runtime, UsageDelta, WorkerStatus};
 
@@ -416,6 +416,35 @@ pub async fn result_bus(bus: &dyn ResultBus) {
     assert!(tokio::time::timeout(Duration::from_millis(200), quiet.recv())
         .await
         .is_err());
+}
+
+/// `writer` and `reader`: two handles on one feed (two processes' worth for
+/// a shared feed, the same one twice for an in-process feed).
+pub async fn change_feed(writer: &dyn ChangeFeed, reader: &dyn ChangeFeed) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while !(writer.is_live() && reader.is_live()) {
+        assert!(tokio::time::Instant::now() < deadline, "the feed comes up");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let mut heard = reader.subscribe();
+    let id = unique("fn");
+    writer.publish(&id).await.expect("publish");
+    writer.publish(&id).await.expect("publish twice");
+    let mut changed = 0;
+    while changed < 2 {
+        match tokio::time::timeout(Duration::from_secs(5), heard.recv()).await {
+            Ok(Ok(FunctionChange::Changed(got))) => {
+                assert_eq!(got, id);
+                changed += 1;
+            }
+            // A (re)connection may be announced first: it only widens what is forgotten.
+            Ok(Ok(FunctionChange::Resync)) => {}
+            other => panic!("every change is heard: {other:?}"),
+        }
+    }
+    // Publishing with nobody caching anything is not an error.
+    drop(heard);
+    writer.publish(&unique("fn")).await.expect("publish unheard");
 }
 
 /// `per_minute`: a limit of about 100 per minute; `short`: a window of a

@@ -79,6 +79,29 @@ pub trait FunctionRegistry: Send + Sync + 'static {
     async fn ping(&self) -> Result<()>;
 }
 
+/// A change to the function records seen by a `ChangeFeed` subscriber.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FunctionChange {
+    /// The record of this function was written or deleted somewhere.
+    Changed(String),
+    /// Changes may have been missed (the feed (re)connected or the
+    /// subscriber lagged): forget everything cached.
+    Resync,
+}
+
+/// Tells every process holding function records when one changes, so their
+/// caches need no short expiry (Redis pub/sub across processes).
+#[async_trait]
+pub trait ChangeFeed: Send + Sync + 'static {
+    /// Announces that `function_id`'s record was written or deleted.
+    async fn publish(&self, function_id: &str) -> Result<()>;
+    /// Changes from now on, by this process and every other one.
+    fn subscribe(&self) -> tokio::sync::broadcast::Receiver<FunctionChange>;
+    /// Whether changes are being received right now; while not, a cache
+    /// must fall back to a short expiry.
+    fn is_live(&self) -> bool;
+}
+
 /// A received job: acknowledge it with its receipt once its result is stored.
 #[derive(Debug, Clone)]
 pub struct Delivery {

@@ -1,7 +1,9 @@
 //! A function's life: validate settings (pure), package code into a
 //! content-addressed artifact (pure), and the one service that stores both
-//! (used by `/upload`, `PUT /functions/{id}` and, later, the reconciler).
+//! (used by `/upload`, `PUT /functions/{id}` and the reconciler), with the
+//! record cache of the request path.
 
+pub mod cache;
 pub mod package;
 pub mod service;
 pub mod settings;

@@ -1,22 +1,17 @@
 //! The one registration path: validate → package → store artifact → write
-//! record → drop the replaced artifact. Also a short-lived record cache for
-//! job admission and aggregated invocation counters.
+//! record → drop the replaced artifact → announce the change. Also the
+//! record cache of job admission (`cache`) and aggregated invocation counters.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
 
 use bytes::Bytes;
 use chrono::Utc;
 
+use super::cache::RecordCache;
 use super::package::{self, Artifact, PackageError};
 use super::settings::{self, FunctionSettings, SettingsDraft, ValidationErrors};
-use crate::backend::{self, ArtifactStore, FunctionRegistry};
+use crate::backend::{self, ArtifactStore, ChangeFeed, FunctionChange, FunctionRegistry};
 use crate::model::{FunctionRecord, Runtime, UsageDelta};
-
-/// How long a looked-up record may be served from memory. Local writes
-/// invalidate at once; the TTL bounds staleness across API processes.
-const CACHE_TTL: Duration = Duration::from_secs(2);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ServiceError {
@@ -60,21 +55,56 @@ async fn package_off_thread(code: &CodeUpload, settings: &FunctionSettings) -> R
 pub struct FunctionService {
     artifacts: Arc<dyn ArtifactStore>,
     registry: Arc<dyn FunctionRegistry>,
-    cache: Mutex<HashMap<String, (Instant, Arc<FunctionRecord>)>>,
+    cache: Arc<RecordCache>,
+    /// Where changes are announced to (and heard from) other processes.
+    feed: Option<Arc<dyn ChangeFeed>>,
     usage: super::usage::UsageTally,
     /// Signalled after every change (in-process workers follow at once).
     changes: Arc<tokio::sync::Notify>,
 }
 
 impl FunctionService {
-    pub fn new(artifacts: Arc<dyn ArtifactStore>, registry: Arc<dyn FunctionRegistry>) -> Self {
-        FunctionService {
+    /// Without a feed, records are cached only briefly (`cache::FRESH_FALLBACK`)
+    /// and changes made here are not announced.
+    pub fn new(
+        artifacts: Arc<dyn ArtifactStore>,
+        registry: Arc<dyn FunctionRegistry>,
+        feed: Option<Arc<dyn ChangeFeed>>,
+    ) -> Self {
+        let service = FunctionService {
             artifacts,
+            cache: Arc::new(RecordCache::new(registry.clone())),
             registry,
-            cache: Mutex::new(HashMap::new()),
+            feed,
             usage: Default::default(),
             changes: Arc::new(tokio::sync::Notify::new()),
-        }
+        };
+        service.follow_changes();
+        service
+    }
+
+    /// Forgets records changed elsewhere as soon as the feed says so (ends
+    /// with the feed).
+    fn follow_changes(&self) {
+        let Some(feed) = &self.feed else { return };
+        let mut heard = feed.subscribe();
+        let cache = Arc::downgrade(&self.cache);
+        let changes = self.changes.clone();
+        tokio::spawn(async move {
+            loop {
+                let change = heard.recv().await;
+                let Some(cache) = cache.upgrade() else { return };
+                match change {
+                    Ok(FunctionChange::Changed(id)) => cache.invalidate(&id),
+                    Ok(FunctionChange::Resync) | Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {
+                        cache.clear()
+                    }
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+                }
+                // A stored permit: the follower sees the change even if it is busy now.
+                changes.notify_one();
+            }
+        });
     }
 
     pub fn changes(&self) -> Arc<tokio::sync::Notify> {
@@ -250,7 +280,7 @@ impl FunctionService {
             max_queued: settings.max_queued,
         };
         self.registry.put(&record).await?;
-        self.invalidate(id);
+        self.changed(id).await;
         if let Some(prev) = previous {
             if prev.s3_key != key {
                 if let Err(e) = self.artifacts.delete(&prev.s3_key).await {
@@ -268,28 +298,21 @@ impl FunctionService {
         let current = self.fetch(id).await?;
         check_owner(&current, caller_owner)?;
         self.registry.delete(id).await.map_err(not_found(id))?;
-        self.invalidate(id);
+        self.changed(id).await;
         for key in self.artifacts.list(&format!("functions/{id}/")).await? {
             self.artifacts.delete(&key).await?;
         }
         Ok(())
     }
 
-    /// The record, from the short-lived cache when fresh.
+    /// The record as the request path needs it: from memory, never waiting
+    /// on a refresh (see `cache`). Counts may lag; `fetch` has them.
     pub async fn get(&self, id: &str) -> Result<Arc<FunctionRecord>> {
-        if let Some((at, rec)) = self.cache.lock().ok().and_then(|c| c.get(id).cloned()) {
-            if at.elapsed() < CACHE_TTL {
-                return Ok(rec);
-            }
-        }
-        let record = Arc::new(self.fetch(id).await?);
-        if let Ok(mut cache) = self.cache.lock() {
-            if cache.len() > 10_000 {
-                cache.clear();
-            }
-            cache.insert(id.to_string(), (Instant::now(), record.clone()));
-        }
-        Ok(record)
+        let live = self.feed.as_ref().is_some_and(|f| f.is_live());
+        self.cache
+            .get(id, live)
+            .await?
+            .ok_or_else(|| ServiceError::NotFound(id.to_string()))
     }
 
     /// The record straight from the registry, with counts not yet flushed.
@@ -307,9 +330,15 @@ impl FunctionService {
         Ok(records)
     }
 
-    fn invalidate(&self, id: &str) {
-        if let Ok(mut cache) = self.cache.lock() {
-            cache.remove(id);
+    /// Forgets the cached record here, tells other processes, and wakes the
+    /// in-process follower.
+    async fn changed(&self, id: &str) {
+        self.cache.invalidate(id);
+        if let Some(feed) = &self.feed {
+            if let Err(e) = feed.publish(id).await {
+                // Their caches fall back to the short expiry while the feed is down.
+                tracing::warn!(function_id = id, error = %e, "could not announce a function change");
+            }
         }
         // A stored permit: the follower sees the change even if it is busy now.
         self.changes.notify_one();

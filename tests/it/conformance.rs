@@ -77,6 +77,12 @@ async fn embedded_log_store() {
 }
 
 #[tokio::test]
+async fn local_change_feed() {
+    let feed = infra_controller::backend::embedded::LocalChangeFeed::default();
+    conformance::change_feed(&feed, &feed).await;
+}
+
+#[tokio::test]
 async fn in_process_worker_directory() {
     conformance::worker_directory(&InProcessDirectory::default()).await;
 }
@@ -217,9 +223,10 @@ mod redis {
 
     use infra_controller::backend::conformance;
     use infra_controller::backend::redis::{
-        connect, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus,
+        connect, RedisChangeFeed, RedisDirectory, RedisJobCounter, RedisRateLimiter, RedisResultBus,
     };
     use infra_controller::backend::Quota;
+    use infra_controller::backend::{ChangeFeed, FunctionChange};
 
     use crate::services::RedisServer;
 
@@ -251,6 +258,50 @@ mod redis {
         let server = RedisServer::start();
         let (_, conn) = connect(&server.url()).await.unwrap();
         conformance::job_counter(&RedisJobCounter::new(conn, "p:")).await;
+    }
+
+    #[tokio::test]
+    async fn redis_change_feed() {
+        let server = RedisServer::start();
+        let feed = |prefix: &'static str| {
+            let url = server.url();
+            async move {
+                let (client, conn) = connect(&url).await.unwrap();
+                RedisChangeFeed::new(client, conn, prefix)
+            }
+        };
+        conformance::change_feed(&feed("p:").await, &feed("p:").await).await;
+    }
+
+    /// Pub/sub keeps nothing: after Redis comes back, subscribers are told
+    /// to forget everything, and changes are heard again.
+    #[tokio::test]
+    async fn a_redis_change_feed_resyncs_after_an_outage() {
+        let mut server = RedisServer::start();
+        let (client, conn) = connect(&server.url()).await.unwrap();
+        let feed = RedisChangeFeed::new(client, conn, "");
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while !feed.is_live() {
+            assert!(std::time::Instant::now() < deadline, "the feed comes up");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let mut heard = feed.subscribe();
+        server.stop();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while feed.is_live() {
+            assert!(std::time::Instant::now() < deadline, "an outage is noticed");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        server.resume();
+        let resync = tokio::time::timeout(Duration::from_secs(10), heard.recv()).await;
+        assert!(matches!(resync, Ok(Ok(FunctionChange::Resync))), "{resync:?}");
+        assert!(feed.is_live());
+        feed.publish("f").await.unwrap();
+        let changed = tokio::time::timeout(Duration::from_secs(5), heard.recv()).await;
+        assert!(
+            matches!(changed, Ok(Ok(FunctionChange::Changed(ref id))) if id == "f"),
+            "{changed:?}"
+        );
     }
 
     #[tokio::test]

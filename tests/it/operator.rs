@@ -88,7 +88,7 @@ impl Harness {
             down: AtomicBool::new(false),
         });
         let registry: Arc<dyn FunctionRegistry> = Arc::new(EmbeddedRegistry::new(db));
-        let functions = Arc::new(FunctionService::new(artifacts.clone(), registry.clone()));
+        let functions = Arc::new(FunctionService::new(artifacts.clone(), registry.clone(), None));
         let (service, server) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
         let client = Client::new(service, "default");
         let metrics = Arc::new(infra_controller::metrics::Metrics::new().unwrap());

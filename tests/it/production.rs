@@ -589,6 +589,41 @@ async fn two_api_processes_share_one_exact_rate_limit() {
     assert_eq!((passed, limited_count), (100, 50));
 }
 
+/// Records are cached for admission; a change made through one API process
+/// reaches the others' caches through Redis at once, not after an expiry.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_change_through_one_api_reaches_the_others_cache_at_once() {
+    let cluster = Cluster::new().await;
+    let a = cluster.api(&[]);
+    let b = cluster.api(&[]);
+    let client = reqwest::Client::new();
+    let id = upload_at(&client, &a.base, "def handler(event, context):\n    return 1\n").await;
+    // B caches the record by admitting a job.
+    let (status, _) = run_at(&client, &b.base, &id, json!({}), true).await;
+    assert_eq!(status, 202);
+    let deleted = client
+        .delete(format!("{}/functions/{id}", a.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(deleted.status(), 200);
+    let since = Instant::now();
+    loop {
+        let (status, body) = run_at(&client, &b.base, &id, json!({}), true).await;
+        if status == 404 {
+            break;
+        }
+        assert_eq!(status, 202, "{body}");
+        // Without the change feed B would admit jobs of the deleted function for its 2 s expiry.
+        assert!(
+            since.elapsed() < Duration::from_millis(1000),
+            "B still admits a deleted function"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn worker_reports_its_backends() {
     let mut cluster = Cluster::new().await;
@@ -758,7 +793,11 @@ async fn the_reconciler_deploys_to_s3_and_dynamodb_and_the_function_runs_warm() 
     let settings = aws();
     let artifacts = Arc::new(S3ArtifactStore::new(&settings, &env("BUCKET_NAME")).await);
     let registry = Arc::new(DynamoRegistry::new(&settings, &env("TABLE_NAME")).await);
-    let reconciler = Reconciler::new(Arc::new(FunctionService::new(artifacts.clone(), registry.clone())));
+    let reconciler = Reconciler::new(Arc::new(FunctionService::new(
+        artifacts.clone(),
+        registry.clone(),
+        None,
+    )));
     let spec: FunctionSpec = serde_yaml::from_str(
         "runtime: python\nwarmPool: {minWarm: 1}\ncode:\n  inline:\n    main.py: |\n      def handler(event, context):\n          return event['n'] + 1\n",
     )

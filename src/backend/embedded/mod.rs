@@ -8,6 +8,7 @@
 
 mod artifacts;
 mod bus;
+mod changes;
 mod counter;
 pub mod db;
 mod directory;
@@ -19,6 +20,7 @@ mod registry;
 
 pub use artifacts::LocalArtifactStore;
 pub use bus::EmbeddedResultBus;
+pub use changes::LocalChangeFeed;
 pub use counter::InProcessJobCounter;
 pub use db::Db;
 pub use directory::InProcessDirectory;

@@ -1,13 +1,15 @@
 //! Redis implementations: the rate limiter (one Lua script, exact across API
-//! processes) and the result bus (`job:{id}` records with a TTL, `PUBLISH
-//! result:{id}`). Connections reconnect on their own after an outage.
+//! processes), the result bus (`job:{id}` records with a TTL, `PUBLISH
+//! result:{id}`) and the function change feed. Connections reconnect on their own after an outage.
 
 mod bus;
+mod changes;
 mod counter;
 mod directory;
 mod ratelimit;
 
 pub use bus::RedisResultBus;
+pub use changes::RedisChangeFeed;
 pub use counter::RedisJobCounter;
 pub use directory::RedisDirectory;
 pub use ratelimit::RedisRateLimiter;
