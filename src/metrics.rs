@@ -30,6 +30,9 @@ pub struct Metrics {
     pub warm_instances: IntGauge,
     pub busy_instances: IntGauge,
     pub init_duration: HistogramVec,
+    /// Time spent in each stage of a `/run` admission (`lookup`, `record`,
+    /// `queue`), to find where the tail comes from.
+    pub admission_stage: HistogramVec,
     pub stem_cells: IntGauge,
     pub jobs_admitted: IntCounter,
     pub ai_calls: IntCounterVec,
@@ -52,6 +55,13 @@ pub struct Metrics {
 }
 
 impl Metrics {
+    /// Records how long an admission stage took since `started`.
+    pub fn stage(&self, stage: &str, started: std::time::Instant) {
+        self.admission_stage
+            .with_label_values(&[stage])
+            .observe(started.elapsed().as_secs_f64());
+    }
+
     pub fn new() -> Result<Metrics, prometheus::Error> {
         let registry = Registry::new();
         let http_duration = HistogramVec::new(
@@ -128,6 +138,16 @@ impl Metrics {
                 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 10.0,
             ]),
             &["kind"],
+        )?;
+        let admission_stage = HistogramVec::new(
+            HistogramOpts::new(
+                "infra_admission_stage_seconds",
+                "Time of each stage of a /run admission: lookup (function record), record (PENDING state and job count), queue (send)",
+            )
+            .buckets(vec![
+                0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+            ]),
+            &["stage"],
         )?;
         let stem_cells = IntGauge::new("infra_stem_cells", "Started stem cells waiting for a function")?;
         let jobs_admitted = IntCounter::new("infra_jobs_admitted_total", "Jobs accepted onto the queue")?;
@@ -251,6 +271,7 @@ impl Metrics {
         registry.register(Box::new(warm_instances.clone()))?;
         registry.register(Box::new(busy_instances.clone()))?;
         registry.register(Box::new(init_duration.clone()))?;
+        registry.register(Box::new(admission_stage.clone()))?;
         registry.register(Box::new(stem_cells.clone()))?;
         registry.register(Box::new(jobs_admitted.clone()))?;
         registry.register(Box::new(ai_calls.clone()))?;
@@ -268,6 +289,7 @@ impl Metrics {
             warm_instances,
             busy_instances,
             init_duration,
+            admission_stage,
             stem_cells,
             jobs_admitted,
             ai_calls,

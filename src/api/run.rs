@@ -173,7 +173,9 @@ pub async fn run(
     if req.model_id.as_ref().is_some_and(|m| m.is_empty() || m.len() > 256) {
         return Err(ApiError::bad_request("modelId must be 1 to 256 characters"));
     }
+    let looked_up = std::time::Instant::now();
     let function = state.functions.get(function_id).await?;
+    state.metrics.stage("lookup", looked_up);
     if let Some(model) = &req.model_id {
         // Checked only when the node answers; when it is down the run is
         // accepted and an AI call inside the function fails with a clear error.
@@ -284,6 +286,7 @@ pub(super) async fn admit(
     }
     let counter = state.jobs.counter();
     let pending = JobRecord::pending(job);
+    let recording = std::time::Instant::now();
     match max_queued {
         // The bound must hold before anything else happens.
         Some(limit) => {
@@ -316,6 +319,7 @@ pub(super) async fn admit(
             }
         }
     }
+    state.metrics.stage("record", recording);
     let subscription = if asynchronous {
         None
     } else {
@@ -327,7 +331,10 @@ pub(super) async fn admit(
             }
         }
     };
-    if let Err(e) = state.queue.send(job).await {
+    let queueing = std::time::Instant::now();
+    let sent = state.queue.send(job).await;
+    state.metrics.stage("queue", queueing);
+    if let Err(e) = sent {
         // Leave no job PENDING forever: record why it never ran.
         let failed = JobResult::platform(job, JobStatus::Error, "EnqueueFailed", "the job could not be queued");
         let _ = state.jobs.finish(job.submitted_at, &failed).await;

@@ -476,6 +476,12 @@ async fn metrics_expose_http_invocations_and_starts() {
     assert!(text.contains(r#"infra_instance_starts_total{kind="fresh"} 1"#));
     assert!(text.contains(r#"infra_instance_starts_total{kind="warm"} 1"#));
     assert!(text.contains("infra_warm_instances 1"));
+    for stage in ["lookup", "record", "queue"] {
+        assert!(
+            text.contains(&format!(r#"infra_admission_stage_seconds_count{{stage="{stage}"}} 2"#)),
+            "each admission stage is timed: {stage}"
+        );
+    }
 }
 
 #[tokio::test]
