@@ -17,6 +17,14 @@
 //!   cell cold start (a new function while stem cells are ready), and a
 //!   warm invoke.
 //!
+//! - `original`: the original Node.js controller (ORIGINAL_CONTROLLER_DIR,
+//!   prepared by `scripts/bench`), async admission only, on fauxqs, moto and
+//!   a redis-server on 6379 (its hard-coded port), without workers.
+//!
+//! Every deployment's async admission is also driven from outside the
+//! process by `wrk` (20 connections, BENCH_SECONDS), which reports
+//! p50/p90/p99/max as an external client sees them.
+//!
 //! Knobs: BENCH_INVOKES (2000), BENCH_SECONDS (5), BENCH_COLD (40 per kind),
 //! BENCH_ADMISSION_ALONE (1: stop a cloud deployment's worker before the
 //! admission burst).
@@ -26,6 +34,7 @@ use std::time::{Duration, Instant};
 
 use infra_controller::app::{self, Running};
 use infra_controller::backend::aws::{AwsSettings, DynamoRegistry, S3ArtifactStore, SqsQueue};
+use infra_controller::backend::FunctionRegistry;
 use infra_controller::config::{ApiConfig, CloudConfig, UpArgs, WorkerConfig};
 use serde_json::{json, Value};
 
@@ -60,6 +69,8 @@ struct Deployment {
     base: String,
     roles: Vec<Running>,
     redis: Option<Child>,
+    /// Processes of a deployment that is not this platform (the original).
+    children: Vec<Child>,
     _dirs: Vec<tempfile::TempDir>,
 }
 
@@ -69,9 +80,9 @@ impl Deployment {
             r.shutdown();
             let _ = r.wait().await;
         }
-        if let Some(mut redis) = self.redis.take() {
-            let _ = redis.kill();
-            let _ = redis.wait();
+        for mut child in self.redis.take().into_iter().chain(self.children.drain(..)) {
+            let _ = child.kill();
+            let _ = child.wait();
         }
     }
 }
@@ -92,6 +103,7 @@ async fn embedded() -> Deployment {
         base: format!("http://{}", running.addr),
         roles: vec![running],
         redis: None,
+        children: vec![],
         _dirs: vec![dir],
     }
 }
@@ -177,6 +189,7 @@ async fn cloud(sqs_endpoint: Option<String>) -> Deployment {
         base: format!("http://{}", api.addr),
         roles: vec![api, worker],
         redis: Some(redis),
+        children: vec![],
         _dirs: vec![api_dir, worker_dir],
     }
 }
@@ -317,6 +330,214 @@ async fn measure(name: &str, deployment: &mut Deployment) {
         all.len() as f64 / elapsed
     );
     summary(name, "async admission: latency", all);
+    external_admission(name, base, &id, seconds);
+    admission_stages(name, &client, base).await;
+}
+
+/// Where admission time goes, from the API's own `infra_admission_stage_seconds`
+/// histogram (both bursts above): p50 and p99 as bucket upper bounds.
+async fn admission_stages(name: &str, client: &reqwest::Client, base: &str) {
+    let Ok(r) = client.get(format!("{base}/metrics")).header("x-api-key", KEY).send().await else {
+        return;
+    };
+    let text = r.text().await.unwrap_or_default();
+    for stage in ["lookup", "record", "queue"] {
+        let prefix = format!("infra_admission_stage_seconds_bucket{{stage=\"{stage}\",le=\"");
+        let buckets: Vec<(f64, f64)> = text
+            .lines()
+            .filter_map(|l| l.strip_prefix(&prefix))
+            .filter_map(|rest| {
+                let (le, count) = rest.split_once("\"} ")?;
+                let le = if le == "+Inf" { f64::INFINITY } else { le.parse().ok()? };
+                Some((le, count.trim().parse().ok()?))
+            })
+            .collect();
+        let Some(&(_, total)) = buckets.last() else { continue };
+        let at = |q: f64| {
+            buckets
+                .iter()
+                .find(|(_, c)| *c >= q * total)
+                .map(|(le, _)| le * 1000.0)
+                .unwrap_or(f64::NAN)
+        };
+        println!(
+            "{name:<15} admission stage {stage:<7} n={total:<7} p50 <= {:>7.2} ms  p99 <= {:>7.2} ms",
+            at(0.5),
+            at(0.99)
+        );
+    }
+}
+
+/// Async admission driven by `wrk` from outside this process (20
+/// connections, 2 threads), as an external client sees it.
+fn external_admission(name: &str, base: &str, function_id: &str, seconds: u64) {
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/wrk-run.lua");
+    let out = Command::new("wrk")
+        .args(["-t2", &format!("-c{CLIENTS}"), &format!("-d{seconds}s"), "--latency", "-s", script])
+        .arg(format!("{base}/run"))
+        .env("BENCH_KEY", KEY)
+        .env("BENCH_FUNCTION_ID", function_id)
+        .output();
+    let out = match out {
+        Ok(o) if o.status.success() => String::from_utf8_lossy(&o.stdout).to_string(),
+        Ok(o) => panic!("wrk failed: {}", String::from_utf8_lossy(&o.stderr)),
+        Err(e) => {
+            println!("{name:<15} external admission (wrk): skipped, wrk not runnable ({e}); scripts/bench installs it");
+            return;
+        }
+    };
+    let figures = WrkFigures::parse(&out).unwrap_or_else(|| panic!("unreadable wrk output:\n{out}"));
+    assert_eq!(figures.errors, 0, "every admission must be a 202:\n{out}");
+    println!(
+        "{name:<15} external admission (wrk, {CLIENTS} conns): {:.0} req/s  p50={:>8.3} ms  p90={:>8.3} ms  p99={:>8.3} ms  max={:>8.3} ms",
+        figures.rps, figures.p50, figures.p90, figures.p99, figures.max
+    );
+}
+
+/// What `wrk --latency` prints, in ms and requests per second.
+#[derive(Debug, PartialEq)]
+struct WrkFigures {
+    rps: f64,
+    p50: f64,
+    p90: f64,
+    p99: f64,
+    max: f64,
+    /// Non-2xx answers and socket errors.
+    errors: u64,
+}
+
+impl WrkFigures {
+    fn parse(out: &str) -> Option<WrkFigures> {
+        // wrk prints durations as 812.00us, 3.45ms, 1.02s or 2.00m.
+        fn ms(t: &str) -> Option<f64> {
+            let t = t.trim();
+            let (n, unit) = t.split_at(t.find(|c: char| c.is_ascii_alphabetic())?);
+            let n: f64 = n.parse().ok()?;
+            Some(match unit {
+                "us" => n / 1000.0,
+                "ms" => n,
+                "s" => n * 1000.0,
+                "m" => n * 60_000.0,
+                _ => return None,
+            })
+        }
+        let mut f = WrkFigures {
+            rps: f64::NAN,
+            p50: f64::NAN,
+            p90: f64::NAN,
+            p99: f64::NAN,
+            max: f64::NAN,
+            errors: 0,
+        };
+        for line in out.lines() {
+            let words: Vec<&str> = line.split_whitespace().collect();
+            match words.as_slice() {
+                ["Latency", _avg, _stdev, max, ..] => f.max = ms(max)?,
+                ["50%", t] => f.p50 = ms(t)?,
+                ["90%", t] => f.p90 = ms(t)?,
+                ["99%", t] => f.p99 = ms(t)?,
+                ["Requests/sec:", n] => f.rps = n.parse().ok()?,
+                ["Non-2xx", "or", "3xx", "responses:", n] => f.errors += n.parse::<u64>().ok()?,
+                ["Socket", "errors:", rest @ ..] => {
+                    for n in rest.iter().filter_map(|w| w.trim_end_matches(',').parse::<u64>().ok()) {
+                        f.errors += n;
+                    }
+                }
+                _ => {}
+            }
+        }
+        (!f.rps.is_nan() && !f.p99.is_nan()).then_some(f)
+    }
+}
+
+/// The original Node.js controller (ORIGINAL_CONTROLLER_DIR: its
+/// `controller.js` with node_modules, its 100/min limit raised), on fauxqs
+/// (BENCH_FAST_SQS_ENDPOINT), moto and a redis-server on 6379. Its function
+/// record is written in the shared DynamoDB format. Async admission only.
+async fn original() {
+    let Ok(dir) = std::env::var("ORIGINAL_CONTROLLER_DIR") else {
+        println!("original        skipped: ORIGINAL_CONTROLLER_DIR is not set (scripts/bench prepares it)");
+        return;
+    };
+    let moto = std::env::var("INFRA_TEST_AWS_ENDPOINT").expect("INFRA_TEST_AWS_ENDPOINT (run scripts/bench)");
+    let fauxqs = std::env::var("BENCH_FAST_SQS_ENDPOINT").expect("BENCH_FAST_SQS_ENDPOINT (run scripts/bench)");
+    let aws = AwsSettings {
+        region: "us-east-1".into(),
+        endpoint_url: Some(moto.clone()),
+        s3_endpoint_url: None,
+        dynamodb_endpoint_url: None,
+        sqs_endpoint_url: Some(fauxqs.clone()),
+        static_credentials: Some(("test".into(), "test".into())),
+    };
+    let id = uuid::Uuid::new_v4().simple().to_string()[..12].to_string();
+    let (bucket, table) = (format!("orig-{id}"), format!("orig-{id}"));
+    S3ArtifactStore::new(&aws, &bucket).await.ensure_bucket().await.unwrap();
+    let registry = DynamoRegistry::new(&aws, &table).await;
+    registry.ensure_table().await.unwrap();
+    let sqs_url = SqsQueue::create_queue(&aws, &format!("orig-{id}")).await.unwrap();
+    let mut record = infra_controller::backend::conformance::sample_function("bench-original");
+    record.s3_key = "functions/bench-original/code.zip".into();
+    registry.put(&record).await.unwrap();
+    assert!(
+        std::net::TcpStream::connect(("127.0.0.1", 6379)).is_err(),
+        "the original controller needs port 6379 for its redis-server; it is taken"
+    );
+    let bin = std::env::var("INFRA_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
+    let redis = Command::new(bin)
+        .args(["--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("redis-server");
+    while std::net::TcpStream::connect(("127.0.0.1", 6379)).is_err() {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let controller = Command::new("node")
+        .arg("controller.js")
+        .current_dir(&dir)
+        .envs([
+            ("AWS_REGION", "us-east-1"),
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("BUCKET_NAME", bucket.as_str()),
+            ("TABLE_NAME", table.as_str()),
+            ("SQS_URL", sqs_url.as_str()),
+            ("REDIS_HOST", "127.0.0.1"),
+            ("INFRA_API_KEY", KEY),
+            ("S3_ENDPOINT", moto.as_str()),
+            ("DYNAMODB_ENDPOINT", moto.as_str()),
+            ("SQS_ENDPOINT", fauxqs.as_str()),
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("node (run scripts/bench)");
+    let deployment = Deployment {
+        base: "http://127.0.0.1:8080".into(),
+        roles: vec![],
+        redis: Some(redis),
+        children: vec![controller],
+        _dirs: vec![],
+    };
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let r = client
+            .post(format!("{}/run", deployment.base))
+            .header("x-api-key", KEY)
+            .header("x-async", "true")
+            .json(&json!({"functionId": "bench-original", "inputData": {"n": 1}}))
+            .send()
+            .await;
+        match r {
+            Ok(r) if r.status() == 202 => break,
+            Ok(r) => panic!("the original controller answered {}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Err(_) => {
+                assert!(Instant::now() < deadline, "the original controller did not start on 8080");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+    }
+    external_admission("original", &deployment.base, "bench-original", env_num("BENCH_SECONDS", 5));
+    deployment.stop().await;
 }
 
 /// `infra up` with `stem_cells` per runtime.
@@ -329,6 +550,7 @@ async fn embedded_with(stem_cells: &str) -> Deployment {
         base: format!("http://{}", running.addr),
         roles: vec![running],
         redis: None,
+        children: vec![],
         _dirs: vec![dir],
     }
 }
@@ -421,6 +643,10 @@ fn main() {
         for name in which.split(',').map(str::trim).filter(|s| !s.is_empty()) {
             if name == "runtimes" {
                 runtimes().await;
+                continue;
+            }
+            if name == "original" {
+                original().await;
                 continue;
             }
             let mut deployment = match name {
