@@ -1187,8 +1187,32 @@ async fn operator_reconciles_a_thousand_functions() {
         serde_json::from_value(json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": ns}})).unwrap();
     namespaces.patch(&ns, &apply, &Patch::Apply(&namespace)).await.unwrap();
 
+    // OPERATOR_SCALE_STORAGE=embedded: the same controller and reconciler,
+    // in this process, over the embedded storage instead of moto, to tell the
+    // operator's own cost from moto's.
+    let embedded = std::env::var("OPERATOR_SCALE_STORAGE").as_deref() == Ok("embedded");
     let cluster = Cluster::new().await;
-    let _operator = cluster.spawn(&["operator"], &[("OPERATOR_PORT", "0"), ("LEADER_ELECTION", "false")]);
+    let stop = tokio_util::sync::CancellationToken::new();
+    let dir = tempfile::tempdir().unwrap();
+    let _operator = if embedded {
+        use infra_controller::backend::embedded::{Db, EmbeddedRegistry, LocalArtifactStore};
+        use infra_controller::function::FunctionService;
+        use infra_controller::operator::Reconciler;
+        let db = Db::open(dir.path()).unwrap();
+        let functions = Arc::new(FunctionService::new(
+            Arc::new(LocalArtifactStore::open(dir.path().join("artifacts")).unwrap()),
+            Arc::new(EmbeddedRegistry::new(db)),
+            None,
+        ));
+        let metrics = Arc::new(infra_controller::metrics::Metrics::new().unwrap());
+        let (client, stop) = (client.clone(), stop.clone());
+        tokio::spawn(async move {
+            infra_controller::operator::controller::run(client, Reconciler::new(functions), metrics, None, stop).await
+        });
+        None
+    } else {
+        Some(cluster.spawn(&["operator"], &[("OPERATOR_PORT", "0"), ("LEADER_ELECTION", "false")]))
+    };
     tokio::time::sleep(Duration::from_secs(2)).await;
     let functions: Api<Function> = Api::namespaced(client.clone(), &ns);
 
@@ -1275,8 +1299,10 @@ async fn operator_reconciles_a_thousand_functions() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let cleaned = deleting.elapsed();
+    stop.cancel();
     eprintln!(
-        "SCALE n={n}: applied in {:.2} s; all Ready {:.2} s after the first apply; per resource apply->Ready p50 {:.2} s, p99 {:.2} s, max {:.2} s; all {n} deleted and cleaned up in {:.2} s",
+        "SCALE n={n} storage={}: applied in {:.2} s; all Ready {:.2} s after the first apply; per resource apply->Ready p50 {:.2} s, p99 {:.2} s, max {:.2} s; all {n} deleted and cleaned up in {:.2} s",
+        if embedded { "embedded" } else { "moto" },
         applied_in.as_secs_f64(),
         all_ready.as_secs_f64(),
         pct(0.5),
