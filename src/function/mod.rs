@@ -5,6 +5,7 @@
 pub mod package;
 pub mod service;
 pub mod settings;
+pub mod style;
 pub mod tuner;
 pub mod usage;
 pub mod warm_pool;
