@@ -40,6 +40,12 @@ pub const OUTPUT_MAX_FILES: usize = 100;
 pub const OUTPUT_MAX_BYTES: u64 = 64 * 1024 * 1024;
 /// Deepest directory nesting collected from the output dir.
 pub const OUTPUT_MAX_DEPTH: usize = 8;
+/// Most disk a run's output dir may take while the program runs (it lies
+/// on the worker's disk): beyond it, or beyond OUTPUT_DISK_MAX_ENTRIES
+/// entries, the run is stopped. Checked every OUTPUT_CHECK_EVERY.
+pub const OUTPUT_DISK_MAX_BYTES: u64 = 4 * OUTPUT_MAX_BYTES;
+pub const OUTPUT_DISK_MAX_ENTRIES: usize = 10_000;
+const OUTPUT_CHECK_EVERY: Duration = Duration::from_millis(250);
 /// Where the output dir appears in the sandbox.
 pub const OUTPUT_MOUNT: &str = "/output";
 /// Where the input file's dir appears in the sandbox.
@@ -378,16 +384,33 @@ pub async fn run_program(
         }
     };
     let timeout = Duration::from_millis(req.timeout_ms);
-    let waited = tokio::time::timeout(timeout, child.wait()).await;
+    let output_dir = root.path().join("output");
+    let mut over_disk = None;
+    let waited = tokio::time::timeout(timeout, async {
+        loop {
+            tokio::select! {
+                s = child.wait() => return s.map(Some),
+                _ = tokio::time::sleep(OUTPUT_CHECK_EVERY) => {
+                    let dir = output_dir.clone();
+                    let over = tokio::task::spawn_blocking(move || output_overflow(&dir)).await.ok().flatten();
+                    if let Some(why) = over {
+                        over_disk = Some(why);
+                        return Ok(None);
+                    }
+                }
+            }
+        }
+    })
+    .await;
     // Whatever the program left running (a background child) ends with it:
     // nothing may write to its output dir while it is collected.
     kill_tree();
     let _ = child.start_kill();
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = match waited {
-        Ok(Ok(s)) => Some(s),
+        Ok(Ok(Some(s))) => Some(s),
         Ok(Err(e)) => return Err(RuntimeError::Spawn(e)),
-        Err(_) => {
+        Ok(Ok(None)) | Err(_) => {
             let _ = tokio::time::timeout(Duration::from_secs(2), child.wait()).await;
             None
         }
@@ -408,6 +431,18 @@ pub async fn run_program(
         .and_then(|cg| cg.cpu_usage_usec())
         .map(|us| us as f64 / 1000.0);
     let (status, exit_code, error) = match status {
+        None if over_disk.is_some() => {
+            let message = format!(
+                "the program was stopped: its output dir {}",
+                over_disk.unwrap_or_default()
+            );
+            if !stderr.is_empty() && !stderr.ends_with('\n') {
+                stderr.push('\n');
+            }
+            stderr.push_str(&message);
+            stderr.push('\n');
+            (JobStatus::Error, Some(-1), Some(error_info("OutputTooLarge", message)))
+        }
         None => {
             let message = format!("Execution timed out after {} ms", req.timeout_ms);
             if !stderr.is_empty() && !stderr.ends_with('\n') {
@@ -543,6 +578,36 @@ async fn prepare_run_dir(
     })
     .await
     .map_err(std::io::Error::other)?
+}
+
+/// Why a running program's output dir is over its bounds, if it is: more
+/// than OUTPUT_DISK_MAX_BYTES of disk (allocated blocks, so sparse files
+/// count for what they take) or OUTPUT_DISK_MAX_ENTRIES entries. Walks
+/// without following links. Blocking.
+fn output_overflow(dir: &Path) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let (mut bytes, mut entries) = (0u64, 0usize);
+    let mut pending = vec![dir.to_path_buf()];
+    while let Some(d) = pending.pop() {
+        let Ok(list) = std::fs::read_dir(&d) else { continue };
+        for entry in list.flatten() {
+            entries += 1;
+            if entries > OUTPUT_DISK_MAX_ENTRIES {
+                return Some(format!("holds more than {OUTPUT_DISK_MAX_ENTRIES} entries"));
+            }
+            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                continue;
+            };
+            bytes += meta.blocks() * 512;
+            if bytes > OUTPUT_DISK_MAX_BYTES {
+                return Some(format!("takes more than {OUTPUT_DISK_MAX_BYTES} bytes of disk"));
+            }
+            if meta.file_type().is_dir() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    None
 }
 
 /// A file collected from a run's output dir.

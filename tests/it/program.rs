@@ -440,3 +440,29 @@ async fn production_keeps_program_outputs_in_s3() {
         .unwrap();
     assert_eq!(r.text().await.unwrap(), "rows=7");
 }
+
+#[tokio::test]
+async fn a_program_flooding_its_output_dir_is_stopped() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import os, time\nos.environ['PAYLOAD']\nout = os.environ['OUTPUT_DIR']\nfor i in range(12000):\n    open(os.path.join(out, 'f%05d' % i), 'w').close()\nprint('flooded', flush=True)\ntime.sleep(30)\n",
+            &[("timeoutMs", "60000")],
+        )
+        .await;
+    let started = Instant::now();
+    let body = app.run_ok(&id, json!({})).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "stopped at once, not at its timeout"
+    );
+    assert_eq!(body["status"], "FAILED", "{body}");
+    assert_eq!(body["error"]["type"], "OutputTooLarge", "{body}");
+    assert!(
+        body["stderr"].as_str().unwrap().contains("more than 10000 entries"),
+        "{body}"
+    );
+    // What could be kept was kept, within the per-run bound.
+    assert_eq!(body["artifacts"].as_array().unwrap().len(), 100);
+    app.stop().await;
+}
