@@ -466,3 +466,56 @@ async fn a_program_flooding_its_output_dir_is_stopped() {
     assert_eq!(body["artifacts"].as_array().unwrap().len(), 100);
     app.stop().await;
 }
+
+#[tokio::test]
+async fn without_the_sandbox_a_program_runs_as_its_own_user_and_keeps_its_files() {
+    // SANDBOX=none: OUTPUT_DIR is then a private host dir (the contract is
+    // the variable, not the path).
+    let system_python = std::path::Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root and /usr/bin/python3 (reachable by other users)");
+        return;
+    }
+    let app = TestApp::start_with(|a| {
+        a.pool.sandbox = "none".into();
+        a.pool.python = "/usr/bin/python3".into();
+        a.pool.node = "none".into();
+    })
+    .await;
+    let secret = app.dir.path().join("worker-secret.txt");
+    std::fs::write(&secret, "worker's secret").unwrap();
+    let id = app
+        .upload_py(
+            "import json, os\np = json.loads(os.environ['PAYLOAD'])\nout = os.environ['OUTPUT_DIR']\nopen(os.path.join(out, 'a.txt'), 'w').write('mine')\nos.symlink(p['secret'], os.path.join(out, 'leak.txt'))\nprint(json.dumps({'uid': os.getuid(), 'out': out}))\n",
+            &[],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({"secret": secret.to_string_lossy()})).await;
+    assert_eq!(body["status"], "SUCCESS", "{}", body["stderr"]);
+    assert!(body["result"]["uid"].as_u64().unwrap() >= 100_000, "{body}");
+    assert_ne!(body["result"]["out"], "/output");
+    assert_eq!(body["outputFiles"], json!(["a.txt"]), "{body}");
+    let job = body["jobId"].as_str().unwrap();
+    let r = app.get(&format!("/status/{job}/files/a.txt")).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "mine");
+    let r = app.get(&format!("/status/{job}/files/leak.txt")).send().await.unwrap();
+    assert_eq!(r.status(), 404);
+    app.stop().await;
+}
+
+#[tokio::test]
+async fn a_program_over_its_memory_is_stopped() {
+    let app = TestApp::start().await;
+    let id = app
+        .upload_py(
+            "import os\nos.environ['PAYLOAD']\nblocks = []\nfor _ in range(64):\n    blocks.append(bytearray(16 * 1024 * 1024))\nprint('survived')\n",
+            &[("memoryMb", "128")],
+        )
+        .await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["status"], "OOM", "{body}");
+    assert_ne!(body["exitCode"], 0);
+    assert_eq!(body["stdout"], "");
+    app.stop().await;
+}
