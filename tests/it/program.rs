@@ -286,7 +286,12 @@ async fn a_failing_program_reports_its_exit_code_and_stderr() {
     let body = app.run_ok(&raises, json!({})).await;
     assert_eq!(body["status"], "FAILED");
     assert_eq!(body["exitCode"], 1);
-    assert!(body["stderr"].as_str().unwrap().contains("ValueError: boom"), "{body}");
+    let stderr = body["stderr"].as_str().unwrap();
+    assert!(stderr.contains("ValueError: boom"), "{body}");
+    // The traceback is the program's own, as `python main.py` prints it.
+    assert!(stderr.starts_with("Traceback (most recent call last):\n  File \""), "{stderr}");
+    assert!(stderr.contains("main.py\", line 3, in <module>"), "{stderr}");
+    assert!(!stderr.contains("runpy"), "{stderr}");
     let node = app
         .upload_file(
             "index.js",

@@ -7,6 +7,7 @@ import json
 import os
 import runpy
 import sys
+import traceback
 import types
 
 _UNSET = object()
@@ -62,7 +63,19 @@ def _main():
     # name in argv[0], run as __main__.
     sys.path.insert(0, os.path.dirname(path))
     sys.argv = [path]
-    runpy.run_path(path, run_name="__main__")
+    try:
+        runpy.run_path(path, run_name="__main__")
+    except SystemExit:
+        raise
+    except BaseException as e:  # noqa: B036 - reported as `python main.py` would, then exit 1
+        # The traceback from the program's own first frame: the launcher's
+        # and runpy's frames are the platform's, not the function's.
+        tb = e.__traceback__
+        while tb is not None and tb.tb_frame.f_code.co_filename != path:
+            tb = tb.tb_next
+        traceback.print_exception(type(e), e, tb or e.__traceback__)
+        sys.stderr.flush()
+        sys.exit(1)
 
 
 _main()
