@@ -289,7 +289,10 @@ async fn a_failing_program_reports_its_exit_code_and_stderr() {
     let stderr = body["stderr"].as_str().unwrap();
     assert!(stderr.contains("ValueError: boom"), "{body}");
     // The traceback is the program's own, as `python main.py` prints it.
-    assert!(stderr.starts_with("Traceback (most recent call last):\n  File \""), "{stderr}");
+    assert!(
+        stderr.starts_with("Traceback (most recent call last):\n  File \""),
+        "{stderr}"
+    );
     assert!(stderr.contains("main.py\", line 3, in <module>"), "{stderr}");
     assert!(!stderr.contains("runpy"), "{stderr}");
     let node = app
