@@ -56,6 +56,8 @@ const RECORD_RETENTION: &[(&str, chrono::TimeDelta)] = &[
     ("idempotency/", crate::jobs::IDEMPOTENCY_WINDOW),
     ("dead-letters/", chrono::TimeDelta::days(14)),
 ];
+/// Where programs' output files live in the artifact store.
+const OUTPUTS_PREFIX: &str = "outputs/";
 /// Most dead letters counted for the depth gauge.
 const DEAD_LETTER_COUNT_LIMIT: usize = 10_000;
 
@@ -134,6 +136,8 @@ struct Parts {
     embedded_bus: Option<Arc<EmbeddedResultBus>>,
     embedded_logs: Option<Arc<EmbeddedLogStore>>,
     embedded_records: Option<Arc<EmbeddedRecordStore>>,
+    /// The data dir's artifact store, whose program outputs expire here.
+    embedded_artifacts: Option<Arc<LocalArtifactStore>>,
     /// The jobs whose dead letters and per-function load the API exports (API roles).
     jobs: Option<(Jobs, Arc<Metrics>)>,
     /// The Kubernetes controller (`infra operator`).
@@ -147,7 +151,8 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
     crate::tls::install_crypto_provider();
     private_dir(&cfg.data_dir, data_dir_mode(&cfg.pool))?;
     let db = Db::open(&cfg.data_dir)?;
-    let artifacts: Arc<dyn ArtifactStore> = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
+    let embedded_artifacts = Arc::new(LocalArtifactStore::open(cfg.data_dir.join("artifacts"))?);
+    let artifacts: Arc<dyn ArtifactStore> = embedded_artifacts.clone();
     let registry: Arc<dyn FunctionRegistry> = Arc::new(EmbeddedRegistry::new(db.clone()));
     let (queue, recovered) = EmbeddedQueue::open(db.clone(), cfg.visibility_timeout).await?;
     let queue: Arc<dyn JobQueue> = Arc::new(queue);
@@ -214,6 +219,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         embedded_bus: Some(embedded_bus),
         embedded_logs: Some(embedded_logs),
         embedded_records: Some(embedded_records),
+        embedded_artifacts: Some(embedded_artifacts),
         jobs: Some((jobs.clone(), metrics.clone())),
         operator: None,
     };
@@ -684,6 +690,7 @@ async fn serve(
         bus: parts.embedded_bus,
         logs: parts.embedded_logs,
         records: parts.embedded_records,
+        artifacts: parts.embedded_artifacts,
     };
     let housekeeping = tokio::spawn(housekeeping(
         parts.functions.clone(),
@@ -744,6 +751,7 @@ struct Embedded {
     bus: Option<Arc<EmbeddedResultBus>>,
     logs: Option<Arc<EmbeddedLogStore>>,
     records: Option<Arc<EmbeddedRecordStore>>,
+    artifacts: Option<Arc<LocalArtifactStore>>,
 }
 
 async fn housekeeping(
@@ -757,6 +765,7 @@ async fn housekeeping(
         bus: embedded_bus,
         logs: embedded_logs,
         records: embedded_records,
+        artifacts: embedded_artifacts,
     } = embedded;
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     let mut n: u64 = 0;
@@ -817,6 +826,15 @@ async fn housekeeping(
             match jobs.ledger().count_dead_letters(DEAD_LETTER_COUNT_LIMIT).await {
                 Ok(depth) => metrics.dead_letter_depth.set(depth as i64),
                 Err(e) => tracing::debug!(error = %e, "could not count dead letters"),
+            }
+        }
+        // Programs' output files go with their job records.
+        if let (Some(artifacts), 1) = (&embedded_artifacts, n % 600) {
+            let cutoff = std::time::SystemTime::now() - JOB_RETENTION.to_std().unwrap_or_default();
+            match artifacts.purge_before(OUTPUTS_PREFIX, cutoff).await {
+                Ok(0) => {}
+                Ok(purged) => tracing::info!(purged, "removed expired program output files"),
+                Err(e) => tracing::warn!(error = %e, "could not purge expired program output files"),
             }
         }
         if let (Some(logs), 1) = (&embedded_logs, n % 600) {

@@ -74,6 +74,39 @@ impl Runtime {
     }
 }
 
+/// How a function is run: a *handler* (a function called in a warm
+/// instance, one invocation after another) or a *program* (the original
+/// platform's functions: a script started for each run, reading `PAYLOAD` or
+/// `PAYLOAD_FILE`, printing its output and writing files to `OUTPUT_DIR`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionStyle {
+    #[default]
+    Handler,
+    Program,
+}
+
+impl FunctionStyle {
+    pub fn parse(s: &str) -> Option<FunctionStyle> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "handler" => Some(FunctionStyle::Handler),
+            "program" => Some(FunctionStyle::Program),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            FunctionStyle::Handler => "handler",
+            FunctionStyle::Program => "program",
+        }
+    }
+
+    pub fn is_handler(&self) -> bool {
+        *self == FunctionStyle::Handler
+    }
+}
+
 impl std::fmt::Display for Runtime {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(self.as_str())
@@ -128,6 +161,9 @@ pub struct FunctionRecord {
     /// The function may use the network (sandboxed functions have none otherwise).
     #[serde(default)]
     pub network: bool,
+    /// `handler` (warm instances) or `program` (a process per run).
+    #[serde(default)]
+    pub style: FunctionStyle,
     /// Set when a Kubernetes `Function` resource owns this function
     /// (`namespace/name`); such functions are read-only over HTTP.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -325,6 +361,9 @@ pub struct Job {
     pub warm_pool: WarmPool,
     #[serde(default)]
     pub network: bool,
+    /// `program` runs the function as a process of its own (absent: handler).
+    #[serde(default, skip_serializing_if = "FunctionStyle::is_handler")]
+    pub style: FunctionStyle,
     /// The HTTP `x-request-id` of the call that created the job, for tracing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub trace_id: Option<String>,
@@ -438,6 +477,8 @@ pub struct JobWire {
     #[serde(default)]
     network: bool,
     #[serde(default)]
+    style: FunctionStyle,
+    #[serde(default)]
     trace_id: Option<String>,
     #[serde(default)]
     submitted_at: Option<DateTime<Utc>>,
@@ -476,6 +517,7 @@ impl From<JobWire> for Job {
             sha256: w.sha256,
             warm_pool: w.warm_pool,
             network: w.network,
+            style: w.style,
             trace_id: w.trace_id,
             original_format: w.submitted_at.is_none(),
             // The original's tasks carry no time: they count from receipt.
@@ -638,6 +680,13 @@ pub struct JobResult {
     /// The job ran out of retries (or age) and is kept among the dead letters.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
+    /// Top-level names of the files a program left in its output dir (the
+    /// original's `outputFiles`); absent for handler-style runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output_files: Option<Vec<String>>,
+    /// Every file kept from a program's output dir, with its download URL.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub artifacts: Vec<OutputArtifact>,
     /// Fields this platform does not know, kept as they came: an original
     /// worker's `cpuUsage`, `networkRx`, `diskRead`, `outputFiles`,
     /// `llm_token_count`, ... reach the original's clients unchanged.
@@ -683,6 +732,8 @@ impl JobResult {
             finished_at: Utc::now(),
             attempts: job.lifecycle.failures.clone(),
             dead_lettered: false,
+            output_files: None,
+            artifacts: Vec::new(),
             extra: serde_json::Map::new(),
         }
     }
@@ -704,6 +755,19 @@ impl JobResult {
             finished_at: self.finished_at,
         }
     }
+}
+
+/// A file a program wrote to its output dir, kept in the artifact store
+/// under `outputs/{requestId}/{path}`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct OutputArtifact {
+    /// Path relative to the output dir, `/`-separated.
+    pub path: String,
+    pub size_bytes: u64,
+    /// Where to download it: `/status/{jobId}/files/{path}` (the path
+    /// percent-encoded as one segment, `/` as `%2F`).
+    pub url: String,
 }
 
 /// A job that ran out of retries or age, with everything needed to run it again.
@@ -926,6 +990,7 @@ mod tests {
             sha256: String::new(),
             warm_pool: WarmPool::default(),
             network: false,
+            style: Default::default(),
             trace_id: None,
             submitted_at: Utc::now(),
             lifecycle: JobLifecycle::default(),

@@ -126,6 +126,8 @@ pub struct FunctionView {
     updated_at: Option<chrono::DateTime<chrono::Utc>>,
     warm_pool: crate::model::WarmPool,
     network: bool,
+    /// `handler` or `program` (see the `style` setting).
+    style: crate::model::FunctionStyle,
     /// `namespace/name` of the Function resource that owns it (read-only here).
     #[serde(skip_serializing_if = "Option::is_none")]
     owner: Option<String>,
@@ -161,6 +163,7 @@ impl FunctionView {
             updated_at: r.updated_at,
             warm_pool: r.warm_pool,
             network: r.network,
+            style: r.style,
             owner: r.owner.clone(),
             retry: r.retry,
             max_concurrency: r.max_concurrency,

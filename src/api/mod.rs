@@ -291,6 +291,7 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(functions::list_functions))
         .routes(routes!(run::run))
         .routes(routes!(run::status))
+        .routes(routes!(run::output_file))
         .routes(routes!(dead_letters::list))
         .routes(routes!(dead_letters::redrive))
         .routes(routes!(system::health))

@@ -487,3 +487,71 @@ pub async fn status(State(state): State<Arc<ApiState>>, Path(job_id): Path<Strin
         None => Err(ApiError::not_found(format!("job {job_id} not found"))),
     }
 }
+
+/// A file a program-style run left in its output dir (listed in the
+/// result's `artifacts` and, by top-level name, `outputFiles`).
+#[utoipa::path(
+    get, path = "/status/{jobId}/files/{path}", tag = "jobs",
+    params(
+        ("jobId" = String, Path, description = "The jobId from /run"),
+        ("path" = String, Path, description = "The file's path in the output dir, as in the result's `artifacts` (one segment: a nested path's `/` is sent as `%2F`)"),
+    ),
+    responses(
+        (status = 200, description = "The file's bytes", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "Unknown job, or no such output file", body = super::ErrorBody),
+    )
+)]
+pub async fn output_file(
+    State(state): State<Arc<ApiState>>,
+    Path((job_id, path)): Path<(String, String)>,
+) -> Result<Response, ApiError> {
+    let Some(record) = state.jobs.get(&job_id).await? else {
+        return Err(ApiError::not_found(format!("job {job_id} not found")));
+    };
+    // Only what the run listed: no probing of other keys through this route.
+    let listed = record
+        .result
+        .as_ref()
+        .is_some_and(|r| r.artifacts.iter().any(|a| a.path == path));
+    if !listed {
+        return Err(ApiError::not_found(format!("job {job_id} has no output file {path:?}")));
+    }
+    let key = crate::worker::output_key(&job_id, &path);
+    let bytes = match state.functions.artifacts().get(&key).await {
+        Ok(b) => b,
+        Err(crate::backend::Error::NotFound(_)) => {
+            return Err(ApiError::not_found(format!(
+                "output file {path:?} of job {job_id} is gone"
+            )))
+        }
+        Err(e) => return Err(e.into()),
+    };
+    let name = path.rsplit('/').next().unwrap_or(&path).to_string();
+    let headers = [
+        (axum::http::header::CONTENT_TYPE, content_type(&name).to_string()),
+        // Listed paths hold letters, digits, '.', '-' and '_' only: safe to quote.
+        (
+            axum::http::header::CONTENT_DISPOSITION,
+            format!("attachment; filename=\"{name}\""),
+        ),
+        (axum::http::header::X_CONTENT_TYPE_OPTIONS, "nosniff".to_string()),
+    ];
+    Ok((StatusCode::OK, headers, bytes).into_response())
+}
+
+/// A content type from the file name's extension (downloads either way).
+fn content_type(name: &str) -> &'static str {
+    let ext = name
+        .rsplit_once('.')
+        .map(|(_, e)| e.to_ascii_lowercase())
+        .unwrap_or_default();
+    match ext.as_str() {
+        "json" => "application/json",
+        "txt" | "log" | "md" => "text/plain; charset=utf-8",
+        "csv" => "text/csv; charset=utf-8",
+        "png" => "image/png",
+        "jpg" | "jpeg" => "image/jpeg",
+        "pdf" => "application/pdf",
+        _ => "application/octet-stream",
+    }
+}

@@ -52,6 +52,17 @@ async fn package_off_thread(code: &CodeUpload, settings: &FunctionSettings) -> R
     Ok(packaged?)
 }
 
+/// The style of a function whose settings do not name one: detected from
+/// the handler module's source (`style::detect`, conservative).
+fn detected_style(draft: &SettingsDraft, settings: &mut FunctionSettings, artifact: &Artifact) {
+    if draft.style.is_some() {
+        return;
+    }
+    if let Some(source) = super::style::module_source(&artifact.bytes, &settings.handler, settings.runtime) {
+        settings.style = super::style::detect(settings.runtime, &settings.handler, &source);
+    }
+}
+
 pub struct FunctionService {
     artifacts: Arc<dyn ArtifactStore>,
     registry: Arc<dyn FunctionRegistry>,
@@ -138,8 +149,9 @@ impl FunctionService {
             }
             _ => draft,
         };
-        let settings = settings::validate(draft, None, &code.file_name)?;
+        let mut settings = settings::validate(draft, None, &code.file_name)?;
         let artifact = package_off_thread(&code, &settings).await?;
+        detected_style(draft, &mut settings, &artifact);
         let id = uuid::Uuid::new_v4().to_string();
         self.store(&id, settings, artifact, &code.file_name, None, owner).await
     }
@@ -164,8 +176,14 @@ impl FunctionService {
             check_owner(c, Some(owner))?;
         }
         let base = current.as_ref().map(FunctionSettings::of_record).transpose()?;
-        let settings = settings::validate(draft, base.as_ref(), &code.file_name)?;
+        let mut settings = settings::validate(draft, base.as_ref(), &code.file_name)?;
         let artifact = package_off_thread(&code, &settings).await?;
+        // The resource is the whole truth: without a style it is detected
+        // from its code each time, never kept from an earlier version.
+        if draft.style.is_none() {
+            settings.style = Default::default();
+        }
+        detected_style(draft, &mut settings, &artifact);
         if let (Some(c), Some(b)) = (&current, &base) {
             if *b == settings && c.sha256 == artifact.sha256 && c.owner.as_deref() == Some(owner) {
                 return Ok((c.clone(), false, false));
@@ -274,6 +292,7 @@ impl FunctionService {
             total_handler_duration: previous.as_ref().map(|p| p.total_handler_duration).unwrap_or(0.0),
             warm_pool: settings.warm_pool,
             network: settings.network,
+            style: settings.style,
             owner,
             retry: settings.retry,
             max_concurrency: settings.max_concurrency,

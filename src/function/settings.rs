@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::model::{FunctionRecord, RetryPolicy, Runtime, WarmPool};
+use crate::model::{FunctionRecord, FunctionStyle, RetryPolicy, Runtime, WarmPool};
 
 pub const MEMORY_MB_MIN: u32 = 128;
 pub const MEMORY_MB_MAX: u32 = 10240;
@@ -47,6 +47,8 @@ pub struct SettingsDraft {
     pub max_event_age_seconds: Option<String>,
     pub max_concurrency: Option<String>,
     pub max_queued: Option<String>,
+    /// `handler` or `program`.
+    pub style: Option<String>,
 }
 
 /// What a setting's value is, for the API description (on the wire every
@@ -256,6 +258,13 @@ pub const SETTING_FIELDS: &[SettingField] =
             max_queued,
             "Most accepted, unfinished jobs; beyond it /run answers 429 (default: unbounded; empty clears)."
         ),
+        setting!(
+            "style",
+            [],
+            SettingKind::Choice(&["handler", "program"]),
+            style,
+            "`handler` (a function called in warm instances) or `program` (the original platform's: a script started per run, reading PAYLOAD or PAYLOAD_FILE, printing its output, writing files to OUTPUT_DIR). Default at upload: detected from the code (a program only when it defines no handler and reads PAYLOAD / sdk.get_input), else handler."
+        ),
     ];
 
 impl SettingsDraft {
@@ -305,6 +314,7 @@ pub struct FunctionSettings {
     pub retry: RetryPolicy,
     pub max_concurrency: Option<u32>,
     pub max_queued: Option<u32>,
+    pub style: FunctionStyle,
 }
 
 impl FunctionSettings {
@@ -323,6 +333,7 @@ impl FunctionSettings {
             retry: r.retry,
             max_concurrency: r.max_concurrency,
             max_queued: r.max_queued,
+            style: r.style,
         })
     }
 }
@@ -579,6 +590,14 @@ pub fn validate(
         ),
     };
 
+    let style = match draft.style.as_deref() {
+        Some(raw) => FunctionStyle::parse(raw).unwrap_or_else(|| {
+            errors.push(format!("style must be handler or program, got {raw:?}"));
+            FunctionStyle::Handler
+        }),
+        None => base.map(|b| b.style).unwrap_or_default(),
+    };
+
     if errors.is_empty() {
         Ok(FunctionSettings {
             name,
@@ -593,6 +612,7 @@ pub fn validate(
             retry,
             max_concurrency,
             max_queued,
+            style,
         })
     } else {
         Err(ValidationErrors(errors))

@@ -61,7 +61,8 @@ pub fn warm_pool_spec(functions: &[FunctionRecord], stem_cells: usize) -> WarmPo
         .collect();
     let mut wanted: Vec<WarmFunction> = functions
         .iter()
-        .filter(|f| f.warm_pool.min_warm > 0)
+        // Programs start per run: nothing of theirs is kept warm.
+        .filter(|f| f.warm_pool.min_warm > 0 && f.style.is_handler())
         .map(|f| WarmFunction {
             function_id: f.function_id.clone(),
             runtime: f.runtime,

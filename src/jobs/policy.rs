@@ -115,6 +115,7 @@ pub fn new_job(function: &FunctionRecord, bucket: &str, req: RunRequest) -> Job 
         sha256: function.sha256.clone(),
         warm_pool: function.warm_pool,
         network: function.network,
+        style: function.style,
         trace_id: req.trace_id,
         submitted_at: Utc::now(),
         lifecycle: JobLifecycle {

@@ -68,6 +68,27 @@ pub struct FunctionSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 1000000))]
     pub max_queued: Option<u32>,
+    /// `handler` (warm instances) or `program` (the original platform's
+    /// scripts, a process per run). Absent: detected from the code, as at upload.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub style: Option<FunctionStyleSpec>,
+}
+
+/// How the function runs.
+#[derive(Deserialize, Serialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum FunctionStyleSpec {
+    Handler,
+    Program,
+}
+
+impl From<FunctionStyleSpec> for crate::model::FunctionStyle {
+    fn from(s: FunctionStyleSpec) -> crate::model::FunctionStyle {
+        match s {
+            FunctionStyleSpec::Handler => crate::model::FunctionStyle::Handler,
+            FunctionStyleSpec::Program => crate::model::FunctionStyle::Program,
+        }
+    }
 }
 
 /// What happens to an asynchronous run that fails (synchronous runs are never retried).

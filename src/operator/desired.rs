@@ -156,6 +156,10 @@ pub fn settings_draft(name: &str, spec: &FunctionSpec, env: &BTreeMap<String, St
         max_event_age_seconds: opt(retry.max_event_age_seconds),
         max_concurrency: opt(spec.max_concurrency.map(u64::from)),
         max_queued: opt(spec.max_queued.map(u64::from)),
+        // Absent: the service detects it from the code.
+        style: spec
+            .style
+            .map(|s| crate::model::FunctionStyle::from(s).as_str().to_string()),
     }
 }
 
@@ -321,6 +325,7 @@ mod tests {
             warm_pool: None,
             description: None,
             network: false,
+            style: Default::default(),
             retry: None,
             max_concurrency: None,
             max_queued: None,

@@ -270,6 +270,17 @@ impl Cgroup {
             .find_map(|l| l.strip_prefix("usage_usec ").and_then(|n| n.trim().parse().ok()))
     }
 
+    /// The highest memory use of the cgroup's processes together, when the
+    /// kernel keeps it (v2 `memory.peak`, Linux 5.19+; v1 `max_usage_in_bytes`).
+    pub fn peak_memory_bytes(&self) -> Option<u64> {
+        let dir = self.memory.as_ref()?;
+        let file = match self.version {
+            Version::V2 => "memory.peak",
+            Version::V1 => "memory.max_usage_in_bytes",
+        };
+        std::fs::read_to_string(dir.join(file)).ok()?.trim().parse().ok()
+    }
+
     /// How many times a fork was refused for the process limit.
     pub fn pids_refused(&self) -> u64 {
         let Some(dir) = &self.pids else { return 0 };

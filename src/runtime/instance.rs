@@ -100,7 +100,7 @@ impl UidPool {
         }
     }
 
-    fn lease(&self) -> Option<UidLease> {
+    pub(super) fn lease(&self) -> Option<UidLease> {
         let uid = self.free.lock().ok()?.pop_front()?;
         Some(UidLease {
             uid,
@@ -111,8 +111,8 @@ impl UidPool {
 
 /// A uid in use; returned to its pool when the instance is dropped.
 #[derive(Debug)]
-struct UidLease {
-    uid: u32,
+pub(super) struct UidLease {
+    pub(super) uid: u32,
     pool: Arc<Mutex<VecDeque<u32>>>,
 }
 
@@ -245,6 +245,80 @@ fn close_others_on_exec(first: u32) -> std::io::Result<()> {
     Ok(())
 }
 
+/// What a child process does between fork and exec, for instances and
+/// programs alike: join its cgroups, take its fds, shed every other fd,
+/// start its own session, take its limits and (without a sandbox) its uid.
+pub(super) struct ChildSetup {
+    /// `cgroup.procs` files the child joins first.
+    pub procs: Vec<std::os::fd::OwnedFd>,
+    /// `(fd, target)` pairs placed in the child (at most 3).
+    pub fds: Vec<(i32, i32)>,
+    /// Every fd from this one up is closed on exec.
+    pub keep_below: u32,
+    pub memory_resource: libc::__rlimit_resource_t,
+    pub memory_bytes: u64,
+    /// RLIMIT_NPROC (per-uid limits hold only for unprivileged users).
+    pub limit_processes: bool,
+    /// The uid the worker itself switches to (no sandbox).
+    pub setuid_here: Option<u32>,
+}
+
+impl ChildSetup {
+    pub fn install(self, cmd: &mut Command) {
+        // SAFETY: the closure runs between fork and exec and only makes
+        // async-signal-safe system calls (write, fcntl, dup2, setsid,
+        // setrlimit, setgroups, setgid, setuid, prctl); `self` was built
+        // before the fork, so nothing is allocated here.
+        unsafe {
+            cmd.pre_exec(move || {
+                // Join the cgroups before anything else runs, so every later
+                // process of the child is inside them.
+                for p in &self.procs {
+                    super::cgroup::join_from_child(p)?;
+                }
+                if !self.fds.is_empty() {
+                    place_fds(&self.fds)?;
+                }
+                // Nothing else the worker holds (whatever its launcher left
+                // open without close-on-exec) may reach the child.
+                close_others_on_exec(self.keep_below)?;
+                // Own process group, so a timeout kills the function's children too.
+                if libc::setsid() < 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                let limit = |resource, value: u64| {
+                    let rl = libc::rlimit {
+                        rlim_cur: value as libc::rlim_t,
+                        rlim_max: value as libc::rlim_t,
+                    };
+                    libc::setrlimit(resource, &rl)
+                };
+                // The memory limit where no cgroup is available; no core
+                // dumps; no file larger than the bound (root included: the
+                // sandbox leaves it no capability to raise a limit).
+                if limit(self.memory_resource, self.memory_bytes) != 0
+                    || limit(libc::RLIMIT_CORE, 0) != 0
+                    || limit(libc::RLIMIT_FSIZE, INSTANCE_MAX_FILE_BYTES) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if self.limit_processes && limit(libc::RLIMIT_NPROC, INSTANCE_MAX_PROCESSES) != 0 {
+                    return Err(std::io::Error::last_os_error());
+                }
+                if let Some(uid) = self.setuid_here {
+                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
+                        return Err(std::io::Error::last_os_error());
+                    }
+                }
+                // Die with the worker rather than linger as an orphan (after
+                // setuid, which clears this setting).
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+                Ok(())
+            });
+        }
+    }
+}
+
 impl Instance {
     /// Starts an instance for `spec` (memory limit, network and code known at
     /// start) and waits for its bootstrap to report ready; `load` then gives
@@ -344,6 +418,8 @@ impl Instance {
                         network: launch.network,
                         tmp_bytes: cfg.tmp_bytes,
                         user,
+                        binds: &[],
+                        env: &[],
                     },
                 );
                 // bubblewrap reads its options (host paths) from fd 4, so
@@ -383,60 +459,19 @@ impl Instance {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        // SAFETY: the closure runs between fork and exec and only makes
-        // async-signal-safe system calls (write, fcntl, dup2, setsid,
-        // setrlimit, setgroups, setgid, setuid, prctl).
-        unsafe {
-            cmd.pre_exec(move || {
-                // Join the instance's cgroups before anything else runs, so
-                // every later process of the instance is inside them.
-                for p in &procs {
-                    super::cgroup::join_from_child(p)?;
-                }
-                match (options_fd, seccomp_fd) {
-                    (Some(options), Some(filter)) => {
-                        place_fds(&[(child_fd, 3), (options, 4), (filter, sandbox::SECCOMP_FD)])?
-                    }
-                    _ => place_fds(&[(child_fd, 3)])?,
-                }
-                // Nothing else the worker holds (whatever its launcher left
-                // open without close-on-exec) may reach the instance.
-                close_others_on_exec(if seccomp_fd.is_some() { 6 } else { 4 })?;
-                // Own process group, so a timeout kills the handler's children too.
-                if libc::setsid() < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                let limit = |resource, value: u64| {
-                    let rl = libc::rlimit {
-                        rlim_cur: value as libc::rlim_t,
-                        rlim_max: value as libc::rlim_t,
-                    };
-                    libc::setrlimit(resource, &rl)
-                };
-                // The memory limit where no cgroup is available; no core
-                // dumps; no file larger than the bound (root included: the
-                // sandbox leaves it no capability to raise a limit).
-                if limit(memory_resource, memory_bytes) != 0
-                    || limit(libc::RLIMIT_CORE, 0) != 0
-                    || limit(libc::RLIMIT_FSIZE, INSTANCE_MAX_FILE_BYTES) != 0
-                {
-                    return Err(std::io::Error::last_os_error());
-                }
-                // Per-uid limits hold only for unprivileged users.
-                if limit_processes && limit(libc::RLIMIT_NPROC, INSTANCE_MAX_PROCESSES) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                if let Some(uid) = setuid_here {
-                    if libc::setgroups(0, std::ptr::null()) != 0 || libc::setgid(uid) != 0 || libc::setuid(uid) != 0 {
-                        return Err(std::io::Error::last_os_error());
-                    }
-                }
-                // Die with the worker rather than linger as an orphan (after
-                // setuid, which clears this setting).
-                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
-                Ok(())
-            });
-        }
+        let setup = ChildSetup {
+            procs,
+            fds: match (options_fd, seccomp_fd) {
+                (Some(options), Some(filter)) => vec![(child_fd, 3), (options, 4), (filter, sandbox::SECCOMP_FD)],
+                _ => vec![(child_fd, 3)],
+            },
+            keep_below: if seccomp_fd.is_some() { 6 } else { 4 },
+            memory_resource,
+            memory_bytes,
+            limit_processes,
+            setuid_here,
+        };
+        setup.install(&mut cmd);
         let mut child = cmd.spawn().map_err(RuntimeError::Spawn)?;
         drop(child_end);
         drop(options);
@@ -887,7 +922,7 @@ async fn prepare_root(
 /// Gives `to` the code tree of `from` (regular files and directories only):
 /// hard links where the file system allows (cheap, and the instance cannot
 /// write them: they belong to the worker), copies otherwise.
-fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+pub(super) fn link_tree(from: &Path, to: &Path) -> std::io::Result<()> {
     std::fs::create_dir_all(to)?;
     for entry in std::fs::read_dir(from)? {
         let entry = entry?;

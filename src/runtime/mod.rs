@@ -5,6 +5,7 @@ pub mod cgroup;
 pub mod host;
 mod instance;
 mod pool;
+pub mod program;
 pub mod protocol;
 pub mod sandbox;
 

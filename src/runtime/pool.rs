@@ -286,6 +286,28 @@ impl Pool {
         stem
     }
 
+    /// Runs a program-style function once (a fresh sandboxed process, never
+    /// kept), once the pool has memory for it: its memoryMb is held for the
+    /// run as a fresh instance's would be.
+    pub async fn run_program(
+        &self,
+        spec: &super::program::ProgramSpec,
+        req: &super::program::ProgramRequest<'_>,
+    ) -> Result<super::program::ProgramRun, Outcome> {
+        // No idle list is ever kept under this key: acquiring only reserves memory.
+        self.acquire(spec.memory_mb, "program|").await?;
+        let run = super::program::run_program(&self.cfg, spec, req).await;
+        self.release(u64::from(spec.memory_mb));
+        self.metrics
+            .starts
+            .with_label_values(&[StartKind::Fresh.as_str()])
+            .inc();
+        run.map_err(|e| {
+            tracing::error!(error = %e, "program failed to start");
+            Outcome::failed(JobStatus::Crashed, "RuntimeStartFailed", e.to_string())
+        })
+    }
+
     /// Runs the request on a warm instance of `spec` if one is idle, else on a
     /// stem cell or a fresh instance, once the pool has memory for it; keeps
     /// the instance afterwards unless it broke a limit.
@@ -297,7 +319,7 @@ impl Pool {
         ai: &mut AiSession,
     ) -> Invocation {
         let key = spec.pool_key();
-        let (mut instance, start_kind, init_ms) = match self.acquire(spec, &key).await {
+        let (mut instance, start_kind, init_ms) = match self.acquire(spec.memory_mb, &key).await {
             Ok(Some(instance)) => (instance, StartKind::Warm, None),
             Ok(None) => {
                 let t0 = Instant::now();
@@ -370,8 +392,8 @@ impl Pool {
     /// An idle instance of `key`, or (None) memory reserved for a new one:
     /// idle instances of other functions are stopped to make room, and
     /// failing that the job waits for running ones to finish.
-    async fn acquire(&self, spec: &InstanceSpec, key: &str) -> Result<Option<Instance>, Outcome> {
-        let need = u64::from(spec.memory_mb);
+    async fn acquire(&self, memory_mb: u32, key: &str) -> Result<Option<Instance>, Outcome> {
+        let need = u64::from(memory_mb);
         if need > self.limits.memory_mb {
             return Err(Outcome::failed(
                 JobStatus::Error,

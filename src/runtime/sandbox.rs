@@ -3,9 +3,11 @@
 //! layout and the instance's needs; `instance.rs` only applies the plan.
 //!
 //! The rules this module keeps (each is tested below):
-//! - nothing the function controls reaches a process outside the sandbox: the
-//!   function's environment never appears here (it travels over the instance
-//!   protocol and is applied by the bootstrap, inside);
+//! - nothing the function controls reaches a process outside the sandbox: an
+//!   instance's environment never appears here (it travels over the instance
+//!   protocol and is applied by the bootstrap, inside); a program's (which has
+//!   no bootstrap) is set by bubblewrap, from the options fd, without the
+//!   names the loader or the interpreters act on (`Request::env`);
 //! - the function sees the system (`/usr` and the top-level links into it), a
 //!   handful of `/etc` files, a synthetic `passwd`/`group`, the interpreter's
 //!   prefix at a neutral path, its own code read-only at [`CODE_DIR`], and a
@@ -154,6 +156,21 @@ pub struct Request<'a> {
     /// Size of `/tmp`, the working dir.
     pub tmp_bytes: u64,
     pub user: User,
+    /// More host dirs shown inside (a program's input and output dirs).
+    pub binds: &'a [Bind<'a>],
+    /// Variables set at launch beyond the platform's base: a program's
+    /// environment (a program has no bootstrap to apply it inside). Names a
+    /// function may not set (`settings::reserved_env_name`) must be gone
+    /// from it already; bubblewrap applies these before it starts `setpriv`.
+    pub env: &'a [(String, String)],
+}
+
+/// A host dir shown at `dest` inside the sandbox.
+#[derive(Debug, Clone)]
+pub struct Bind<'a> {
+    pub host: &'a Path,
+    pub dest: &'a str,
+    pub writable: bool,
 }
 
 /// What to run: `bwrap --args FD <command...>` with `options` written to FD
@@ -280,6 +297,14 @@ pub fn plan(layout: &HostLayout, req: &Request<'_>) -> Plan {
         o.push(prefix.as_os_str().to_owned());
         o.push(neutral.into_os_string());
     }
+    for bind in req.binds {
+        if let Some(parent) = Path::new(bind.dest).parent().filter(|p| p != &Path::new("/")) {
+            dirs(&mut o, parent);
+        }
+        o.push(if bind.writable { "--bind" } else { "--ro-bind" }.into());
+        o.push(bind.host.as_os_str().to_owned());
+        o.push(bind.dest.into());
+    }
     o.push("--seccomp".into());
     o.push(SECCOMP_FD.to_string().into());
     push(&mut o, ["--chdir", WORK_DIR, "--clearenv"]);
@@ -288,6 +313,11 @@ pub fn plan(layout: &HostLayout, req: &Request<'_>) -> Plan {
         o.push("--setenv".into());
         o.push(k.into());
         o.push(v);
+    }
+    for (k, v) in req.env {
+        o.push("--setenv".into());
+        o.push(k.into());
+        o.push(v.into());
     }
 
     let mut command: Vec<OsString> = Vec::new();
@@ -449,6 +479,8 @@ mod tests {
                 network,
                 tmp_bytes: 512 << 20,
                 user,
+                binds: &[],
+                env: &[],
             },
         )
     }

@@ -50,6 +50,11 @@ impl ArtifactCache {
         }
     }
 
+    /// The store code comes from (programs' output files go there too).
+    pub fn store(&self) -> &Arc<dyn ArtifactStore> {
+        &self.store
+    }
+
     /// The bucket this worker reads code from (jobs name it as `s3Bucket`).
     pub fn bucket(&self) -> &str {
         self.store.bucket()

@@ -20,8 +20,10 @@ use crate::jobs::policy::{self, Next};
 use crate::jobs::Jobs;
 use crate::metrics::Metrics;
 use crate::model::{
-    DeadLetter, FunctionRecord, JobRecord, JobResult, JobStatus, LogEntry, Resources, Runtime, UsageDelta, WorkerStatus,
+    DeadLetter, FunctionRecord, FunctionStyle, JobRecord, JobResult, JobStatus, LogEntry, OutputArtifact, Resources,
+    Runtime, UsageDelta, WorkerStatus,
 };
+use crate::runtime::program::{ProgramRequest, ProgramSpec};
 use crate::runtime::{InstanceSpec, InvokeRequest, Pool, WarmTarget};
 use cache::ArtifactCache;
 
@@ -277,7 +279,11 @@ impl Worker {
     /// this worker can run.
     async fn targets(&self, functions: &[FunctionRecord]) -> Vec<WarmTarget> {
         let mut targets = Vec::new();
-        for f in functions.iter().filter(|f| f.warm_pool.min_warm > 0) {
+        // Programs start per run: nothing of theirs is kept warm.
+        for f in functions
+            .iter()
+            .filter(|f| f.warm_pool.min_warm > 0 && f.style == FunctionStyle::Handler)
+        {
             if f.runtime == Runtime::Nodejs && !self.pool.has_runtime(Runtime::Nodejs) {
                 continue;
             }
@@ -609,6 +615,9 @@ impl Worker {
                 return r;
             }
         };
+        if job.style == FunctionStyle::Program {
+            return self.run_program_job(job, attempt, input, code_dir).await;
+        }
         let spec = match instance_spec(
             &job.function_id,
             job.runtime,
@@ -692,6 +701,152 @@ impl Worker {
         result
     }
 
+    /// Runs a program-style job: a fresh process (`python main.py`, `node
+    /// index.js`) given the input in PAYLOAD / PAYLOAD_FILE; its stdout is the
+    /// output (and `result`, as JSON when it is JSON), its exit code the
+    /// status, and the files it leaves in OUTPUT_DIR are uploaded under
+    /// `outputs/{requestId}/`.
+    async fn run_program_job(
+        &self,
+        job: &crate::model::Job,
+        attempt: u32,
+        input: serde_json::Value,
+        code_dir: std::path::PathBuf,
+    ) -> JobResult {
+        let failed = |error_type: &str, message: String| {
+            let mut r = JobResult::platform(job, JobStatus::Error, error_type, message);
+            r.attempt = attempt;
+            r
+        };
+        let handler = match Handler::parse(&job.handler) {
+            Ok(h) => h,
+            Err(e) => return failed("InvalidHandler", e),
+        };
+        let candidates = handler.module_files(job.runtime);
+        let Some(entry) = candidates.iter().find(|f| code_dir.join(f).is_file()).cloned() else {
+            return failed(
+                "NoEntryFile",
+                format!(
+                    "the program's entry file is missing: expected {}",
+                    candidates.join(" or ")
+                ),
+            );
+        };
+        let spec = ProgramSpec {
+            runtime: job.runtime,
+            code_dir,
+            entry,
+            memory_mb: job.memory_mb,
+            env_vars: job.env_vars.clone(),
+            network: job.network,
+        };
+        let req = ProgramRequest {
+            request_id: &job.request_id,
+            function_id: &job.function_id,
+            model_id: job.model_id.as_deref(),
+            timeout_ms: job.timeout_ms,
+            input: &input,
+        };
+        let run = match self.pool.run_program(&spec, &req).await {
+            Ok(run) => run,
+            Err(o) => {
+                let message = o.error.as_ref().map(|e| e.message.clone()).unwrap_or_default();
+                let error_type = o.error.as_ref().map(|e| e.error_type.clone()).unwrap_or_default();
+                let mut r = JobResult::platform(job, o.status, &error_type, message);
+                r.attempt = attempt;
+                return r;
+            }
+        };
+        let mut result = JobResult::platform(job, run.status, "", "");
+        result.error = run.error.clone();
+        result.exit_code = run.exit_code;
+        if run.status == JobStatus::Success {
+            result.result = crate::runtime::program::parse_result(&run.stdout);
+        }
+        result.stdout = run.stdout.clone();
+        result.stderr = run.stderr.clone();
+        result.handler_duration_ms = Some(run.duration_ms);
+        result.peak_memory_bytes = run.peak_memory_bytes;
+        let cpu_usage_percent = run
+            .cpu_ms
+            .filter(|_| run.duration_ms > 0.0)
+            .map(|cpu| (cpu / run.duration_ms * 1000.0).round() / 10.0);
+        result.resources = (run.peak_memory_bytes > 0 || cpu_usage_percent.is_some()).then(|| Resources {
+            memory_used_mb: (run.peak_memory_bytes as f64 / (1024.0 * 1024.0) * 100.0).round() / 100.0,
+            cpu_usage_percent,
+            network_rx_bytes: None,
+            network_tx_bytes: None,
+        });
+        result.cold_start = true;
+        result.start_kind = Some(crate::runtime::StartKind::Fresh);
+        result.attempt = attempt;
+        let (kept, notes) = self.keep_outputs(&job.request_id, run.output_dir()).await;
+        result.output_files = Some(crate::runtime::program::top_level_names(&kept));
+        result.artifacts = kept
+            .iter()
+            .map(|f| OutputArtifact {
+                path: f.path.clone(),
+                size_bytes: f.data.len() as u64,
+                url: format!("/status/{}/files/{}", job.request_id, f.path.replace('/', "%2F")),
+            })
+            .collect();
+        for note in notes {
+            if !result.stderr.is_empty() && !result.stderr.ends_with('\n') {
+                result.stderr.push('\n');
+            }
+            result
+                .stderr
+                .push_str(&format!("[infra] output file not kept: {note}\n"));
+        }
+        // The run's dir (its code links and output files) goes now.
+        drop(run);
+        result
+    }
+
+    /// Uploads the files a program left in `dir` to the artifact store
+    /// under `outputs/{requestId}/{path}`. Returns the files kept and a
+    /// note for each one that was not (at most OUTPUT_NOTES notes).
+    async fn keep_outputs(
+        &self,
+        request_id: &str,
+        dir: std::path::PathBuf,
+    ) -> (Vec<crate::runtime::program::OutputFile>, Vec<String>) {
+        const OUTPUT_NOTES: usize = 20;
+        let collected = tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir)).await;
+        let collected = match collected {
+            Ok(Ok(c)) => c,
+            Ok(Err(e)) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
+            Err(e) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
+        };
+        let mut notes = collected.skipped;
+        let mut kept = Vec::new();
+        if !collected.files.is_empty() && !crate::runtime::program::is_plain_name(request_id) {
+            notes.push(format!("the job id {request_id:?} cannot name stored files"));
+            return (kept, notes);
+        }
+        for file in collected.files {
+            let key = output_key(request_id, &file.path);
+            match self
+                .cache
+                .store()
+                .put(&key, bytes::Bytes::from(file.data.clone()))
+                .await
+            {
+                Ok(()) => kept.push(file),
+                Err(e) => {
+                    tracing::warn!(key, error = %e, "could not store an output file");
+                    notes.push(format!("{}: cannot be stored ({e})", file.path));
+                }
+            }
+        }
+        if notes.len() > OUTPUT_NOTES {
+            let more = notes.len() - OUTPUT_NOTES;
+            notes.truncate(OUTPUT_NOTES);
+            notes.push(format!("... and {more} more"));
+        }
+        (kept, notes)
+    }
+
     /// Ends the job: published to callers and kept durably, retrying
     /// briefly. False if it could not be kept: the job is then left
     /// unacknowledged and will be delivered again.
@@ -761,6 +916,12 @@ fn instance_spec(
         version,
         network,
     })
+}
+
+/// Where a program's output file is kept in the artifact store (the
+/// original's S3 layout).
+pub fn output_key(request_id: &str, path: &str) -> String {
+    format!("outputs/{request_id}/{path}")
 }
 
 /// Most of a return value printed into `stdout` (as much as the bootstrap

@@ -561,6 +561,7 @@ async fn openapi_document_matches_the_served_routes() {
             "/models",
             "/run",
             "/status/{jobId}",
+            "/status/{jobId}/files/{path}",
             "/system/status",
             "/upload",
             "/warm-pool"
@@ -572,7 +573,7 @@ async fn openapi_document_matches_the_served_routes() {
             for prefix in ["", "/api"] {
                 let url = app.url(&format!(
                     "{prefix}{}",
-                    path.replace("{id}", "x").replace("{jobId}", "x")
+                    path.replace("{id}", "x").replace("{jobId}", "x").replace("{path}", "x")
                 ));
                 let m = reqwest::Method::from_bytes(method.to_uppercase().as_bytes()).unwrap();
                 let r = app
@@ -797,7 +798,7 @@ async fn every_documented_upload_field_is_accepted() {
                 min.max(1).min(max).max(min).to_string()
             }
             (Some("boolean"), _) => "true".to_string(),
-            (Some("string"), _) if schema["enum"].is_array() => "python".to_string(),
+            (Some("string"), _) if schema["enum"].is_array() => schema["enum"][0].as_str().unwrap().to_string(),
             (Some("string"), _) => format!("value of {name}"),
             other => panic!("{name}: undocumented type {other:?}"),
         };

@@ -18,6 +18,7 @@ mod node;
 mod operator;
 mod pool;
 mod production;
+mod program;
 mod runtime;
 mod services;
 mod tls;

@@ -237,6 +237,7 @@ fn function(name: &str, source: &str) -> Function {
             retry: None,
             max_concurrency: None,
             max_queued: None,
+            style: None,
         },
     );
     f.meta_mut().namespace = Some("default".into());

@@ -192,6 +192,7 @@ fn defective(body: &str, reason: String) -> (Job, String) {
         sha256: String::new(),
         warm_pool: Default::default(),
         network: false,
+        style: Default::default(),
         trace_id: None,
         submitted_at: chrono::Utc::now(),
         lifecycle: Default::default(),

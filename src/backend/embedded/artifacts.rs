@@ -21,6 +21,42 @@ impl LocalArtifactStore {
         Ok(LocalArtifactStore { root })
     }
 
+    /// Deletes the artifacts under `prefix` last written before `cutoff`
+    /// (with `infra up`, what S3 lifecycle rules do in production); returns
+    /// how many. Links are not followed (the store writes none).
+    pub async fn purge_before(&self, prefix: &str, cutoff: std::time::SystemTime) -> Result<usize> {
+        validate_key(prefix.trim_end_matches('/'))?;
+        let (root, top) = (self.root.clone(), self.root.join(prefix.trim_end_matches('/')));
+        tokio::task::spawn_blocking(move || {
+            let mut purged = 0;
+            let mut dirs = Vec::new();
+            let mut stack = vec![top];
+            while let Some(dir) = stack.pop() {
+                let Ok(entries) = std::fs::read_dir(&dir) else { continue };
+                dirs.push(dir);
+                for entry in entries.flatten() {
+                    let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+                        continue;
+                    };
+                    if meta.is_dir() {
+                        stack.push(entry.path());
+                    } else if meta.modified().is_ok_and(|m| m < cutoff) && std::fs::remove_file(entry.path()).is_ok() {
+                        purged += 1;
+                    }
+                }
+            }
+            // Deepest first: a dir emptied here goes too (never the root).
+            for dir in dirs.iter().rev() {
+                if *dir != root {
+                    let _ = std::fs::remove_dir(dir);
+                }
+            }
+            purged
+        })
+        .await
+        .map_err(|e| Error::unavailable("artifact purge task failed", e))
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf> {
         validate_key(key)?;
         Ok(self.root.join(key))
@@ -152,7 +188,27 @@ impl ArtifactStore for LocalArtifactStore {
 
 #[cfg(test)]
 mod tests {
-    use super::validate_key;
+    use super::{validate_key, LocalArtifactStore};
+    use crate::backend::ArtifactStore;
+    use std::time::{Duration, SystemTime};
+
+    #[tokio::test]
+    async fn old_artifacts_under_a_prefix_are_purged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = LocalArtifactStore::open(dir.path().join("a")).unwrap();
+        for key in ["outputs/job-1/a.txt", "outputs/job-1/d/b.txt", "functions/f/x.zip"] {
+            store.put(key, bytes::Bytes::from_static(b"x")).await.unwrap();
+        }
+        let past = SystemTime::now() - Duration::from_secs(3600);
+        assert_eq!(store.purge_before("outputs/", past).await.unwrap(), 0);
+        assert_eq!(store.list("outputs/").await.unwrap().len(), 2);
+        let future = SystemTime::now() + Duration::from_secs(1);
+        assert_eq!(store.purge_before("outputs/", future).await.unwrap(), 2);
+        assert!(store.list("outputs/").await.unwrap().is_empty());
+        assert!(!dir.path().join("a/outputs/job-1").exists(), "emptied dirs go too");
+        // Other prefixes are untouched.
+        assert_eq!(store.list("functions/").await.unwrap(), ["functions/f/x.zip"]);
+    }
 
     #[test]
     fn keys_cannot_escape_the_root() {
