@@ -491,3 +491,94 @@ async fn cpu_use_is_measured_when_the_run_is_long_enough_to_tell() {
     }
     app.stop().await;
 }
+
+/// A table written by the original controller (or shared with one during a
+/// migration): its functions are listed, read and run here as they are, and
+/// a runtime this version does not run is named, not a 500.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn functions_the_original_controller_registered_are_listed_and_run() {
+    use aws_sdk_dynamodb::types::AttributeValue as A;
+    let mut fleet = Fleet::new().await;
+    let table = fleet.cluster.var("TABLE_NAME").to_string();
+    let store = S3ArtifactStore::new(&aws(), &fleet.bucket).await;
+    let settings = aws();
+    let sdk = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .region(aws_config::Region::new(settings.region.clone()))
+        .endpoint_url(settings.endpoint_url.clone().expect("moto endpoint"))
+        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
+            "test", "test", None, None, "static",
+        ))
+        .load()
+        .await;
+    let dynamodb = aws_sdk_dynamodb::Client::new(&sdk);
+    // Exactly the attributes the original's /upload writes (multer-s3 key, envVars as a JSON string).
+    let register = |id: &str, runtime: &str, key: &str, env: &str| {
+        let s = |v: &str| A::S(v.to_string());
+        dynamodb
+            .put_item()
+            .table_name(&table)
+            .item("functionId", s(id))
+            .item("name", s(&format!("{runtime}-fn")))
+            .item("description", s(""))
+            .item("s3Key", s(key))
+            .item("originalName", s("code.zip"))
+            .item("runtime", s(runtime))
+            .item("memoryMb", A::N("256".into()))
+            .item("uploadedAt", s("2026-01-02T03:04:05.678Z"))
+            .item("envVars", s(env))
+            .send()
+    };
+    let py = format!("py-{}", uuid::Uuid::new_v4().simple());
+    let node = format!("node-{}", uuid::Uuid::new_v4().simple());
+    let go = format!("go-{}", uuid::Uuid::new_v4().simple());
+    let py_code =
+        "import os\ndef handler(event, context):\n    return {'hi': event['name'], 'g': os.environ['GREETING']}\n";
+    let node_code = "const input = JSON.parse(process.env.PAYLOAD || '{}');\nconsole.log(JSON.stringify({hi: input.name, g: process.env.GREETING}));\n";
+    for (id, runtime, file, code) in [
+        (&py, "python", "main.py", py_code),
+        (&node, "nodejs", "index.js", node_code),
+    ] {
+        let key = format!("uploads/{id}-code.zip");
+        store.put(&key, zip_of(&[(file, code)]).into()).await.unwrap();
+        register(id, runtime, &key, r#"{"GREETING":"Hello"}"#).await.unwrap();
+    }
+    register(&go, "go", "uploads/go.zip", "{}").await.unwrap();
+
+    let api = fleet.api();
+    let _worker = fleet.worker();
+    let client = reqwest::Client::new();
+    let list: Value = get_json(&client, format!("{}/functions", api.base)).await;
+    let ids: Vec<&str> = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|f| f["functionId"].as_str())
+        .collect();
+    assert!(ids.contains(&py.as_str()) && ids.contains(&node.as_str()), "{list}");
+    let one: Value = get_json(&client, format!("{}/functions/{py}", api.base)).await;
+    assert_eq!(
+        (one["memoryMb"].as_u64(), one["runtime"].as_str()),
+        (Some(256), Some("python")),
+        "{one}"
+    );
+    assert_eq!(
+        one["envVarNames"],
+        json!(["GREETING"]),
+        "names only, as for every function"
+    );
+    for id in [&py, &node] {
+        let (status, body) = run_at(&client, &api.base, id, json!({"name": "Ada"}), false).await;
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        assert_eq!(body["result"], json!({"hi": "Ada", "g": "Hello"}), "{body}");
+    }
+    let r = client
+        .get(format!("{}/functions/{go}", api.base))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("\"go\""), "{body}");
+}

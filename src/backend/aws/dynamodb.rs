@@ -84,8 +84,67 @@ fn format_number(n: f64) -> String {
     }
 }
 
-fn decode(item: HashMap<String, AttributeValue>) -> Result<FunctionRecord> {
+fn decode(mut item: HashMap<String, AttributeValue>) -> Result<FunctionRecord> {
+    if !item.contains_key("sha256") {
+        adopt_original(&mut item)?;
+    }
     serde_dynamo::from_item(item).map_err(|e| Error::Invalid(format!("unreadable function item: {e}")))
+}
+
+/// The original controller ran every job with this timeout.
+const ORIGINAL_TIMEOUT_MS: u64 = 300_000;
+
+/// Reads an item the original controller wrote (it has no `sha256`) as a
+/// record, so a table shared with, or inherited from, the original keeps
+/// every function (docs/compat.md): its `envVars` is a JSON string, and it
+/// has no handler, timeout, code hash or size. Its Node.js functions were
+/// programs (`node index.js`); its Python functions were called through
+/// `handler` (or `main`), as this platform's default handler does. Runtimes
+/// this version does not run are a `Conflict` naming them.
+fn adopt_original(item: &mut HashMap<String, AttributeValue>) -> Result<()> {
+    let text = |item: &HashMap<String, AttributeValue>, k: &str| item.get(k).and_then(|v| v.as_s().ok()).cloned();
+    let id = text(item, KEY).unwrap_or_default();
+    let runtime_name = text(item, "runtime").unwrap_or_else(|| "python".into());
+    let Some(runtime) = crate::model::Runtime::parse(&runtime_name) else {
+        return Err(Error::Conflict(format!(
+            "function {id} uses the runtime {runtime_name:?}, which this version does not run yet (python and nodejs)"
+        )));
+    };
+    item.insert("runtime".into(), AttributeValue::S(runtime.as_str().into()));
+    let env: HashMap<String, AttributeValue> = match item.get("envVars") {
+        Some(AttributeValue::S(json)) => serde_json::from_str::<HashMap<String, serde_json::Value>>(json)
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| {
+                let v = match v {
+                    serde_json::Value::String(s) => s,
+                    other => other.to_string(),
+                };
+                (k, AttributeValue::S(v))
+            })
+            .collect(),
+        Some(AttributeValue::M(m)) => m.clone(),
+        _ => HashMap::new(),
+    };
+    item.insert("envVars".into(), AttributeValue::M(env));
+    item.entry("handler".into())
+        .or_insert_with(|| AttributeValue::S(runtime.default_handler().into()));
+    item.entry("timeoutMs".into())
+        .or_insert_with(|| AttributeValue::N(ORIGINAL_TIMEOUT_MS.to_string()));
+    item.entry("sha256".into())
+        .or_insert_with(|| AttributeValue::S(String::new()));
+    item.entry("sizeBytes".into())
+        .or_insert_with(|| AttributeValue::N("0".into()));
+    let name = text(item, "name").unwrap_or_default();
+    item.entry("originalName".into())
+        .or_insert_with(|| AttributeValue::S(name));
+    item.entry("memoryMb".into())
+        .or_insert_with(|| AttributeValue::N("128".into()));
+    if runtime == crate::model::Runtime::Nodejs {
+        item.entry("style".into())
+            .or_insert_with(|| AttributeValue::S("program".into()));
+    }
+    Ok(())
 }
 
 #[async_trait]
@@ -172,8 +231,8 @@ impl FunctionRegistry for DynamoRegistry {
                 .await
                 .map_err(|e| unavailable("dynamodb scan", e))?;
             for item in out.items.unwrap_or_default() {
-                // One item this version cannot read (e.g. written by the
-                // original controller) must not hide every other function.
+                // One item this version cannot read (e.g. an original
+                // function in a runtime not run here) must not hide every other.
                 match decode(item) {
                     Ok(record) => records.push(record),
                     Err(e) => tracing::warn!(error = %e, "skipping a function item this version cannot read"),
@@ -257,5 +316,69 @@ impl FunctionRegistry for DynamoRegistry {
 
     async fn ping(&self) -> Result<()> {
         describe_table(&self.client, &self.table).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{FunctionStyle, Runtime};
+
+    /// An item exactly as the original controller's upload writes it.
+    fn original(runtime: &str, env: &str) -> HashMap<String, AttributeValue> {
+        let s = |v: &str| AttributeValue::S(v.to_string());
+        HashMap::from([
+            ("functionId".to_string(), s("f-1")),
+            ("name".to_string(), s("hello")),
+            ("description".to_string(), s("")),
+            ("s3Key".to_string(), s("functions/f-1/code.zip")),
+            ("originalName".to_string(), s("code.zip")),
+            ("runtime".to_string(), s(runtime)),
+            ("memoryMb".to_string(), AttributeValue::N("256".into())),
+            ("uploadedAt".to_string(), s("2026-01-02T03:04:05.678Z")),
+            ("envVars".to_string(), s(env)),
+            ("invocations".to_string(), AttributeValue::N("7".into())),
+        ])
+    }
+
+    #[test]
+    fn the_originals_items_are_read() {
+        let r = decode(original("python", r#"{"A":"1","N":2}"#)).unwrap();
+        assert_eq!(
+            (r.function_id.as_str(), r.name.as_str(), r.runtime),
+            ("f-1", "hello", Runtime::Python)
+        );
+        assert_eq!(
+            (r.memory_mb, r.invocations, r.timeout_ms),
+            (256, 7, ORIGINAL_TIMEOUT_MS)
+        );
+        assert_eq!(r.handler, "main.handler");
+        assert_eq!(r.style, FunctionStyle::Handler);
+        assert_eq!(r.sha256, "", "the worker hashes what it downloads");
+        assert_eq!(r.env_vars.get("A").map(String::as_str), Some("1"));
+        assert_eq!(r.env_vars.get("N").map(String::as_str), Some("2"));
+
+        let node = decode(original("nodejs", "not json")).unwrap();
+        assert_eq!(node.style, FunctionStyle::Program, "the original ran `node index.js`");
+        assert!(
+            node.env_vars.is_empty(),
+            "unreadable envVars are dropped, as the original did"
+        );
+    }
+
+    #[test]
+    fn an_original_runtime_not_run_here_is_a_conflict_naming_it() {
+        match decode(original("go", "{}")) {
+            Err(Error::Conflict(m)) => assert!(m.contains("\"go\""), "{m}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn this_platforms_items_are_left_as_they_are() {
+        let mut record = crate::backend::conformance::sample_function("f-2");
+        record.timeout_ms = 1234;
+        let item: HashMap<String, AttributeValue> = serde_dynamo::to_item(&record).unwrap();
+        assert_eq!(decode(item).unwrap(), record);
     }
 }
