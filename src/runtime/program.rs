@@ -406,6 +406,11 @@ pub async fn run_program(
     // nothing may write to its output dir while it is collected.
     kill_tree();
     let _ = child.start_kill();
+    // ... and whatever left the group (a `setsid()` daemon; without a
+    // sandbox no PID namespace ends it): every process of the run's uid.
+    if let Some(lease) = &lease {
+        lease.kill_processes();
+    }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = match waited {
         Ok(Ok(Some(s))) => Some(s),

@@ -662,3 +662,68 @@ async fn the_protocol_socket_cannot_hold_the_worker_or_forge_results() {
     assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "ResultTooLarge", "{body}");
 }
+
+/// Pids of live processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0u8])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// A program that double-forks a daemon in its own session (out of the
+/// run's process group), detached from the run's pipes, then exits 0.
+fn daemonizing_program(mark: &str) -> String {
+    format!(
+        "import os\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    if os.fork() == 0:\n        fd = os.open('/dev/null', os.O_RDWR)\n        for i in range(3):\n            os.dup2(fd, i)\n        os.execv('/bin/sleep', ['sleep', '{mark}'])\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('parent done')\n"
+    )
+}
+
+/// A program's daemon must not outlive its run: it would keep its uid's
+/// processes (and, uids being reused, be there when the same uid runs
+/// another function's program: its input and output dir are that uid's),
+/// and it could still write to the output dir while the worker collects it.
+#[tokio::test]
+async fn a_programs_daemon_does_not_outlive_the_run() {
+    let system_python = Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root (instance uids) and /usr/bin/python3");
+        return;
+    }
+    let mut modes = vec!["none"];
+    if sandbox_available() {
+        modes.push("auto");
+    }
+    for (i, mode) in modes.into_iter().enumerate() {
+        let app = TestApp::start_with(|a| {
+            a.pool.sandbox = mode.into();
+            a.pool.python = "/usr/bin/python3".into();
+            a.pool.node = "none".into();
+        })
+        .await;
+        let mark = format!("3141.{}{i}", std::process::id());
+        let id = app
+            .upload_py(&daemonizing_program(&mark), &[("style", "program")])
+            .await;
+        let body = app.run_ok(&id, json!({})).await;
+        assert_eq!(body["status"], "SUCCESS", "{mode}: {body}");
+        assert_eq!(body["result"], "parent done", "{mode}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = processes_running(&["sleep", &mark]);
+        for pid in &left {
+            // SAFETY: plain syscall on the pids this test's program started.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "SANDBOX={mode}: the program's daemon outlived its run: {left:?}"
+        );
+        app.stop().await;
+    }
+}
