@@ -337,7 +337,12 @@ async fn measure(name: &str, deployment: &mut Deployment) {
 /// Where admission time goes, from the API's own `infra_admission_stage_seconds`
 /// histogram (both bursts above): p50 and p99 as bucket upper bounds.
 async fn admission_stages(name: &str, client: &reqwest::Client, base: &str) {
-    let Ok(r) = client.get(format!("{base}/metrics")).header("x-api-key", KEY).send().await else {
+    let Ok(r) = client
+        .get(format!("{base}/metrics"))
+        .header("x-api-key", KEY)
+        .send()
+        .await
+    else {
         return;
     };
     let text = r.text().await.unwrap_or_default();
@@ -373,7 +378,14 @@ async fn admission_stages(name: &str, client: &reqwest::Client, base: &str) {
 fn external_admission(name: &str, base: &str, function_id: &str, seconds: u64) {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/lib/wrk-run.lua");
     let out = Command::new("wrk")
-        .args(["-t2", &format!("-c{CLIENTS}"), &format!("-d{seconds}s"), "--latency", "-s", script])
+        .args([
+            "-t2",
+            &format!("-c{CLIENTS}"),
+            &format!("-d{seconds}s"),
+            "--latency",
+            "-s",
+            script,
+        ])
         .arg(format!("{base}/run"))
         .env("BENCH_KEY", KEY)
         .env("BENCH_FUNCTION_ID", function_id)
@@ -484,7 +496,16 @@ async fn original() {
     );
     let bin = std::env::var("INFRA_TEST_REDIS_SERVER").unwrap_or_else(|_| "redis-server".into());
     let redis = Command::new(bin)
-        .args(["--port", "6379", "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+        .args([
+            "--port",
+            "6379",
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
         .stdout(Stdio::null())
         .spawn()
         .expect("redis-server");
@@ -529,14 +550,26 @@ async fn original() {
             .await;
         match r {
             Ok(r) if r.status() == 202 => break,
-            Ok(r) => panic!("the original controller answered {}: {}", r.status(), r.text().await.unwrap_or_default()),
+            Ok(r) => panic!(
+                "the original controller answered {}: {}",
+                r.status(),
+                r.text().await.unwrap_or_default()
+            ),
             Err(_) => {
-                assert!(Instant::now() < deadline, "the original controller did not start on 8080");
+                assert!(
+                    Instant::now() < deadline,
+                    "the original controller did not start on 8080"
+                );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
         }
     }
-    external_admission("original", &deployment.base, "bench-original", env_num("BENCH_SECONDS", 5));
+    external_admission(
+        "original",
+        &deployment.base,
+        "bench-original",
+        env_num("BENCH_SECONDS", 5),
+    );
     deployment.stop().await;
 }
 
