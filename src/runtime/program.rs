@@ -186,12 +186,19 @@ pub struct ProgramRun {
     pub cpu_ms: Option<f64>,
     /// The run's private dir, removed when dropped; `output_dir()` is in it.
     root: tempfile::TempDir,
+    /// The run's own uid, when it had one: its output files are that uid's.
+    uid: Option<u32>,
 }
 
 impl ProgramRun {
     /// The host dir the program wrote its output files to.
     pub fn output_dir(&self) -> PathBuf {
         self.root.path().join("output")
+    }
+
+    /// The uid whose files alone are collected from `output_dir()`.
+    pub fn output_owner(&self) -> Option<u32> {
+        self.uid
     }
 }
 
@@ -498,6 +505,7 @@ pub async fn run_program(
         peak_memory_bytes,
         cpu_ms,
         root,
+        uid,
     })
 }
 
@@ -665,8 +673,10 @@ fn open_at(at: &OwnedFd, name: &str, dir: bool) -> std::io::Result<OwnedFd> {
 /// (a link is skipped, and every file and dir is opened with O_NOFOLLOW
 /// relative to its already-opened parent), within OUTPUT_MAX_FILES,
 /// OUTPUT_MAX_BYTES and OUTPUT_MAX_DEPTH. Names that cannot be artifact
-/// keys are skipped. Blocking.
-pub fn collect_outputs(dir: &Path) -> std::io::Result<CollectedOutputs> {
+/// keys are skipped. Only files with one name are read (and, given `owner`,
+/// only that uid's): a hard link can name a file from outside the dir.
+/// Blocking.
+pub fn collect_outputs(dir: &Path, owner: Option<u32>) -> std::io::Result<CollectedOutputs> {
     let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
     // SAFETY: plain syscall with a NUL-terminated path.
     let fd = unsafe {
@@ -682,12 +692,12 @@ pub fn collect_outputs(dir: &Path) -> std::io::Result<CollectedOutputs> {
     let root = unsafe { OwnedFd::from_raw_fd(fd) };
     let mut out = CollectedOutputs::default();
     let mut budget = OUTPUT_MAX_BYTES;
-    walk(&root, "", 0, &mut out, &mut budget);
+    walk(&root, "", 0, owner, &mut out, &mut budget);
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, budget: &mut u64) {
+fn walk(dir: &OwnedFd, prefix: &str, depth: usize, owner: Option<u32>, out: &mut CollectedOutputs, budget: &mut u64) {
     // The dir's entries through its open fd (the magic link names the very
     // dir opened, wherever it is).
     let mut names: Vec<String> = match std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
@@ -727,7 +737,7 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
                     continue;
                 }
                 match open_at(dir, &name, true) {
-                    Ok(sub) => walk(&sub, &format!("{path}/"), depth + 1, out, budget),
+                    Ok(sub) => walk(&sub, &format!("{path}/"), depth + 1, owner, out, budget),
                     Err(e) => out.skipped.push(format!("{path}/: {e}")),
                 }
             }
@@ -736,7 +746,7 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
                     out.skipped.push(format!("{path}: more than {OUTPUT_MAX_FILES} files"));
                     continue;
                 }
-                match read_file_at(dir, &name, *budget) {
+                match read_file_at(dir, &name, owner, *budget) {
                     Ok(Some(data)) => {
                         *budget -= data.len() as u64;
                         out.files.push(OutputFile { path, data });
@@ -755,12 +765,24 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
 
 /// Reads a regular file (opened without following links, checked on the
 /// open fd), or None when it is larger than `budget`.
-fn read_file_at(dir: &OwnedFd, name: &str, budget: u64) -> std::io::Result<Option<Vec<u8>>> {
+fn read_file_at(dir: &OwnedFd, name: &str, owner: Option<u32>, budget: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
     let fd = open_at(dir, name, false)?;
     let file = std::fs::File::from(fd);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    // O_NOFOLLOW stops symbolic links, not hard ones: without a sandbox
+    // (one mount) and where fs.protected_hardlinks is off, the program can
+    // link any file it can reach by path (the worker's database in the
+    // 0711 data dir) into its output dir, and the worker would read it as
+    // itself. A file of the program's has one name and is its uid's.
+    if meta.nlink() > 1 {
+        return Err(std::io::Error::other("hard link (more than one name), not collected"));
+    }
+    if owner.is_some_and(|uid| meta.uid() != uid) {
+        return Err(std::io::Error::other("not the program's own file, not collected"));
     }
     if meta.len() > budget {
         return Ok(None);
@@ -887,7 +909,7 @@ mod tests {
         std::fs::write(&secret, "top secret").unwrap();
         std::os::unix::fs::symlink(&secret, out.join("leak.txt")).unwrap();
         std::os::unix::fs::symlink(dir.path(), out.join("up")).unwrap();
-        let got = collect_outputs(&out).unwrap();
+        let got = collect_outputs(&out, None).unwrap();
         let paths: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["charts/a.csv", "charts/deep/b.json", "report.txt"]);
         assert!(got.files.iter().all(|f| f.data != b"top secret"));
@@ -901,7 +923,40 @@ mod tests {
         assert_eq!(top_level_names(&got.files), ["charts", "report.txt"]);
         // The output dir itself may not be a link.
         std::os::unix::fs::symlink(&out, dir.path().join("linked")).unwrap();
-        assert!(collect_outputs(&dir.path().join("linked")).is_err());
+        assert!(collect_outputs(&dir.path().join("linked"), None).is_err());
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_is_not_collected() {
+        // Without a sandbox (one mount) and with fs.protected_hardlinks=0,
+        // a program can hard-link any file it can reach by path, e.g. the
+        // worker's database in the 0711 data dir, into its output dir: the
+        // worker, reading as itself, must not upload it.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("output");
+        std::fs::create_dir(&out).unwrap();
+        let secret = dir.path().join("infra.redb");
+        std::fs::write(&secret, "every function's envVars").unwrap();
+        std::fs::hard_link(&secret, out.join("db.bin")).unwrap();
+        std::fs::write(out.join("own.txt"), "mine").unwrap();
+        let got = collect_outputs(&out, None).unwrap();
+        let paths: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["own.txt"]);
+        assert!(
+            got.skipped.iter().any(|s| s.starts_with("db.bin: hard link")),
+            "{:?}",
+            got.skipped
+        );
+        // Given the run's uid, another user's file (the worker's) is not read either.
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let got = collect_outputs(&out, Some(me.wrapping_add(1))).unwrap();
+        assert!(got.files.is_empty(), "{:?}", got.files);
+        assert!(got
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("own.txt: not the program's own")));
+        assert_eq!(collect_outputs(&out, Some(me)).unwrap().files.len(), 1);
     }
 
     #[test]
@@ -910,14 +965,14 @@ mod tests {
         for i in 0..OUTPUT_MAX_FILES + 5 {
             std::fs::write(dir.path().join(format!("f{i:03}")), "x").unwrap();
         }
-        let got = collect_outputs(dir.path()).unwrap();
+        let got = collect_outputs(dir.path(), None).unwrap();
         assert_eq!(got.files.len(), OUTPUT_MAX_FILES);
         assert_eq!(got.skipped.len(), 5);
         let dir = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(dir.path().join("big")).unwrap();
         f.set_len(OUTPUT_MAX_BYTES + 1).unwrap();
         std::fs::write(dir.path().join("small"), "x").unwrap();
-        let got = collect_outputs(dir.path()).unwrap();
+        let got = collect_outputs(dir.path(), None).unwrap();
         assert_eq!(got.files.len(), 1);
         assert!(got.skipped[0].starts_with("big: over"), "{:?}", got.skipped);
     }

@@ -780,7 +780,9 @@ impl Worker {
         result.cold_start = true;
         result.start_kind = Some(crate::runtime::StartKind::Fresh);
         result.attempt = attempt;
-        let (kept, notes) = self.keep_outputs(&job.request_id, run.output_dir()).await;
+        let (kept, notes) = self
+            .keep_outputs(&job.request_id, run.output_dir(), run.output_owner())
+            .await;
         result.output_files = Some(crate::runtime::program::top_level_names(&kept));
         result.artifacts = kept
             .iter()
@@ -810,9 +812,11 @@ impl Worker {
         &self,
         request_id: &str,
         dir: std::path::PathBuf,
+        owner: Option<u32>,
     ) -> (Vec<crate::runtime::program::OutputFile>, Vec<String>) {
         const OUTPUT_NOTES: usize = 20;
-        let collected = tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir)).await;
+        let collected =
+            tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir, owner)).await;
         let collected = match collected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
