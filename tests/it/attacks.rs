@@ -727,3 +727,64 @@ async fn a_programs_daemon_does_not_outlive_the_run() {
         app.stop().await;
     }
 }
+
+/// What a program can leave in its output dir that is not a plain file of
+/// its own: the worker collects without blocking (a FIFO with no writer, a
+/// socket), without reading a second name of a file (a hard link), and
+/// keeps only plain names within the depth bound.
+#[tokio::test]
+async fn a_programs_odd_output_entries_are_not_collected() {
+    let app = TestApp::start().await;
+    let program = r#"import os, socket
+out = os.environ['OUTPUT_DIR']
+os.environ.get('PAYLOAD')
+open(os.path.join(out, 'ok.txt'), 'w').write('ok')
+os.mkfifo(os.path.join(out, 'pipe.txt'))
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.join(out, 'sock.txt'))
+open(os.path.join(out, 'first.txt'), 'w').write('twice')
+os.link(os.path.join(out, 'first.txt'), os.path.join(out, 'second.txt'))
+for bad in ['new\nline.txt', 'caf\u00e9.txt', 'sp ace', '-', 'a:b']:
+    open(os.path.join(out, bad), 'w').write('x')
+d = out
+for i in range(20):
+    d = os.path.join(d, 'd')
+    os.mkdir(d)
+open(os.path.join(d, 'deep.txt'), 'w').write('deep')
+print('done')
+"#;
+    let id = app.upload_py(program, &[("style", "program")]).await;
+    let started = Instant::now();
+    let body = app.run_ok(&id, json!({})).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let paths: Vec<&str> = body["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["-", "ok.txt"], "{body}");
+    let stderr = body["stderr"].as_str().unwrap();
+    for note in [
+        "pipe.txt: not a regular file",
+        "sock.txt: not a regular file",
+        "first.txt: hard link",
+        "second.txt: hard link",
+        "nested deeper",
+    ] {
+        assert!(stderr.contains(note), "{note}: {stderr}");
+    }
+    let job = body["jobId"].as_str().unwrap();
+    for path in [
+        "first.txt",
+        "pipe.txt",
+        "d%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd",
+        "%2e%2e%2fapi-key",
+        "..%252Fapi-key",
+    ] {
+        let r = app.get(&format!("/status/{job}/files/{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    app.stop().await;
+}
