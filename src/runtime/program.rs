@@ -593,30 +593,63 @@ async fn prepare_run_dir(
     .map_err(std::io::Error::other)?
 }
 
+/// Deepest nesting the running check measures; a deeper output dir stops
+/// the run (its dirs are walked through open descriptors, one per level).
+pub const OUTPUT_DISK_MAX_DEPTH: usize = 64;
+
 /// Why a running program's output dir is over its bounds, if it is: more
 /// than OUTPUT_DISK_MAX_BYTES of disk (allocated blocks, so sparse files
-/// count for what they take) or OUTPUT_DISK_MAX_ENTRIES entries. Walks
-/// without following links. Blocking.
+/// count for what they take), OUTPUT_DISK_MAX_ENTRIES entries or
+/// OUTPUT_DISK_MAX_DEPTH levels. Blocking.
+///
+/// The program runs (and renames) while this walks, so the walk never goes
+/// by path: a dir checked by path and then listed by path can be swapped
+/// for a symbolic link in between, and the worker would walk (as itself)
+/// whatever host dir the link names, stopping the run when that is large:
+/// an oracle on the host's files. Each dir is opened O_NOFOLLOW relative to
+/// its already-opened parent and listed through its descriptor.
 fn output_overflow(dir: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::rc::Rc;
+    let root = open_dir(dir).ok()?;
     let (mut bytes, mut entries) = (0u64, 0usize);
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        let Ok(list) = std::fs::read_dir(&d) else { continue };
+    // (parent, name, depth) of the dirs still to list; a parent stays open
+    // while any of its subdirs is pending, so at most one descriptor per
+    // level is open (depth-first).
+    let mut pending: Vec<(Rc<OwnedFd>, Option<CString>, usize)> = vec![(Rc::new(root), None, 0)];
+    while let Some((parent, name, depth)) = pending.pop() {
+        let d = match name {
+            None => parent,
+            Some(name) => match open_at_c(&parent, &name, true) {
+                Ok(fd) => Rc::new(fd),
+                Err(_) => continue,
+            },
+        };
+        let Ok(list) = std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd())) else {
+            continue;
+        };
         for entry in list.flatten() {
             entries += 1;
             if entries > OUTPUT_DISK_MAX_ENTRIES {
                 return Some(format!("holds more than {OUTPUT_DISK_MAX_ENTRIES} entries"));
             }
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            let Ok(c) = CString::new(entry.file_name().as_encoded_bytes()) else {
                 continue;
             };
-            bytes += meta.blocks() * 512;
+            // SAFETY: all-zero is a valid `stat`, filled by fstatat below.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: plain syscall on an fd we own; `st` is a valid out-pointer.
+            if unsafe { libc::fstatat(d.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                continue;
+            }
+            bytes += (st.st_blocks as u64) * 512;
             if bytes > OUTPUT_DISK_MAX_BYTES {
                 return Some(format!("takes more than {OUTPUT_DISK_MAX_BYTES} bytes of disk"));
             }
-            if meta.file_type().is_dir() {
-                pending.push(entry.path());
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                if depth + 1 > OUTPUT_DISK_MAX_DEPTH {
+                    return Some(format!("is nested deeper than {OUTPUT_DISK_MAX_DEPTH} levels"));
+                }
+                pending.push((d.clone(), Some(c), depth + 1));
             }
         }
     }
@@ -651,10 +684,31 @@ pub fn is_plain_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// Opens the dir `dir` itself without following a link in its last component.
+fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: plain syscall with a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open just returned this fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Opens `name` in the dir `at` without following a link in its last
 /// component (every earlier one is a dir already opened the same way).
 fn open_at(at: &OwnedFd, name: &str, dir: bool) -> std::io::Result<OwnedFd> {
     let c = CString::new(name).map_err(std::io::Error::other)?;
+    open_at_c(at, &c, dir)
+}
+
+fn open_at_c(at: &OwnedFd, c: &CString, dir: bool) -> std::io::Result<OwnedFd> {
     let mut flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     if dir {
         flags |= libc::O_DIRECTORY;
@@ -677,19 +731,7 @@ fn open_at(at: &OwnedFd, name: &str, dir: bool) -> std::io::Result<OwnedFd> {
 /// only that uid's): a hard link can name a file from outside the dir.
 /// Blocking.
 pub fn collect_outputs(dir: &Path, owner: Option<u32>) -> std::io::Result<CollectedOutputs> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: plain syscall with a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: open just returned this fd.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
+    let root = open_dir(dir)?;
     let mut out = CollectedOutputs::default();
     let mut budget = OUTPUT_MAX_BYTES;
     walk(&root, "", 0, owner, &mut out, &mut budget);
@@ -957,6 +999,28 @@ mod tests {
             .iter()
             .any(|s| s.starts_with("own.txt: not the program's own")));
         assert_eq!(collect_outputs(&out, Some(me)).unwrap().files.len(), 1);
+    }
+
+    #[test]
+    fn the_running_disk_check_never_follows_links_and_bounds_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, big) = (dir.path().join("output"), dir.path().join("big"));
+        std::fs::create_dir_all(&big).unwrap();
+        for i in 0..OUTPUT_DISK_MAX_ENTRIES + 10 {
+            std::fs::File::create(big.join(format!("h{i}"))).unwrap();
+        }
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&big, out.join("x")).unwrap();
+        assert_eq!(output_overflow(&out), None);
+        let mut d = out.clone();
+        for _ in 0..OUTPUT_DISK_MAX_DEPTH {
+            d = d.join("d");
+            std::fs::create_dir(&d).unwrap();
+        }
+        assert_eq!(output_overflow(&out), None);
+        std::fs::create_dir(d.join("d")).unwrap();
+        assert!(output_overflow(&out).is_some_and(|w| w.contains("deeper")));
+        assert!(output_overflow(&big).is_some_and(|w| w.contains("entries")));
     }
 
     #[test]

@@ -788,3 +788,39 @@ print('done')
     }
     app.stop().await;
 }
+
+/// While a program runs, the worker measures its output dir every 250 ms.
+/// A program that swaps a subdir for a symbolic link to a host dir between
+/// the worker's check of the entry and its listing would make the worker
+/// (as root) walk that host dir, and stop the run when it is large: an
+/// oracle on the host's file system, and host I/O at the program's will.
+#[tokio::test]
+async fn the_output_dirs_disk_check_does_not_follow_a_swapped_link() {
+    let app = TestApp::start().await;
+    // A host dir the sandbox cannot see, with more entries than the bound.
+    let host = tempfile::tempdir().unwrap();
+    for i in 0..10_100 {
+        std::fs::File::create(host.path().join(format!("h{i}"))).unwrap();
+    }
+    let program = r#"import json, os, time
+target = json.loads(os.environ['PAYLOAD'])['host']
+out = os.environ['OUTPUT_DIR']
+x, tmp = os.path.join(out, 'x'), os.path.join(out, 'x.d')
+os.mkdir(x)
+end = time.time() + 4
+while time.time() < end:
+    os.rename(x, tmp)
+    os.symlink(target, x)
+    time.sleep(0.0005)
+    os.unlink(x)
+    os.rename(tmp, x)
+    time.sleep(0.0005)
+print('done')
+"#;
+    let id = app
+        .upload_py(program, &[("style", "program"), ("timeoutMs", "30000")])
+        .await;
+    let body = app.run_ok(&id, json!({"host": host.path().to_string_lossy()})).await;
+    assert_eq!(body["status"], "SUCCESS", "the worker walked the host dir: {body}");
+    app.stop().await;
+}
