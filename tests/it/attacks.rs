@@ -824,3 +824,38 @@ print('done')
     assert_eq!(body["status"], "SUCCESS", "the worker walked the host dir: {body}");
     app.stop().await;
 }
+
+/// The same daemon from a handler without a sandbox: it may live as long as
+/// its instance (same function, same uid), but not past the instance's end,
+/// when its uid goes back to the pool for other functions.
+#[tokio::test]
+async fn a_handlers_daemon_ends_with_its_instance() {
+    let system_python = Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root (instance uids) and /usr/bin/python3");
+        return;
+    }
+    let app = TestApp::start_with(|a| {
+        a.pool.sandbox = "none".into();
+        a.pool.python = "/usr/bin/python3".into();
+        a.pool.node = "none".into();
+    })
+    .await;
+    let mark = format!("2718.{}", std::process::id());
+    let body = daemonizing_program(&mark).replace('\n', "\n    ");
+    let source = format!("def handler(event, context):\n    {body}return 'started'\n");
+    let id = app.upload_py(&source, &[]).await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["result"], "started", "{body}");
+    app.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = processes_running(&["sleep", &mark]);
+    for pid in &left {
+        // SAFETY: plain syscall on the pids this test's handler started.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "the handler's daemon outlived its instance: {left:?}");
+}
