@@ -661,6 +661,8 @@ fn output_overflow(dir: &Path) -> Option<String> {
 pub struct OutputFile {
     /// Relative path, `/`-separated.
     pub path: String,
+    /// The file's length (`data` may have been handed on since).
+    pub size: u64,
     pub data: Vec<u8>,
 }
 
@@ -791,7 +793,11 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, owner: Option<u32>, out: &mut
                 match read_file_at(dir, &name, owner, *budget) {
                     Ok(Some(data)) => {
                         *budget -= data.len() as u64;
-                        out.files.push(OutputFile { path, data });
+                        out.files.push(OutputFile {
+                            path,
+                            size: data.len() as u64,
+                            data,
+                        });
                     }
                     Ok(None) => out.skipped.push(format!(
                         "{path}: over the {OUTPUT_MAX_BYTES}-byte total of output files"

@@ -788,7 +788,7 @@ impl Worker {
             .iter()
             .map(|f| OutputArtifact {
                 path: f.path.clone(),
-                size_bytes: f.data.len() as u64,
+                size_bytes: f.size,
                 url: format!("/status/{}/files/{}", job.request_id, f.path.replace('/', "%2F")),
             })
             .collect();
@@ -828,14 +828,13 @@ impl Worker {
             notes.push(format!("the job id {request_id:?} cannot name stored files"));
             return (kept, notes);
         }
-        for file in collected.files {
+        for mut file in collected.files {
             let key = output_key(request_id, &file.path);
-            match self
-                .cache
-                .store()
-                .put(&key, bytes::Bytes::from(file.data.clone()))
-                .await
-            {
+            // Moved, not copied: a run's files (up to 64 MiB) are held once,
+            // and each is freed once stored, so concurrent programs cannot
+            // make the worker hold twice their output.
+            let data = bytes::Bytes::from(std::mem::take(&mut file.data));
+            match self.cache.store().put(&key, data).await {
                 Ok(()) => kept.push(file),
                 Err(e) => {
                     tracing::warn!(key, error = %e, "could not store an output file");
