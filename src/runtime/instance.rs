@@ -116,8 +116,44 @@ pub(super) struct UidLease {
     pool: Arc<Mutex<VecDeque<u32>>>,
 }
 
+impl UidLease {
+    /// Kills every process running as this uid. The uid is leased to one
+    /// instance or program run only, so these are all its processes, also
+    /// those a process-group kill misses: a daemon that left the group
+    /// with `setsid()` (without a sandbox no PID namespace ends it). It
+    /// would otherwise outlive its run, write to the output dir while the
+    /// worker collects it, and still run as this uid when the uid is handed
+    /// to another function (whose input and output dir are that uid's).
+    pub(super) fn kill_processes(&self) {
+        // SAFETY: the child makes only async-signal-safe system calls
+        // (setresuid, kill, _exit) before it exits; the parent reaps it.
+        unsafe {
+            let pid = libc::fork();
+            if pid == 0 {
+                // kill(-1) as this uid reaches exactly the processes whose
+                // real or saved uid is this one (never the worker, root).
+                // One pass suffices against a fork bomb: a process with a
+                // SIGKILL pending cannot fork; the second is for good measure.
+                if libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0 {
+                    libc::kill(-1, libc::SIGKILL);
+                    libc::kill(-1, libc::SIGKILL);
+                }
+                libc::_exit(0);
+            }
+            if pid > 0 {
+                let mut status = 0;
+                while libc::waitpid(pid, &mut status, 0) < 0
+                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+                {}
+            }
+        }
+    }
+}
+
 impl Drop for UidLease {
     fn drop(&mut self) {
+        // Nothing of this run may be alive when the uid goes to another.
+        self.kill_processes();
         if let Ok(mut free) = self.pool.lock() {
             free.push_back(self.uid);
         }

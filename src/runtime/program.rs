@@ -186,12 +186,19 @@ pub struct ProgramRun {
     pub cpu_ms: Option<f64>,
     /// The run's private dir, removed when dropped; `output_dir()` is in it.
     root: tempfile::TempDir,
+    /// The run's own uid, when it had one: its output files are that uid's.
+    uid: Option<u32>,
 }
 
 impl ProgramRun {
     /// The host dir the program wrote its output files to.
     pub fn output_dir(&self) -> PathBuf {
         self.root.path().join("output")
+    }
+
+    /// The uid whose files alone are collected from `output_dir()`.
+    pub fn output_owner(&self) -> Option<u32> {
+        self.uid
     }
 }
 
@@ -406,6 +413,11 @@ pub async fn run_program(
     // nothing may write to its output dir while it is collected.
     kill_tree();
     let _ = child.start_kill();
+    // ... and whatever left the group (a `setsid()` daemon; without a
+    // sandbox no PID namespace ends it): every process of the run's uid.
+    if let Some(lease) = &lease {
+        lease.kill_processes();
+    }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = match waited {
         Ok(Ok(Some(s))) => Some(s),
@@ -493,6 +505,7 @@ pub async fn run_program(
         peak_memory_bytes,
         cpu_ms,
         root,
+        uid,
     })
 }
 
@@ -580,30 +593,63 @@ async fn prepare_run_dir(
     .map_err(std::io::Error::other)?
 }
 
+/// Deepest nesting the running check measures; a deeper output dir stops
+/// the run (its dirs are walked through open descriptors, one per level).
+pub const OUTPUT_DISK_MAX_DEPTH: usize = 64;
+
 /// Why a running program's output dir is over its bounds, if it is: more
 /// than OUTPUT_DISK_MAX_BYTES of disk (allocated blocks, so sparse files
-/// count for what they take) or OUTPUT_DISK_MAX_ENTRIES entries. Walks
-/// without following links. Blocking.
+/// count for what they take), OUTPUT_DISK_MAX_ENTRIES entries or
+/// OUTPUT_DISK_MAX_DEPTH levels. Blocking.
+///
+/// The program runs (and renames) while this walks, so the walk never goes
+/// by path: a dir checked by path and then listed by path can be swapped
+/// for a symbolic link in between, and the worker would walk (as itself)
+/// whatever host dir the link names, stopping the run when that is large:
+/// an oracle on the host's files. Each dir is opened O_NOFOLLOW relative to
+/// its already-opened parent and listed through its descriptor.
 fn output_overflow(dir: &Path) -> Option<String> {
-    use std::os::unix::fs::MetadataExt;
+    use std::rc::Rc;
+    let root = open_dir(dir).ok()?;
     let (mut bytes, mut entries) = (0u64, 0usize);
-    let mut pending = vec![dir.to_path_buf()];
-    while let Some(d) = pending.pop() {
-        let Ok(list) = std::fs::read_dir(&d) else { continue };
+    // (parent, name, depth) of the dirs still to list; a parent stays open
+    // while any of its subdirs is pending, so at most one descriptor per
+    // level is open (depth-first).
+    let mut pending: Vec<(Rc<OwnedFd>, Option<CString>, usize)> = vec![(Rc::new(root), None, 0)];
+    while let Some((parent, name, depth)) = pending.pop() {
+        let d = match name {
+            None => parent,
+            Some(name) => match open_at_c(&parent, &name, true) {
+                Ok(fd) => Rc::new(fd),
+                Err(_) => continue,
+            },
+        };
+        let Ok(list) = std::fs::read_dir(format!("/proc/self/fd/{}", d.as_raw_fd())) else {
+            continue;
+        };
         for entry in list.flatten() {
             entries += 1;
             if entries > OUTPUT_DISK_MAX_ENTRIES {
                 return Some(format!("holds more than {OUTPUT_DISK_MAX_ENTRIES} entries"));
             }
-            let Ok(meta) = std::fs::symlink_metadata(entry.path()) else {
+            let Ok(c) = CString::new(entry.file_name().as_encoded_bytes()) else {
                 continue;
             };
-            bytes += meta.blocks() * 512;
+            // SAFETY: all-zero is a valid `stat`, filled by fstatat below.
+            let mut st: libc::stat = unsafe { std::mem::zeroed() };
+            // SAFETY: plain syscall on an fd we own; `st` is a valid out-pointer.
+            if unsafe { libc::fstatat(d.as_raw_fd(), c.as_ptr(), &mut st, libc::AT_SYMLINK_NOFOLLOW) } != 0 {
+                continue;
+            }
+            bytes += (st.st_blocks as u64) * 512;
             if bytes > OUTPUT_DISK_MAX_BYTES {
                 return Some(format!("takes more than {OUTPUT_DISK_MAX_BYTES} bytes of disk"));
             }
-            if meta.file_type().is_dir() {
-                pending.push(entry.path());
+            if st.st_mode & libc::S_IFMT == libc::S_IFDIR {
+                if depth + 1 > OUTPUT_DISK_MAX_DEPTH {
+                    return Some(format!("is nested deeper than {OUTPUT_DISK_MAX_DEPTH} levels"));
+                }
+                pending.push((d.clone(), Some(c), depth + 1));
             }
         }
     }
@@ -615,6 +661,8 @@ fn output_overflow(dir: &Path) -> Option<String> {
 pub struct OutputFile {
     /// Relative path, `/`-separated.
     pub path: String,
+    /// The file's length (`data` may have been handed on since).
+    pub size: u64,
     pub data: Vec<u8>,
 }
 
@@ -638,10 +686,31 @@ pub fn is_plain_name(name: &str) -> bool {
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
+/// Opens the dir `dir` itself without following a link in its last component.
+fn open_dir(dir: &Path) -> std::io::Result<OwnedFd> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
+    // SAFETY: plain syscall with a NUL-terminated path.
+    let fd = unsafe {
+        libc::open(
+            c.as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: open just returned this fd, owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
 /// Opens `name` in the dir `at` without following a link in its last
 /// component (every earlier one is a dir already opened the same way).
 fn open_at(at: &OwnedFd, name: &str, dir: bool) -> std::io::Result<OwnedFd> {
     let c = CString::new(name).map_err(std::io::Error::other)?;
+    open_at_c(at, &c, dir)
+}
+
+fn open_at_c(at: &OwnedFd, c: &CString, dir: bool) -> std::io::Result<OwnedFd> {
     let mut flags = libc::O_RDONLY | libc::O_NOFOLLOW | libc::O_CLOEXEC | libc::O_NONBLOCK | libc::O_NOCTTY;
     if dir {
         flags |= libc::O_DIRECTORY;
@@ -660,29 +729,19 @@ fn open_at(at: &OwnedFd, name: &str, dir: bool) -> std::io::Result<OwnedFd> {
 /// (a link is skipped, and every file and dir is opened with O_NOFOLLOW
 /// relative to its already-opened parent), within OUTPUT_MAX_FILES,
 /// OUTPUT_MAX_BYTES and OUTPUT_MAX_DEPTH. Names that cannot be artifact
-/// keys are skipped. Blocking.
-pub fn collect_outputs(dir: &Path) -> std::io::Result<CollectedOutputs> {
-    let c = CString::new(dir.as_os_str().as_encoded_bytes()).map_err(std::io::Error::other)?;
-    // SAFETY: plain syscall with a NUL-terminated path.
-    let fd = unsafe {
-        libc::open(
-            c.as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_NOFOLLOW | libc::O_CLOEXEC,
-        )
-    };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: open just returned this fd.
-    let root = unsafe { OwnedFd::from_raw_fd(fd) };
+/// keys are skipped. Only files with one name are read (and, given `owner`,
+/// only that uid's): a hard link can name a file from outside the dir.
+/// Blocking.
+pub fn collect_outputs(dir: &Path, owner: Option<u32>) -> std::io::Result<CollectedOutputs> {
+    let root = open_dir(dir)?;
     let mut out = CollectedOutputs::default();
     let mut budget = OUTPUT_MAX_BYTES;
-    walk(&root, "", 0, &mut out, &mut budget);
+    walk(&root, "", 0, owner, &mut out, &mut budget);
     out.files.sort_by(|a, b| a.path.cmp(&b.path));
     Ok(out)
 }
 
-fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, budget: &mut u64) {
+fn walk(dir: &OwnedFd, prefix: &str, depth: usize, owner: Option<u32>, out: &mut CollectedOutputs, budget: &mut u64) {
     // The dir's entries through its open fd (the magic link names the very
     // dir opened, wherever it is).
     let mut names: Vec<String> = match std::fs::read_dir(format!("/proc/self/fd/{}", dir.as_raw_fd())) {
@@ -722,7 +781,7 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
                     continue;
                 }
                 match open_at(dir, &name, true) {
-                    Ok(sub) => walk(&sub, &format!("{path}/"), depth + 1, out, budget),
+                    Ok(sub) => walk(&sub, &format!("{path}/"), depth + 1, owner, out, budget),
                     Err(e) => out.skipped.push(format!("{path}/: {e}")),
                 }
             }
@@ -731,10 +790,14 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
                     out.skipped.push(format!("{path}: more than {OUTPUT_MAX_FILES} files"));
                     continue;
                 }
-                match read_file_at(dir, &name, *budget) {
+                match read_file_at(dir, &name, owner, *budget) {
                     Ok(Some(data)) => {
                         *budget -= data.len() as u64;
-                        out.files.push(OutputFile { path, data });
+                        out.files.push(OutputFile {
+                            path,
+                            size: data.len() as u64,
+                            data,
+                        });
                     }
                     Ok(None) => out.skipped.push(format!(
                         "{path}: over the {OUTPUT_MAX_BYTES}-byte total of output files"
@@ -750,12 +813,24 @@ fn walk(dir: &OwnedFd, prefix: &str, depth: usize, out: &mut CollectedOutputs, b
 
 /// Reads a regular file (opened without following links, checked on the
 /// open fd), or None when it is larger than `budget`.
-fn read_file_at(dir: &OwnedFd, name: &str, budget: u64) -> std::io::Result<Option<Vec<u8>>> {
+fn read_file_at(dir: &OwnedFd, name: &str, owner: Option<u32>, budget: u64) -> std::io::Result<Option<Vec<u8>>> {
+    use std::os::unix::fs::MetadataExt;
     let fd = open_at(dir, name, false)?;
     let file = std::fs::File::from(fd);
     let meta = file.metadata()?;
     if !meta.is_file() {
         return Err(std::io::Error::other("not a regular file"));
+    }
+    // O_NOFOLLOW stops symbolic links, not hard ones: without a sandbox
+    // (one mount) and where fs.protected_hardlinks is off, the program can
+    // link any file it can reach by path (the worker's database in the
+    // 0711 data dir) into its output dir, and the worker would read it as
+    // itself. A file of the program's has one name and is its uid's.
+    if meta.nlink() > 1 {
+        return Err(std::io::Error::other("hard link (more than one name), not collected"));
+    }
+    if owner.is_some_and(|uid| meta.uid() != uid) {
+        return Err(std::io::Error::other("not the program's own file, not collected"));
     }
     if meta.len() > budget {
         return Ok(None);
@@ -882,7 +957,7 @@ mod tests {
         std::fs::write(&secret, "top secret").unwrap();
         std::os::unix::fs::symlink(&secret, out.join("leak.txt")).unwrap();
         std::os::unix::fs::symlink(dir.path(), out.join("up")).unwrap();
-        let got = collect_outputs(&out).unwrap();
+        let got = collect_outputs(&out, None).unwrap();
         let paths: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["charts/a.csv", "charts/deep/b.json", "report.txt"]);
         assert!(got.files.iter().all(|f| f.data != b"top secret"));
@@ -896,7 +971,62 @@ mod tests {
         assert_eq!(top_level_names(&got.files), ["charts", "report.txt"]);
         // The output dir itself may not be a link.
         std::os::unix::fs::symlink(&out, dir.path().join("linked")).unwrap();
-        assert!(collect_outputs(&dir.path().join("linked")).is_err());
+        assert!(collect_outputs(&dir.path().join("linked"), None).is_err());
+    }
+
+    #[test]
+    fn a_hard_link_to_a_file_outside_is_not_collected() {
+        // Without a sandbox (one mount) and with fs.protected_hardlinks=0,
+        // a program can hard-link any file it can reach by path, e.g. the
+        // worker's database in the 0711 data dir, into its output dir: the
+        // worker, reading as itself, must not upload it.
+        let dir = tempfile::tempdir().unwrap();
+        let out = dir.path().join("output");
+        std::fs::create_dir(&out).unwrap();
+        let secret = dir.path().join("infra.redb");
+        std::fs::write(&secret, "every function's envVars").unwrap();
+        std::fs::hard_link(&secret, out.join("db.bin")).unwrap();
+        std::fs::write(out.join("own.txt"), "mine").unwrap();
+        let got = collect_outputs(&out, None).unwrap();
+        let paths: Vec<&str> = got.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["own.txt"]);
+        assert!(
+            got.skipped.iter().any(|s| s.starts_with("db.bin: hard link")),
+            "{:?}",
+            got.skipped
+        );
+        // Given the run's uid, another user's file (the worker's) is not read either.
+        // SAFETY: geteuid has no preconditions.
+        let me = unsafe { libc::geteuid() };
+        let got = collect_outputs(&out, Some(me.wrapping_add(1))).unwrap();
+        assert!(got.files.is_empty(), "{:?}", got.files);
+        assert!(got
+            .skipped
+            .iter()
+            .any(|s| s.starts_with("own.txt: not the program's own")));
+        assert_eq!(collect_outputs(&out, Some(me)).unwrap().files.len(), 1);
+    }
+
+    #[test]
+    fn the_running_disk_check_never_follows_links_and_bounds_depth() {
+        let dir = tempfile::tempdir().unwrap();
+        let (out, big) = (dir.path().join("output"), dir.path().join("big"));
+        std::fs::create_dir_all(&big).unwrap();
+        for i in 0..OUTPUT_DISK_MAX_ENTRIES + 10 {
+            std::fs::File::create(big.join(format!("h{i}"))).unwrap();
+        }
+        std::fs::create_dir(&out).unwrap();
+        std::os::unix::fs::symlink(&big, out.join("x")).unwrap();
+        assert_eq!(output_overflow(&out), None);
+        let mut d = out.clone();
+        for _ in 0..OUTPUT_DISK_MAX_DEPTH {
+            d = d.join("d");
+            std::fs::create_dir(&d).unwrap();
+        }
+        assert_eq!(output_overflow(&out), None);
+        std::fs::create_dir(d.join("d")).unwrap();
+        assert!(output_overflow(&out).is_some_and(|w| w.contains("deeper")));
+        assert!(output_overflow(&big).is_some_and(|w| w.contains("entries")));
     }
 
     #[test]
@@ -905,14 +1035,14 @@ mod tests {
         for i in 0..OUTPUT_MAX_FILES + 5 {
             std::fs::write(dir.path().join(format!("f{i:03}")), "x").unwrap();
         }
-        let got = collect_outputs(dir.path()).unwrap();
+        let got = collect_outputs(dir.path(), None).unwrap();
         assert_eq!(got.files.len(), OUTPUT_MAX_FILES);
         assert_eq!(got.skipped.len(), 5);
         let dir = tempfile::tempdir().unwrap();
         let f = std::fs::File::create(dir.path().join("big")).unwrap();
         f.set_len(OUTPUT_MAX_BYTES + 1).unwrap();
         std::fs::write(dir.path().join("small"), "x").unwrap();
-        let got = collect_outputs(dir.path()).unwrap();
+        let got = collect_outputs(dir.path(), None).unwrap();
         assert_eq!(got.files.len(), 1);
         assert!(got.skipped[0].starts_with("big: over"), "{:?}", got.skipped);
     }

@@ -780,13 +780,15 @@ impl Worker {
         result.cold_start = true;
         result.start_kind = Some(crate::runtime::StartKind::Fresh);
         result.attempt = attempt;
-        let (kept, notes) = self.keep_outputs(&job.request_id, run.output_dir()).await;
+        let (kept, notes) = self
+            .keep_outputs(&job.request_id, run.output_dir(), run.output_owner())
+            .await;
         result.output_files = Some(crate::runtime::program::top_level_names(&kept));
         result.artifacts = kept
             .iter()
             .map(|f| OutputArtifact {
                 path: f.path.clone(),
-                size_bytes: f.data.len() as u64,
+                size_bytes: f.size,
                 url: format!("/status/{}/files/{}", job.request_id, f.path.replace('/', "%2F")),
             })
             .collect();
@@ -810,9 +812,11 @@ impl Worker {
         &self,
         request_id: &str,
         dir: std::path::PathBuf,
+        owner: Option<u32>,
     ) -> (Vec<crate::runtime::program::OutputFile>, Vec<String>) {
         const OUTPUT_NOTES: usize = 20;
-        let collected = tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir)).await;
+        let collected =
+            tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir, owner)).await;
         let collected = match collected {
             Ok(Ok(c)) => c,
             Ok(Err(e)) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
@@ -824,14 +828,13 @@ impl Worker {
             notes.push(format!("the job id {request_id:?} cannot name stored files"));
             return (kept, notes);
         }
-        for file in collected.files {
+        for mut file in collected.files {
             let key = output_key(request_id, &file.path);
-            match self
-                .cache
-                .store()
-                .put(&key, bytes::Bytes::from(file.data.clone()))
-                .await
-            {
+            // Moved, not copied: a run's files (up to 64 MiB) are held once,
+            // and each is freed once stored, so concurrent programs cannot
+            // make the worker hold twice their output.
+            let data = bytes::Bytes::from(std::mem::take(&mut file.data));
+            match self.cache.store().put(&key, data).await {
                 Ok(()) => kept.push(file),
                 Err(e) => {
                     tracing::warn!(key, error = %e, "could not store an output file");

@@ -662,3 +662,200 @@ async fn the_protocol_socket_cannot_hold_the_worker_or_forge_results() {
     assert_eq!(body["status"], "FAILED", "{body}");
     assert_eq!(body["error"]["type"], "ResultTooLarge", "{body}");
 }
+
+/// Pids of live processes whose command line is exactly `argv`.
+fn processes_running(argv: &[&str]) -> Vec<i32> {
+    let want: Vec<u8> = argv.iter().flat_map(|a| a.bytes().chain([0u8])).collect();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()))
+        .filter(|pid| std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| c == want))
+        .collect()
+}
+
+/// A program that double-forks a daemon in its own session (out of the
+/// run's process group), detached from the run's pipes, then exits 0.
+fn daemonizing_program(mark: &str) -> String {
+    format!(
+        "import os\npid = os.fork()\nif pid == 0:\n    os.setsid()\n    if os.fork() == 0:\n        fd = os.open('/dev/null', os.O_RDWR)\n        for i in range(3):\n            os.dup2(fd, i)\n        os.execv('/bin/sleep', ['sleep', '{mark}'])\n    os._exit(0)\nos.waitpid(pid, 0)\nprint('parent done')\n"
+    )
+}
+
+/// A program's daemon must not outlive its run: it would keep its uid's
+/// processes (and, uids being reused, be there when the same uid runs
+/// another function's program: its input and output dir are that uid's),
+/// and it could still write to the output dir while the worker collects it.
+#[tokio::test]
+async fn a_programs_daemon_does_not_outlive_the_run() {
+    let system_python = Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root (instance uids) and /usr/bin/python3");
+        return;
+    }
+    let mut modes = vec!["none"];
+    if sandbox_available() {
+        modes.push("auto");
+    }
+    for (i, mode) in modes.into_iter().enumerate() {
+        let app = TestApp::start_with(|a| {
+            a.pool.sandbox = mode.into();
+            a.pool.python = "/usr/bin/python3".into();
+            a.pool.node = "none".into();
+        })
+        .await;
+        let mark = format!("3141.{}{i}", std::process::id());
+        let id = app
+            .upload_py(&daemonizing_program(&mark), &[("style", "program")])
+            .await;
+        let body = app.run_ok(&id, json!({})).await;
+        assert_eq!(body["status"], "SUCCESS", "{mode}: {body}");
+        assert_eq!(body["result"], "parent done", "{mode}: {body}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let left = processes_running(&["sleep", &mark]);
+        for pid in &left {
+            // SAFETY: plain syscall on the pids this test's program started.
+            unsafe {
+                libc::kill(*pid, libc::SIGKILL);
+            }
+        }
+        assert!(
+            left.is_empty(),
+            "SANDBOX={mode}: the program's daemon outlived its run: {left:?}"
+        );
+        app.stop().await;
+    }
+}
+
+/// What a program can leave in its output dir that is not a plain file of
+/// its own: the worker collects without blocking (a FIFO with no writer, a
+/// socket), without reading a second name of a file (a hard link), and
+/// keeps only plain names within the depth bound.
+#[tokio::test]
+async fn a_programs_odd_output_entries_are_not_collected() {
+    let app = TestApp::start().await;
+    let program = r#"import os, socket
+out = os.environ['OUTPUT_DIR']
+os.environ.get('PAYLOAD')
+open(os.path.join(out, 'ok.txt'), 'w').write('ok')
+os.mkfifo(os.path.join(out, 'pipe.txt'))
+s = socket.socket(socket.AF_UNIX)
+s.bind(os.path.join(out, 'sock.txt'))
+open(os.path.join(out, 'first.txt'), 'w').write('twice')
+os.link(os.path.join(out, 'first.txt'), os.path.join(out, 'second.txt'))
+for bad in ['new\nline.txt', 'caf\u00e9.txt', 'sp ace', '-', 'a:b']:
+    open(os.path.join(out, bad), 'w').write('x')
+d = out
+for i in range(20):
+    d = os.path.join(d, 'd')
+    os.mkdir(d)
+open(os.path.join(d, 'deep.txt'), 'w').write('deep')
+print('done')
+"#;
+    let id = app.upload_py(program, &[("style", "program")]).await;
+    let started = Instant::now();
+    let body = app.run_ok(&id, json!({})).await;
+    assert!(started.elapsed() < Duration::from_secs(20), "{:?}", started.elapsed());
+    assert_eq!(body["status"], "SUCCESS", "{body}");
+    let paths: Vec<&str> = body["artifacts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(paths, ["-", "ok.txt"], "{body}");
+    let stderr = body["stderr"].as_str().unwrap();
+    for note in [
+        "pipe.txt: not a regular file",
+        "sock.txt: not a regular file",
+        "first.txt: hard link",
+        "second.txt: hard link",
+        "nested deeper",
+    ] {
+        assert!(stderr.contains(note), "{note}: {stderr}");
+    }
+    let job = body["jobId"].as_str().unwrap();
+    for path in [
+        "first.txt",
+        "pipe.txt",
+        "d%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd%2Fd",
+        "%2e%2e%2fapi-key",
+        "..%252Fapi-key",
+    ] {
+        let r = app.get(&format!("/status/{job}/files/{path}")).send().await.unwrap();
+        assert_eq!(r.status(), 404, "{path}");
+    }
+    app.stop().await;
+}
+
+/// While a program runs, the worker measures its output dir every 250 ms.
+/// A program that swaps a subdir for a symbolic link to a host dir between
+/// the worker's check of the entry and its listing would make the worker
+/// (as root) walk that host dir, and stop the run when it is large: an
+/// oracle on the host's file system, and host I/O at the program's will.
+#[tokio::test]
+async fn the_output_dirs_disk_check_does_not_follow_a_swapped_link() {
+    let app = TestApp::start().await;
+    // A host dir the sandbox cannot see, with more entries than the bound.
+    let host = tempfile::tempdir().unwrap();
+    for i in 0..10_100 {
+        std::fs::File::create(host.path().join(format!("h{i}"))).unwrap();
+    }
+    let program = r#"import json, os, time
+target = json.loads(os.environ['PAYLOAD'])['host']
+out = os.environ['OUTPUT_DIR']
+x, tmp = os.path.join(out, 'x'), os.path.join(out, 'x.d')
+os.mkdir(x)
+end = time.time() + 4
+while time.time() < end:
+    os.rename(x, tmp)
+    os.symlink(target, x)
+    time.sleep(0.0005)
+    os.unlink(x)
+    os.rename(tmp, x)
+    time.sleep(0.0005)
+print('done')
+"#;
+    let id = app
+        .upload_py(program, &[("style", "program"), ("timeoutMs", "30000")])
+        .await;
+    let body = app.run_ok(&id, json!({"host": host.path().to_string_lossy()})).await;
+    assert_eq!(body["status"], "SUCCESS", "the worker walked the host dir: {body}");
+    app.stop().await;
+}
+
+/// The same daemon from a handler without a sandbox: it may live as long as
+/// its instance (same function, same uid), but not past the instance's end,
+/// when its uid goes back to the pool for other functions.
+#[tokio::test]
+async fn a_handlers_daemon_ends_with_its_instance() {
+    let system_python = Path::new("/usr/bin/python3");
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 || !system_python.exists() {
+        eprintln!("skipped: needs root (instance uids) and /usr/bin/python3");
+        return;
+    }
+    let app = TestApp::start_with(|a| {
+        a.pool.sandbox = "none".into();
+        a.pool.python = "/usr/bin/python3".into();
+        a.pool.node = "none".into();
+    })
+    .await;
+    let mark = format!("2718.{}", std::process::id());
+    let body = daemonizing_program(&mark).replace('\n', "\n    ");
+    let source = format!("def handler(event, context):\n    {body}return 'started'\n");
+    let id = app.upload_py(&source, &[]).await;
+    let body = app.run_ok(&id, json!({})).await;
+    assert_eq!(body["result"], "started", "{body}");
+    app.stop().await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let left = processes_running(&["sleep", &mark]);
+    for pid in &left {
+        // SAFETY: plain syscall on the pids this test's handler started.
+        unsafe {
+            libc::kill(*pid, libc::SIGKILL);
+        }
+    }
+    assert!(left.is_empty(), "the handler's daemon outlived its instance: {left:?}");
+}
