@@ -1,13 +1,11 @@
 //! The composition root: each role picks its backends here, in one place,
 //! and its parts (API, worker, housekeeping) start and stop together.
 
-use std::future::IntoFuture;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::serve::ListenerExt;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -667,6 +665,59 @@ async fn launch(listen: SocketAddr, parts: Parts, drain: Duration) -> Result<Run
     })
 }
 
+/// A client must send a request's headers within this time, or its
+/// connection is closed (also an idle keep-alive connection), so slow or
+/// silent clients cannot hold connections open for ever.
+pub const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Accepts connections until `shutdown`, serving each with HTTP/1.1 (with
+/// the header read timeout above; no upgrades: nothing here uses them); returns the handle that drains them.
+async fn accept(
+    listener: TcpListener,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) -> hyper_util::server::graceful::GracefulShutdown {
+    use hyper_util::rt::{TokioIo, TokioTimer};
+    use tower::ServiceExt;
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
+    loop {
+        let (tcp, remote) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => {
+                    // Out of descriptors and the like: wait, do not spin.
+                    tracing::warn!(error = %e, "cannot accept a connection");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = shutdown.cancelled() => return graceful,
+        };
+        // Small request/response exchanges: do not let Nagle hold back a response.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = router
+            .clone()
+            .map_request(move |mut req: axum::http::Request<hyper::body::Incoming>| {
+                req.extensions_mut().insert(axum::extract::ConnectInfo(remote));
+                req.map(axum::body::Body::new)
+            });
+        let conn = http.serve_connection(
+            TokioIo::new(tcp),
+            hyper_util::service::TowerToHyperService::new(service),
+        );
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
 async fn serve(
     listener: TcpListener,
     parts: Parts,
@@ -699,36 +750,16 @@ async fn serve(
         parts.jobs,
         shutdown.clone(),
     ));
-    let served = match parts.router {
+    match parts.router {
         Some(router) => {
-            // Small request/response exchanges: do not let Nagle hold back a response.
-            let listener = listener.tap_io(|tcp| {
-                if let Err(e) = tcp.set_nodelay(true) {
-                    tracing::debug!(error = %e, "cannot set TCP_NODELAY");
-                }
-            });
-            let server = axum::serve(listener, router.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(shutdown.clone().cancelled_owned());
-            let mut server = std::pin::pin!(server.into_future());
-            tokio::select! {
-                r = &mut server => r,
-                _ = shutdown.cancelled() => {
-                    // In-flight requests get the drain time, then are cut.
-                    match tokio::time::timeout(drain, &mut server).await {
-                        Ok(r) => r,
-                        Err(_) => {
-                            tracing::warn!("requests still open after the drain time; closing them");
-                            Ok(())
-                        }
-                    }
-                }
+            let graceful = accept(listener, router, shutdown.clone()).await;
+            // In-flight requests get the drain time, then are cut.
+            if tokio::time::timeout(drain, graceful.shutdown()).await.is_err() {
+                tracing::warn!("requests still open after the drain time; closing them");
             }
         }
-        None => {
-            shutdown.cancelled().await;
-            Ok(())
-        }
-    };
+        None => shutdown.cancelled().await,
+    }
     shutdown.cancel();
     for t in [worker_task, folder_task].into_iter().flatten() {
         let _ = t.await;
@@ -743,7 +774,7 @@ async fn serve(
         f.flush_invocations().await;
     }
     tracing::info!("stopped");
-    served.map_err(AppError::Serve)
+    Ok(())
 }
 
 /// The embedded stores housekeeping expires (`infra up`).

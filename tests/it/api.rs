@@ -835,3 +835,38 @@ async fn every_documented_upload_field_is_accepted() {
     assert_eq!(status, 200, "{json:?}: {body}");
     assert!(body.get("ignoredFields").is_none(), "{body}");
 }
+
+/// A client that never finishes its request headers (slowloris) loses the
+/// connection after the header read timeout, while others are served.
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let app = TestApp::start().await;
+    let addr = app.base.trim_start_matches("http://").to_string();
+    let mut slow = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    slow.write_all(b"GET /health HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        app.get("/health").send().await.unwrap().status(),
+        200,
+        "others are served meanwhile"
+    );
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(
+        infra_controller::app::HEADER_READ_TIMEOUT + std::time::Duration::from_secs(10),
+        slow.read(&mut buf),
+    )
+    .await
+    .expect("the server closes the connection");
+    // Closed (0 bytes), reset, or at most an error answer: never left open.
+    if let Ok(n) = closed {
+        let text = String::from_utf8_lossy(&buf[..n]);
+        assert!(
+            n == 0 || text.starts_with("HTTP/1.1 408") || text.starts_with("HTTP/1.1 4"),
+            "{text}"
+        );
+    }
+    assert!(started.elapsed() >= infra_controller::app::HEADER_READ_TIMEOUT - std::time::Duration::from_secs(1));
+}
