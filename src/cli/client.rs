@@ -141,10 +141,18 @@ impl Api {
         self.send(req.multipart(form)).await
     }
 
-    pub async fn run(&self, id: &str, input: &Value, asynchronous: bool) -> Result<Value, CliError> {
-        let mut req = self
-            .request(Method::POST, "/run")
-            .json(&serde_json::json!({"functionId": id, "inputData": input}));
+    pub async fn run(
+        &self,
+        id: &str,
+        input: &Value,
+        model: Option<&str>,
+        asynchronous: bool,
+    ) -> Result<Value, CliError> {
+        let mut body = serde_json::json!({"functionId": id, "inputData": input});
+        if let Some(model) = model {
+            body["modelId"] = Value::from(model);
+        }
+        let mut req = self.request(Method::POST, "/run").json(&body);
         if asynchronous {
             req = req.header("x-async", "true").timeout(QUICK);
         }

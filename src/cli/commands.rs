@@ -126,7 +126,7 @@ async fn deploy(api: &Api, a: &DeployArgs, format: Format) -> Result<(), CliErro
 async fn invoke(api: &Api, a: &InvokeArgs, format: Format) -> Result<(), CliError> {
     let input = super::input::read_data(a.data.as_deref())?;
     let id = api.resolve(&a.function).await?;
-    let mut answer = api.run(&id, &input, a.asynchronous).await?;
+    let mut answer = api.run(&id, &input, a.model.as_deref(), a.asynchronous).await?;
     if a.follow && matches!(output::job_state(&answer), JobState::Pending | JobState::WaitRanOut) {
         answer = follow(api, &output::job_id(&answer), format).await?;
     }

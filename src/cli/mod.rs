@@ -108,6 +108,9 @@ pub struct InvokeArgs {
     /// The input: JSON, `@file` or `@-` (stdin) [default: {}].
     #[arg(short, long, value_name = "JSON|@FILE")]
     pub data: Option<String>,
+    /// The AI model the function may use (`modelId`) [default: the platform's].
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
     /// Queue a job and answer at once with its id.
     #[arg(long = "async")]
     pub asynchronous: bool,

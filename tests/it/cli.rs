@@ -292,6 +292,20 @@ async fn the_tour_deploys_runs_follows_and_deletes() {
     assert_eq!(seen["status"], "SUCCESS");
     follower.kill().await.unwrap();
 
+    // The Function YAML again: a deploy under an existing name updates it.
+    let out = cli.run(&["fn", "deploy", "examples/functions/hello.yaml"]).await.ok();
+    assert!(
+        out.stdout.starts_with(&format!("updated function hello ({hello_id})")),
+        "{}",
+        out.stdout
+    );
+    let run = cli
+        .run(&["fn", "invoke", "hello", "-d", r#"{"name":"Ada"}"#, "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(run["result"], "Hello, Ada!", "{run}");
+
     let out = cli.run(&["fn", "delete", "wordcount"]).await.ok();
     assert!(out.stdout.starts_with("deleted function wordcount ("), "{}", out.stdout);
     cli.run(&["fn", "get", "wordcount"]).await.fails(3, "no function named");
@@ -429,4 +443,36 @@ async fn login_keeps_a_private_profile() {
 
     let script = cli.run(&["completions", "bash"]).await.ok().stdout;
     assert!(script.contains("_infra()") && script.contains("invoke"), "{script}");
+}
+
+/// The README's AI function: `--model` picks the model the function asks.
+#[tokio::test]
+async fn invoke_with_a_model() {
+    let node = crate::ai::FakeOllama::start().await;
+    let url = node.url.clone();
+    let app = TestApp::start_with(move |a| a.ai.ai_node_url = Some(url)).await;
+    let cli = Client::new(&app.base, Some(KEY));
+    cli.run(&["fn", "deploy", "examples/ask/main.py", "--name", "ask"])
+        .await
+        .ok();
+    let run = cli
+        .run(&[
+            "fn",
+            "invoke",
+            "ask",
+            "-d",
+            r#"{"question":"why warm?"}"#,
+            "--model",
+            "qwen2:0.5b",
+            "-o",
+            "json",
+        ])
+        .await
+        .ok()
+        .json();
+    assert_eq!(
+        run["result"],
+        serde_json::json!({"model": "qwen2:0.5b", "answer": "echo: why warm?"}),
+        "{run}"
+    );
 }
