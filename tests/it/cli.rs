@@ -476,3 +476,38 @@ async fn invoke_with_a_model() {
         "{run}"
     );
 }
+
+/// A synchronous wait that runs out on the server: exit 1 naming the job
+/// that goes on; with --follow, the job is followed to its outcome.
+#[tokio::test]
+async fn a_sync_wait_that_runs_out_is_followed() {
+    let app = TestApp::start_with(|a| a.http.sync_timeout_ms = "300".into()).await;
+    let cli = Client::new(&app.base, Some(KEY));
+    let slow = app.dir.path().join("slow.py");
+    std::fs::write(
+        &slow,
+        "import time\n\ndef handler(event, context):\n    time.sleep(1)\n    return 'done'\n",
+    )
+    .unwrap();
+    cli.run(&["fn", "deploy", slow.to_str().unwrap(), "--name", "slow"])
+        .await
+        .ok();
+    let out = cli.run(&["fn", "invoke", "slow", "-o", "json"]).await;
+    out.fails(1, "the wait for the result ran out; job ");
+    let job = out.json()["jobId"].as_str().unwrap().to_string();
+    assert!(
+        out.stderr.contains(&format!("infra jobs get {job} --follow")),
+        "{}",
+        out.stderr
+    );
+    let done = cli
+        .run(&["jobs", "get", &job, "--follow", "-o", "json"])
+        .await
+        .ok()
+        .json();
+    assert_eq!(done["result"], "done", "{done}");
+
+    let out = cli.run(&["fn", "invoke", "slow", "--follow"]).await.ok();
+    assert!(out.stdout.contains("status    SUCCESS\n"), "{}", out.stdout);
+    assert!(out.stdout.contains("result:\n  done\n"), "{}", out.stdout);
+}
