@@ -45,6 +45,20 @@ pub enum Command {
     Operator(Box<OperatorArgs>),
     /// Print the `Function` CustomResourceDefinition (YAML), generated from the Rust types.
     Crd,
+    /// Client: deploy, list, inspect, invoke, follow and delete functions
+    /// through the HTTP API (INFRA_URL, INFRA_API_KEY or `infra login`).
+    #[command(name = "fn", alias = "function")]
+    Function(crate::cli::FnArgs),
+    /// Client: follow a job of an asynchronous run.
+    Jobs(crate::cli::JobsArgs),
+    /// Client: check an API URL and key and keep them in the profile
+    /// (~/.config/infra/profile.yaml, mode 0600) for the client verbs.
+    Login(crate::cli::LoginArgs),
+    /// Print a shell completion script (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Clone, Args)]

@@ -9,6 +9,7 @@ pub mod ai;
 pub mod api;
 pub mod app;
 pub mod backend;
+pub mod cli;
 pub mod config;
 pub mod function;
 pub mod jobs;

@@ -2,6 +2,7 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use infra_controller::app::{self, Running};
+use infra_controller::cli;
 use infra_controller::config::{Cli, Command, ConfigErrors};
 use infra_controller::telemetry;
 
@@ -27,6 +28,11 @@ fn main() -> ExitCode {
                 }
             }
         }
+        // The client verbs: no server, no log lines; their own exit codes.
+        Command::Function(a) => return cli::main(cli::Verb::Fn(a)),
+        Command::Jobs(a) => return cli::main(cli::Verb::Jobs(a)),
+        Command::Login(a) => return cli::main(cli::Verb::Login(a)),
+        Command::Completions { shell } => return cli::completions(*shell),
     };
     let role = match role {
         Ok(r) => r,

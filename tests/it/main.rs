@@ -5,6 +5,7 @@ mod ai;
 mod api;
 mod attacks;
 mod binary;
+mod cli;
 mod compat;
 mod compat_edge;
 mod compat_wire;
