@@ -227,6 +227,41 @@ pub struct Instance {
     _uid: Option<UidLease>,
 }
 
+/// The runtime's binary, its name in the sandbox, and the rlimit that bounds
+/// its memory where no cgroup does (for instances and programs alike).
+pub(super) fn interpreter(
+    cfg: &RuntimeConfig,
+    runtime: Runtime,
+) -> Result<(PathBuf, &'static str, libc::__rlimit_resource_t), RuntimeError> {
+    match runtime {
+        Runtime::Python => Ok((cfg.python.clone(), "python", libc::RLIMIT_AS)),
+        // V8 reserves far more address space than it uses, so an address-space
+        // limit stops Node from starting: limit the data segment instead.
+        Runtime::Nodejs => match &cfg.node {
+            Some(node) => Ok((node.clone(), "nodejs", libc::RLIMIT_DATA)),
+            None => Err(RuntimeError::Unavailable(
+                Runtime::Nodejs,
+                "no node binary (NODE_BIN)".to_string(),
+            )),
+        },
+    }
+}
+
+/// Whom a new instance or program run runs as: its own leased uid when the
+/// worker is root, else root (asked for) or the worker's user.
+pub(super) fn run_as(cfg: &RuntimeConfig) -> Result<(Option<UidLease>, User), RuntimeError> {
+    let lease = match &cfg.users {
+        Users::Own(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
+        Users::Root | Users::Worker => None,
+    };
+    let user = match (&cfg.users, &lease) {
+        (_, Some(l)) => User::Uid(l.uid),
+        (Users::Root, _) => User::Root,
+        _ => User::Worker,
+    };
+    Ok((lease, user))
+}
+
 /// Puts each `(fd, target)` at its target in a child between fork and exec
 /// (clearing close-on-exec). Every source is first copied above the targets,
 /// so a source that already sits on another pair's target is not overwritten
@@ -386,34 +421,12 @@ impl Instance {
     }
 
     async fn start(cfg: &RuntimeConfig, launch: Launch<'_>) -> Result<Instance, RuntimeError> {
-        let (program, name, args, memory_resource) = match launch.runtime {
-            Runtime::Python => (
-                cfg.python.clone(),
-                "python",
-                vec!["-I", "-u", "-c", PYTHON_BOOTSTRAP],
-                libc::RLIMIT_AS,
-            ),
-            // V8 reserves far more address space than it uses, so an address-space
-            // limit stops Node from starting: limit the data segment instead.
-            Runtime::Nodejs => match &cfg.node {
-                Some(node) => (node.clone(), "nodejs", vec!["-e", NODE_BOOTSTRAP], libc::RLIMIT_DATA),
-                None => {
-                    return Err(RuntimeError::Unavailable(
-                        Runtime::Nodejs,
-                        "no node binary (NODE_BIN)".to_string(),
-                    ))
-                }
-            },
+        let (program, name, memory_resource) = interpreter(cfg, launch.runtime)?;
+        let args = match launch.runtime {
+            Runtime::Python => vec!["-I", "-u", "-c", PYTHON_BOOTSTRAP],
+            Runtime::Nodejs => vec!["-e", NODE_BOOTSTRAP],
         };
-        let lease = match &cfg.users {
-            Users::Own(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
-            Users::Root | Users::Worker => None,
-        };
-        let user = match (&cfg.users, &lease) {
-            (_, Some(l)) => User::Uid(l.uid),
-            (Users::Root, _) => User::Root,
-            _ => User::Worker,
-        };
+        let (lease, user) = run_as(cfg)?;
         let uid = lease.as_ref().map(|l| l.uid);
         let root = prepare_root(cfg, launch.code_dir, uid, cfg.sandbox.is_some())
             .await

@@ -18,8 +18,8 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use tokio::process::Command;
 
-use super::instance::{ChildSetup, RuntimeConfig, Users};
-use super::sandbox::{self, Bind, Interpreter, User};
+use super::instance::{ChildSetup, RuntimeConfig};
+use super::sandbox::{self, Bind, Interpreter};
 use super::RuntimeError;
 use crate::model::{ErrorInfo, JobStatus, Runtime};
 
@@ -233,29 +233,9 @@ pub async fn run_program(
     spec: &ProgramSpec,
     req: &ProgramRequest<'_>,
 ) -> Result<ProgramRun, RuntimeError> {
-    let (program, name, memory_resource) = match spec.runtime {
-        Runtime::Python => (cfg.python.clone(), "python", libc::RLIMIT_AS),
-        // V8 reserves far more address space than it uses (see instance.rs).
-        Runtime::Nodejs => match &cfg.node {
-            Some(node) => (node.clone(), "nodejs", libc::RLIMIT_DATA),
-            None => {
-                return Err(RuntimeError::Unavailable(
-                    Runtime::Nodejs,
-                    "no node binary (NODE_BIN)".to_string(),
-                ))
-            }
-        },
-    };
-    let lease = match &cfg.users {
-        Users::Own(pool) => Some(pool.lease().ok_or(RuntimeError::NoUid)?),
-        Users::Root | Users::Worker => None,
-    };
+    let (program, name, memory_resource) = super::instance::interpreter(cfg, spec.runtime)?;
+    let (lease, user) = super::instance::run_as(cfg)?;
     let uid = lease.as_ref().map(|l| l.uid);
-    let user = match (&cfg.users, uid) {
-        (_, Some(uid)) => User::Uid(uid),
-        (Users::Root, _) => User::Root,
-        _ => User::Worker,
-    };
     let payload = Payload::of(req.input);
     let sandboxed = cfg.sandbox.is_some();
     let root = prepare_run_dir(cfg, spec, &payload, uid, sandboxed)
