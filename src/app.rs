@@ -493,7 +493,7 @@ fn pool(cfg: &PoolConfig, data_dir: &Path, metrics: &Arc<Metrics>) -> Result<Arc
     let instances_dir = data_dir.join("instances");
     // Working dirs of instances from a previous run are garbage now.
     let _ = std::fs::remove_dir_all(&instances_dir);
-    let users = instance_users(cfg);
+    let users = instance_users(cfg)?;
     // Same rule as the data dir: traversable only for instance users without
     // a sandbox (with one, bubblewrap mounts their dirs); never listable.
     private_dir(&instances_dir, data_dir_mode(cfg))?;
@@ -547,14 +547,20 @@ const INSTANCE_UIDS: u32 = 1024;
 
 /// Whom instances run as (the configuration already refused set-ups that
 /// would make them root without `INSTANCE_USER=root`).
-fn instance_users(cfg: &PoolConfig) -> Users {
-    if !crate::runtime::host::is_root() {
+fn instance_users(cfg: &PoolConfig) -> Result<Users, AppError> {
+    Ok(if !crate::runtime::host::is_root() {
         Users::Worker
     } else if cfg.instances_as_root {
         Users::Root
     } else {
-        Users::Own(UidPool::new(cfg.instance_uid_base, INSTANCE_UIDS))
-    }
+        // Shared by every worker on the host; only root (the workers) uses it.
+        private_dir(&cfg.instance_uid_lock_dir, 0o700)?;
+        Users::Own(UidPool::new(
+            cfg.instance_uid_base,
+            INSTANCE_UIDS,
+            cfg.instance_uid_lock_dir.clone(),
+        ))
+    })
 }
 
 /// Creates `dir` (and parents) and gives it `mode`: the platform's state is

@@ -214,6 +214,10 @@ pub struct PoolArgs {
     /// instances, one each.
     #[arg(long, env = "INSTANCE_UID_BASE", default_value = "100000")]
     pub instance_uid_base: String,
+    /// Directory of the host-wide locks on instance uids: every worker on
+    /// one host must use the same one, so none gives a uid another uses.
+    #[arg(long, env = "INSTANCE_UID_LOCK_DIR", default_value = "/run/infra-controller/uids")]
+    pub instance_uid_lock_dir: String,
     /// Whom instances run as when the worker is root: `auto` (an
     /// unprivileged uid of their own, always) or `root` (explicitly: root
     /// without capabilities, still with process, memory and disk limits).
@@ -444,6 +448,8 @@ pub struct PoolConfig {
     pub stem_cells: usize,
     /// First uid given to instances when the worker is root.
     pub instance_uid_base: u32,
+    /// Where workers on this host lock the uids they use.
+    pub instance_uid_lock_dir: PathBuf,
     /// `INSTANCE_USER=root`: root instances were asked for explicitly.
     pub instances_as_root: bool,
     /// Size of an instance's `/tmp` (working dir) in the sandbox, in bytes.
@@ -792,6 +798,16 @@ impl PoolArgs {
                 4_000_000_000,
                 100_000,
             ),
+            instance_uid_lock_dir: {
+                let dir = PathBuf::from(self.instance_uid_lock_dir.trim());
+                if !dir.is_absolute() {
+                    p.0.push(format!(
+                        "INSTANCE_UID_LOCK_DIR must be an absolute path, got {:?}",
+                        self.instance_uid_lock_dir
+                    ));
+                }
+                dir
+            },
             instances_as_root: match self.instance_user.trim() {
                 "auto" => false,
                 "root" => true,
@@ -817,6 +833,7 @@ impl PoolArgs {
             cgroups: "auto".into(),
             stem_cells: "2".into(),
             instance_uid_base: "100000".into(),
+            instance_uid_lock_dir: "/run/infra-controller/uids".into(),
             instance_user: "auto".into(),
             instance_tmp_mb: "512".into(),
         }

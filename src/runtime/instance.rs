@@ -88,32 +88,92 @@ fn bounded(mut s: String) -> String {
 /// Unprivileged uids for instances, one per live instance, so per-uid limits
 /// (RLIMIT_NPROC) are per instance. Handed out first-in first-out, so a uid
 /// comes back only after all the others were used.
+///
+/// A uid is also exclusive across processes: every worker on the host takes
+/// an exclusive `flock` on `<lock_dir>/<uid>` for as long as it uses the uid
+/// and skips uids another process holds. Workers sharing a host (or several
+/// `infra` processes) would otherwise give one uid to two functions at once,
+/// letting one signal the other's processes, and the end of one's lease would
+/// kill the other's. The kernel drops the lock when its holder dies, even by
+/// SIGKILL, so a crashed worker's uids come back (their leftover processes
+/// are killed by the next lease).
 #[derive(Debug, Clone)]
 pub struct UidPool {
     free: Arc<Mutex<VecDeque<u32>>>,
+    lock_dir: Arc<PathBuf>,
 }
 
 impl UidPool {
-    pub fn new(base: u32, count: u32) -> UidPool {
+    /// `count` uids from `base`; `lock_dir` must exist and be shared by
+    /// every worker on the host.
+    pub fn new(base: u32, count: u32, lock_dir: PathBuf) -> UidPool {
         UidPool {
             free: Arc::new(Mutex::new((base..base.saturating_add(count)).collect())),
+            lock_dir: Arc::new(lock_dir),
         }
     }
 
+    /// A uid no process on this host uses, with anything left running as it
+    /// killed; `None` when all of them are taken.
     pub(super) fn lease(&self) -> Option<UidLease> {
-        let uid = self.free.lock().ok()?.pop_front()?;
-        Some(UidLease {
-            uid,
-            pool: self.free.clone(),
-        })
+        let mut free = self.free.lock().ok()?;
+        for _ in 0..free.len() {
+            let uid = free.pop_front()?;
+            match lock_uid(&self.lock_dir, uid) {
+                Ok(Some(lock)) => {
+                    let lease = UidLease {
+                        uid,
+                        pool: self.free.clone(),
+                        _lock: lock,
+                    };
+                    // A worker that died while holding it may have left processes.
+                    lease.kill_processes();
+                    return Some(lease);
+                }
+                // Another process's: try it again after the others.
+                Ok(None) => free.push_back(uid),
+                Err(e) => {
+                    free.push_back(uid);
+                    tracing::error!(uid, dir = %self.lock_dir.display(), error = %e, "cannot lock an instance uid");
+                    return None;
+                }
+            }
+        }
+        None
     }
 }
 
-/// A uid in use; returned to its pool when the instance is dropped.
+/// Takes the host-wide lock of `uid`: `Ok(None)` when another process holds it.
+fn lock_uid(dir: &Path, uid: u32) -> std::io::Result<Option<std::fs::File>> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(0o600)
+        .custom_flags(libc::O_NOFOLLOW | libc::O_CLOEXEC)
+        .open(dir.join(uid.to_string()))?;
+    // SAFETY: flock on a descriptor this function owns.
+    if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+        return Ok(Some(file));
+    }
+    let e = std::io::Error::last_os_error();
+    if e.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        Ok(None)
+    } else {
+        Err(e)
+    }
+}
+
+/// A uid in use; returned to its pool (and its host-wide lock released)
+/// when the instance is dropped.
 #[derive(Debug)]
 pub(super) struct UidLease {
     pub(super) uid: u32,
     pool: Arc<Mutex<VecDeque<u32>>>,
+    /// Holds the uid's `flock` while open.
+    _lock: std::fs::File,
 }
 
 impl UidLease {
@@ -1100,4 +1160,60 @@ fn limit_tree(pid: i32, resource: libc::__rlimit_resource_t, value: u64) -> std:
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Far above any uid a test machine gives out: leasing kills whatever
+    /// runs as it, which must be nothing.
+    const BASE: u32 = 3_900_000_000;
+
+    #[test]
+    fn two_pools_on_one_host_never_hold_the_same_uid() {
+        let locks = tempfile::tempdir().unwrap();
+        // Two pools over one lock dir behave as two worker processes would:
+        // flock excludes other open files of the same path, in any process.
+        let a = UidPool::new(BASE, 3, locks.path().to_path_buf());
+        let b = UidPool::new(BASE, 3, locks.path().to_path_buf());
+        let a1 = a.lease().unwrap();
+        let a2 = a.lease().unwrap();
+        let b1 = b.lease().unwrap();
+        assert_eq!((a1.uid, a2.uid), (BASE, BASE + 1));
+        assert_eq!(b1.uid, BASE + 2, "b skips the uids a holds");
+        assert!(b.lease().is_none(), "every uid is held by one pool or the other");
+        assert!(a.lease().is_none());
+        drop(a1);
+        assert_eq!(
+            b.lease().unwrap().uid,
+            BASE,
+            "a released uid is free for the other pool"
+        );
+    }
+
+    #[test]
+    fn a_uid_another_process_holds_is_skipped_until_that_process_dies() {
+        let locks = tempfile::tempdir().unwrap();
+        let uid = BASE + 10;
+        // Another process (util-linux flock; -o: it alone holds the lock,
+        // not the command it runs) holds the uid's lock.
+        let mut other = std::process::Command::new("flock")
+            .arg("-o")
+            .arg(locks.path().join(uid.to_string()))
+            .args(["sleep", "20"])
+            .spawn()
+            .unwrap();
+        let pool = UidPool::new(uid, 1, locks.path().to_path_buf());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !locks.path().join(uid.to_string()).exists() || lock_uid(locks.path(), uid).unwrap().is_some() {
+            assert!(Instant::now() < deadline, "flock never took the lock");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        assert!(pool.lease().is_none(), "held by another process");
+        // Killed: the kernel releases its lock.
+        other.kill().unwrap();
+        other.wait().unwrap();
+        assert_eq!(pool.lease().unwrap().uid, uid);
+    }
 }

@@ -69,7 +69,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     sigterm(&proc.child);
     let (status, body) = inflight.await.unwrap();
     assert_eq!(status, 200, "{body}");
-    assert_eq!(body["status"], "SUCCESS");
+    assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], "finished");
     let code = tokio::task::block_in_place(|| wait_exit(&mut proc.child, Duration::from_secs(15)));
     assert_eq!(code, 0);
@@ -130,4 +130,48 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
         tokio::task::block_in_place(|| wait_exit(&mut second.child, Duration::from_secs(10))),
         0
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_processes_on_one_host_never_give_one_uid_to_two_functions() {
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        eprintln!("skipped: instances get uids of their own only when the worker is root");
+        return;
+    }
+    // A range of this test's own, locked in a directory of its own, shared
+    // by both processes as by two workers on one host.
+    const BASE: u64 = 3_000_000;
+    let locks = tempfile::tempdir().unwrap();
+    let lock_dir = locks.path().to_string_lossy().to_string();
+    let env = [
+        ("INSTANCE_UID_BASE", "3000000"),
+        ("INSTANCE_UID_LOCK_DIR", lock_dir.as_str()),
+        ("WORKER_CONCURRENCY", "2"),
+    ];
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let procs = [spawn_up(dir_a.path(), &env), spawn_up(dir_b.path(), &env)];
+    let client = reqwest::Client::new();
+    let source = "import os, time\ndef handler(e, c):\n    time.sleep(1.5)\n    return os.getuid()\n";
+    let mut runs = Vec::new();
+    for proc in &procs {
+        let id = upload_at(&client, &proc.base, source).await;
+        // Two at once on each: four instances alive together.
+        for _ in 0..2 {
+            let (client, base, id) = (client.clone(), proc.base.clone(), id.clone());
+            runs.push(tokio::spawn(async move {
+                run_at(&client, &base, &id, json!({}), false).await
+            }));
+        }
+    }
+    let mut uids = Vec::new();
+    for run in runs {
+        let (status, body) = run.await.unwrap();
+        assert_eq!(status, 200, "{body}");
+        assert_eq!(body["status"], "SUCCESS", "{body}");
+        uids.push(body["result"].as_u64().unwrap());
+    }
+    assert!(uids.iter().all(|u| (BASE..BASE + 1024).contains(u)), "{uids:?}");
+    let distinct: std::collections::BTreeSet<_> = uids.iter().collect();
+    assert_eq!(distinct.len(), 4, "two functions ran as one uid at once: {uids:?}");
 }
