@@ -179,17 +179,24 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
     let quick_visibility = [("VISIBILITY_TIMEOUT_SECONDS", "3"), ("WORKER_CONCURRENCY", "2")];
     let victim = cluster.worker(&quick_visibility);
     let client = reqwest::Client::new();
-    // Long enough that the victim still holds the job when the kill lands,
-    // even on a loaded CI machine (1.5 s was once not).
+    // Every job runs until one moment, 20 s away: the victim still holds a
+    // job when the kill lands however slow a loaded machine polls (a fixed
+    // 3 s sleep once ended between the poll that saw it RUNNING and the
+    // kill), and a run again after it ends at once.
     let id = upload_at(
         &client,
         &api.base,
-        "import time\ndef handler(event, context):\n    time.sleep(3)\n    return event['n']\n",
+        "import time\ndef handler(event, context):\n    time.sleep(max(0, event['until'] - time.time()))\n    return event['n']\n",
     )
     .await;
+    let until = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64()
+        + 20.0;
     let mut jobs = Vec::new();
     for n in 0..6 {
-        let (status, body) = run_at(&client, &api.base, &id, json!({"n": n}), true).await;
+        let (status, body) = run_at(&client, &api.base, &id, json!({"n": n, "until": until}), true).await;
         assert_eq!(status, 202);
         jobs.push((n, body["jobId"].as_str().unwrap().to_string()));
     }
