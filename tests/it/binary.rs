@@ -47,25 +47,41 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     let dir = tempfile::tempdir().unwrap();
     let mut proc = spawn_up(dir.path(), &[("SHUTDOWN_TIMEOUT_SECONDS", "20")]);
     let client = reqwest::Client::new();
-    let id = upload_at(
-        &client,
-        &proc.base,
-        "import time\ndef handler(e, c):\n    time.sleep(1.0)\n    return 'finished'\n",
-    )
-    .await;
+    let id = upload_at(&client, &proc.base, &runs_until("'finished'")).await;
     let base = proc.base.clone();
     let c2 = client.clone();
+    // Runs until 6 s from now: in flight when the signal comes, however
+    // slowly a loaded machine gets there.
+    let input = json!({"until": until(6.0)});
     let inflight = tokio::spawn(async move {
         let r = c2
             .post(format!("{base}/run"))
             .header("x-api-key", KEY)
-            .json(&json!({"functionId": id}))
+            .json(&json!({"functionId": id, "inputData": input}))
             .send()
             .await
             .unwrap();
         (r.status().as_u16(), r.json::<Value>().await.unwrap())
     });
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // Signal once an instance runs it (not on a guess that it does by now).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let metrics = client
+            .get(format!("{}/metrics", proc.base))
+            .header("x-api-key", KEY)
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if metrics.lines().any(|l| l == "infra_busy_instances 1") {
+            break;
+        }
+        assert!(!inflight.is_finished(), "the run ended before it was seen running");
+        assert!(Instant::now() < deadline, "the run never started");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     sigterm(&proc.child);
     let (status, body) = inflight.await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -82,15 +98,17 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
     let env = [("WORKER_CONCURRENCY", "1"), ("SHUTDOWN_TIMEOUT_SECONDS", "0")];
     let mut first = spawn_up(dir.path(), &env);
     let client = reqwest::Client::new();
-    let id = upload_at(
-        &client,
-        &first.base,
-        "import time\ndef handler(e, c):\n    time.sleep(0.5)\n    return e['n']\n",
-    )
-    .await;
+    let id = upload_at(&client, &first.base, &runs_until("event['n']")).await;
+    // Each runs until 8 s from now (a run after that ends at once): the
+    // first is still running when the others are checked and the stop comes,
+    // however slowly a loaded machine polls.
+    let until = until(8.0);
     let mut jobs = Vec::new();
     for n in 0..4 {
-        jobs.push((n, run_async(&client, &first.base, &id, json!({"n": n})).await));
+        jobs.push((
+            n,
+            run_async(&client, &first.base, &id, json!({"n": n, "until": until})).await,
+        ));
     }
     // Wait until the first job runs, then stop.
     let deadline = Instant::now() + Duration::from_secs(10);
@@ -102,7 +120,7 @@ async fn restart_keeps_functions_and_finishes_pending_jobs() {
         assert!(Instant::now() < deadline, "first job never ran: {body}");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    // Concurrency 1 and 0.5 s per job: the others cannot have started yet.
+    // Concurrency 1 and the first runs until then: the others cannot have started yet.
     for (_, job) in &jobs[1..] {
         let body: Value = get_json(&client, format!("{}/status/{job}", first.base)).await;
         assert_eq!(body["status"], "pending");

@@ -391,3 +391,20 @@ pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
         .await
         .unwrap()
 }
+
+/// The Unix time `secs` from now, for handlers that run until one moment
+/// (`time.sleep(max(0, event['until'] - time.time()))`): however slowly a
+/// loaded machine polls, such a job is still running until then, and a run
+/// again after it ends at once.
+pub fn until(secs: f64) -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("clock after 1970")
+        .as_secs_f64()
+        + secs
+}
+
+/// A Python handler that runs until `event['until']`, then returns `returns`.
+pub fn runs_until(returns: &str) -> String {
+    format!("import time\ndef handler(event, context):\n    time.sleep(max(0, event['until'] - time.time()))\n    return {returns}\n")
+}

@@ -288,8 +288,6 @@ async fn max_concurrency_bounds_runs_and_max_queued_answers_429() {
     for _ in 0..12 {
         jobs.push(app.run_async(&id, json!({})).await);
     }
-    let status: Value = app.fetch_json("/system/status").await;
-    assert!(status["functions"][&id]["jobs"].as_u64().unwrap() > 0, "{status}");
     let mut intervals = Vec::new();
     for job in &jobs {
         let (_, body) = app.wait_job(job, Duration::from_secs(60)).await;
@@ -303,19 +301,16 @@ async fn max_concurrency_bounds_runs_and_max_queued_answers_429() {
     assert!(app.metrics().await.contains("infra_jobs_deferred_total"));
 
     // maxQueued: beyond it, 429 with Retry-After; nothing is queued for it.
-    let slow = app
-        .upload_py(
-            "import time\ndef handler(e, c):\n    time.sleep(1)\n    return 1\n",
-            &[("maxQueued", "3")],
-        )
-        .await;
+    // Unfinished for 8 s, however slowly a loaded machine sends the six.
+    let slow = app.upload_py(&runs_until("1"), &[("maxQueued", "3")]).await;
+    let input = json!({"until": until(8.0)});
     let mut accepted = Vec::new();
     let mut refused = 0;
     for _ in 0..6 {
         let r = app
             .post("/run")
             .header("x-async", "true")
-            .json(&json!({"functionId": slow}))
+            .json(&json!({"functionId": slow, "inputData": input}))
             .send()
             .await
             .unwrap();
@@ -331,10 +326,13 @@ async fn max_concurrency_bounds_runs_and_max_queued_answers_429() {
         }
     }
     assert_eq!((accepted.len(), refused), (3, 3));
+    // The load of unfinished jobs, the signal to scale workers on.
+    let status: Value = app.fetch_json("/system/status").await;
+    assert_eq!(status["functions"][&slow]["jobs"], 3, "{status}");
     for job in &accepted {
         app.wait_job(job, Duration::from_secs(30)).await;
     }
     // Finished jobs free their places.
-    assert_eq!(app.run_async(&slow, json!({})).await.len(), 36);
+    assert_eq!(app.run_async(&slow, json!({"until": 0})).await.len(), 36);
     app.stop().await;
 }

@@ -180,20 +180,11 @@ async fn a_worker_killed_mid_job_leaves_every_job_terminal() {
     let victim = cluster.worker(&quick_visibility);
     let client = reqwest::Client::new();
     // Every job runs until one moment, 20 s away: the victim still holds a
-    // job when the kill lands however slow a loaded machine polls (a fixed
-    // 3 s sleep once ended between the poll that saw it RUNNING and the
-    // kill), and a run again after it ends at once.
-    let id = upload_at(
-        &client,
-        &api.base,
-        "import time\ndef handler(event, context):\n    time.sleep(max(0, event['until'] - time.time()))\n    return event['n']\n",
-    )
-    .await;
-    let until = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs_f64()
-        + 20.0;
+    // job when the kill lands however slowly a loaded machine polls (a
+    // fixed 3 s sleep once ended between the poll that saw it RUNNING and
+    // the kill).
+    let id = upload_at(&client, &api.base, &runs_until("event['n']")).await;
+    let until = until(20.0);
     let mut jobs = Vec::new();
     for n in 0..6 {
         let (status, body) = run_at(&client, &api.base, &id, json!({"n": n, "until": until}), true).await;
@@ -546,22 +537,18 @@ async fn max_concurrency_holds_across_two_workers() {
     // maxQueued, counted in Redis by every API process: a third unfinished
     // job of a function that allows two is refused.
     let api2 = cluster.api(&[]);
-    let slow = upload_at_with(
-        &client,
-        &api.base,
-        "import time\ndef handler(event, context):\n    time.sleep(3)\n    return 1\n",
-        &[("maxQueued", "2")],
-    )
-    .await;
+    // Unfinished for 20 s, however slow the machine.
+    let slow = upload_at_with(&client, &api.base, &runs_until("1"), &[("maxQueued", "2")]).await;
+    let input = json!({"until": until(20.0)});
     for base in [&api.base, &api2.base] {
-        let (status, body) = run_at(&client, base, &slow, json!({}), true).await;
+        let (status, body) = run_at(&client, base, &slow, input.clone(), true).await;
         assert_eq!(status, 202, "{body}");
     }
     let r = client
         .post(format!("{}/run", api2.base))
         .header("x-api-key", KEY)
         .header("x-async", "true")
-        .json(&json!({"functionId": slow}))
+        .json(&json!({"functionId": slow, "inputData": input}))
         .send()
         .await
         .unwrap();
