@@ -4,12 +4,12 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use chrono::{DateTime, Utc};
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use redis::Script;
 use tokio_util::sync::CancellationToken;
 
 use super::bounded;
+use super::subscriber::{self, Topic};
 use crate::backend::fanout::Waiters;
 use crate::backend::{Error, Result, ResultBus, Subscription};
 use crate::model::{JobRecord, JobResult};
@@ -67,13 +67,30 @@ impl RedisResultBus {
         let waiters = Waiters::default();
         let listening = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
-        tokio::spawn(listen(
+        let channel_prefix = format!("{prefix}result:");
+        let (catching_up, delivering) = (waiters.clone(), waiters.clone());
+        let (recover_from, prefix_owned) = (conn.clone(), prefix.to_string());
+        tokio::spawn(subscriber::follow(
             client,
-            conn.clone(),
-            waiters.clone(),
+            Topic::Pattern(format!("{prefix}result:*")),
+            "result",
             listening.clone(),
             stop.clone(),
-            prefix.to_string(),
+            // Results stored while it was away reach their callers now.
+            move || catch_up(recover_from.clone(), catching_up.clone(), prefix_owned.clone()),
+            move |msg| {
+                let channel = msg.get_channel_name();
+                if !channel.starts_with(&channel_prefix) {
+                    return;
+                }
+                match msg
+                    .get_payload::<String>()
+                    .map(|p| serde_json::from_str::<JobResult>(&p))
+                {
+                    Ok(Ok(result)) => delivering.deliver(&result),
+                    _ => tracing::warn!(channel, "unreadable result message"),
+                }
+            },
         ));
         RedisResultBus {
             conn,
@@ -139,69 +156,10 @@ fn terminal_value(record: &JobRecord) -> Result<String> {
     serde_json::to_string(&value).map_err(invalid)
 }
 
-/// The shared subscriber: (re)connects, subscribes to `result:*`, and after
-/// every (re)subscription delivers results stored while it was away.
-async fn listen(
-    client: redis::Client,
-    conn: ConnectionManager,
-    waiters: Waiters,
-    listening: Arc<AtomicBool>,
-    stop: CancellationToken,
-    prefix: String,
-) {
-    let pattern = format!("{prefix}result:*");
-    let channel_prefix = format!("{prefix}result:");
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.psubscribe(&pattern).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(2), subscribed) => r,
-            _ = stop.cancelled() => return,
-        };
-        match pubsub {
-            Ok(Ok(mut pubsub)) => {
-                listening.store(true, Ordering::Relaxed);
-                backoff = Duration::from_millis(100);
-                catch_up(&conn, &waiters, &prefix).await;
-                let mut messages = pubsub.on_message();
-                loop {
-                    let msg = tokio::select! {
-                        m = messages.next() => m,
-                        _ = stop.cancelled() => return,
-                    };
-                    let Some(msg) = msg else { break };
-                    let channel = msg.get_channel_name().to_string();
-                    if !channel.starts_with(&channel_prefix) {
-                        continue;
-                    }
-                    match msg
-                        .get_payload::<String>()
-                        .map(|p| serde_json::from_str::<JobResult>(&p))
-                    {
-                        Ok(Ok(result)) => waiters.deliver(&result),
-                        _ => tracing::warn!(channel, "unreadable result message"),
-                    }
-                }
-                listening.store(false, Ordering::Relaxed);
-                tracing::warn!("result subscription lost; reconnecting");
-            }
-            _ => listening.store(false, Ordering::Relaxed),
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
-    }
-}
-
-async fn catch_up(conn: &ConnectionManager, waiters: &Waiters, prefix: &str) {
+/// Delivers the results of pending waiters that were stored while the
+/// subscription was away.
+async fn catch_up(mut conn: ConnectionManager, waiters: Waiters, prefix: String) {
     let ids = waiters.pending();
-    let mut conn = conn.clone();
     for id in ids {
         let raw: Option<String> = redis::cmd("GET")
             .arg(format!("{prefix}job:{id}"))

@@ -5,15 +5,14 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use async_trait::async_trait;
-use futures::StreamExt;
 use redis::aio::ConnectionManager;
 use tokio::sync::broadcast;
 use tokio_util::sync::CancellationToken;
 
 use super::bounded;
+use super::subscriber::{self, Topic};
 use crate::backend::{ChangeFeed, FunctionChange, Result};
 
 pub struct RedisChangeFeed {
@@ -37,7 +36,25 @@ impl RedisChangeFeed {
         let live = Arc::new(AtomicBool::new(false));
         let stop = CancellationToken::new();
         let channel = format!("{prefix}functions:changed");
-        tokio::spawn(listen(client, channel.clone(), tx.clone(), live.clone(), stop.clone()));
+        let (on_resync, on_message) = (tx.clone(), tx.clone());
+        tokio::spawn(subscriber::follow(
+            client,
+            Topic::Channel(channel.clone()),
+            "function change",
+            live.clone(),
+            stop.clone(),
+            // Whatever changed while nobody listened is unknown.
+            move || {
+                let _ = on_resync.send(FunctionChange::Resync);
+                std::future::ready(())
+            },
+            move |msg| match msg.get_payload::<String>() {
+                Ok(id) => {
+                    let _ = on_message.send(FunctionChange::Changed(id));
+                }
+                Err(_) => tracing::warn!("unreadable function change message"),
+            },
+        ));
         RedisChangeFeed {
             conn,
             channel,
@@ -78,53 +95,5 @@ impl ChangeFeed for RedisChangeFeed {
 
     fn is_live(&self) -> bool {
         self.live.load(Ordering::Relaxed)
-    }
-}
-
-async fn listen(
-    client: redis::Client,
-    channel: String,
-    tx: broadcast::Sender<FunctionChange>,
-    live: Arc<AtomicBool>,
-    stop: CancellationToken,
-) {
-    let mut backoff = Duration::from_millis(100);
-    while !stop.is_cancelled() {
-        let subscribed = async {
-            let mut pubsub = client.get_async_pubsub().await?;
-            pubsub.subscribe(&channel).await?;
-            Ok::<_, redis::RedisError>(pubsub)
-        };
-        let pubsub = tokio::select! {
-            r = tokio::time::timeout(Duration::from_secs(2), subscribed) => r,
-            _ = stop.cancelled() => return,
-        };
-        if let Ok(Ok(mut pubsub)) = pubsub {
-            backoff = Duration::from_millis(100);
-            // Whatever changed while nobody listened is unknown.
-            let _ = tx.send(FunctionChange::Resync);
-            live.store(true, Ordering::Relaxed);
-            let mut messages = pubsub.on_message();
-            loop {
-                let msg = tokio::select! {
-                    m = messages.next() => m,
-                    _ = stop.cancelled() => return,
-                };
-                let Some(msg) = msg else { break };
-                match msg.get_payload::<String>() {
-                    Ok(id) => {
-                        let _ = tx.send(FunctionChange::Changed(id));
-                    }
-                    Err(_) => tracing::warn!("unreadable function change message"),
-                }
-            }
-            live.store(false, Ordering::Relaxed);
-            tracing::warn!("function change subscription lost; reconnecting");
-        }
-        tokio::select! {
-            _ = tokio::time::sleep(backoff) => {}
-            _ = stop.cancelled() => return,
-        }
-        backoff = (backoff * 2).min(Duration::from_secs(2));
     }
 }

@@ -7,6 +7,7 @@ mod changes;
 mod counter;
 mod directory;
 mod ratelimit;
+mod subscriber;
 
 pub use bus::RedisResultBus;
 pub use changes::RedisChangeFeed;
