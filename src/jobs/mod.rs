@@ -200,8 +200,6 @@ impl Ledger {
     }
 }
 
-/// A job's state as callers see it: the result bus (fast; in Redis it may
-/// lose what it holds) backed by the ledger (durable).
 #[cfg(test)]
 mod tests {
     #[test]
@@ -214,6 +212,8 @@ mod tests {
     }
 }
 
+/// A job's state as callers see it: the result bus (fast; in Redis it may
+/// lose what it holds) backed by the ledger (durable).
 #[derive(Clone)]
 pub struct Jobs {
     bus: Arc<dyn ResultBus>,
