@@ -66,15 +66,7 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     // Signal once an instance runs it (not on a guess that it does by now).
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let metrics = client
-            .get(format!("{}/metrics", proc.base))
-            .header("x-api-key", KEY)
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = get_text(&client, format!("{}/metrics", proc.base)).await;
         if metrics.lines().any(|l| l == "infra_busy_instances 1") {
             break;
         }

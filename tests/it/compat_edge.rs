@@ -488,14 +488,7 @@ async fn infra_api_models_status_metrics_and_a_failing_limiter_store() {
         .await
         .unwrap();
     assert!(r.status().is_success(), "{:?}", r.text().await);
-    let metrics = client
-        .get(api.url("/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = get_text(&client, api.url("/metrics")).await;
     assert!(
         metrics
             .lines()

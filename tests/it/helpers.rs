@@ -381,15 +381,16 @@ pub async fn run_at(client: &reqwest::Client, base: &str, id: &str, input: Value
 
 /// An authenticated GET decoded as JSON.
 pub async fn get_json(client: &reqwest::Client, url: String) -> Value {
-    client
-        .get(url)
-        .header("x-api-key", KEY)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    authed_get(client, url).await.json().await.unwrap()
+}
+
+/// An authenticated GET as text (e.g. `/metrics`).
+pub async fn get_text(client: &reqwest::Client, url: String) -> String {
+    authed_get(client, url).await.text().await.unwrap()
+}
+
+async fn authed_get(client: &reqwest::Client, url: String) -> reqwest::Response {
+    client.get(url).header("x-api-key", KEY).send().await.unwrap()
 }
 
 /// The Unix time `secs` from now, for handlers that run until one moment
