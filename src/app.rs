@@ -1,6 +1,7 @@
 //! The composition root: each role picks its backends here, in one place,
 //! and its parts (API, worker, housekeeping) start and stop together.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
@@ -11,7 +12,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use crate::ai::AiClient;
-use crate::api::system::{probe_router, Backend, Probe};
+use crate::api::system::{probe_router, Backend, Probe, Runs, RuntimeSupport};
 use crate::api::{self, middleware::hash_key, ApiSettings, ApiState};
 use crate::backend::aws::{DynamoLogStore, DynamoRegistry, S3ArtifactStore, S3RecordStore, SqsQueue};
 use crate::backend::embedded::{
@@ -187,7 +188,7 @@ pub async fn start_up(cfg: UpConfig) -> Result<Running, AppError> {
         limiters,
         directory: directory.clone(),
         logs: Some(logs.clone()),
-        isolation: Some(isolation(&cfg.pool)),
+        runs: Some(runs(&cfg.pool)),
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let backends = WorkerBackends {
@@ -258,7 +259,7 @@ pub async fn start_api(cfg: ApiConfig) -> Result<Running, AppError> {
         limiters,
         directory,
         logs,
-        isolation: None,
+        runs: None,
     };
     let router = api::router(api_state(&cfg.http, &cfg.ai, &api_key, parts, &metrics));
     let parts = Parts {
@@ -294,11 +295,10 @@ pub async fn start_worker(cfg: WorkerConfig) -> Result<Running, AppError> {
         Backend::Records(jobs.ledger().store().clone()),
     ];
     checks.extend(logs.clone().map(Backend::Logs));
-    let isolation = Some(isolation(&cfg.pool));
     let probe = Arc::new(Probe {
         checks,
         metrics: metrics.clone(),
-        isolation,
+        runs: Some(runs(&cfg.pool)),
     });
     let registry = match &cfg.table {
         Some(table) => Some(Arc::new(DynamoRegistry::new(aws, table).await) as Arc<dyn FunctionRegistry>),
@@ -342,7 +342,7 @@ pub async fn start_operator(cfg: OperatorConfig) -> Result<Running, AppError> {
             Backend::Registry(registry.clone()),
         ],
         metrics: metrics.clone(),
-        isolation: None,
+        runs: None,
     });
     let feed = match &cfg.redis {
         Some((url, prefix)) => {
@@ -433,8 +433,8 @@ struct ApiParts {
     limiters: Limiters,
     directory: Arc<dyn WorkerDirectory>,
     logs: Option<Arc<dyn LogStore>>,
-    /// How functions are isolated, when this process runs them.
-    isolation: Option<String>,
+    /// How functions run, when this process runs them.
+    runs: Option<Runs>,
 }
 
 fn api_state(
@@ -451,7 +451,7 @@ fn api_state(
         limiters,
         directory,
         logs,
-        isolation,
+        runs,
     } = parts;
     let mut checks = vec![
         Backend::Artifacts(functions.artifacts().clone()),
@@ -474,7 +474,7 @@ fn api_state(
         probe: Arc::new(Probe {
             checks,
             metrics: metrics.clone(),
-            isolation,
+            runs,
         }),
         directory,
         logs,
@@ -583,6 +583,42 @@ fn data_dir_mode(cfg: &PoolConfig) -> u32 {
     } else {
         0o700
     }
+}
+
+/// What `/health` says about running functions here.
+fn runs(cfg: &PoolConfig) -> Runs {
+    Runs {
+        isolation: isolation(cfg),
+        runtimes: runtime_support(cfg.node.is_some()),
+    }
+}
+
+/// The original platform's four runtimes and whether they run here: Python
+/// always (the configuration refuses to start without an interpreter),
+/// Node.js with a node binary.
+fn runtime_support(has_node: bool) -> BTreeMap<&'static str, RuntimeSupport> {
+    let yes = || RuntimeSupport {
+        available: true,
+        reason: None,
+    };
+    let no = |why: &str| RuntimeSupport {
+        available: false,
+        reason: Some(why.to_string()),
+    };
+    let not_yet = "not run by Infra Controller yet";
+    BTreeMap::from([
+        ("python", yes()),
+        (
+            "nodejs",
+            if has_node {
+                yes()
+            } else {
+                no("no node binary on this worker (NODE_BIN)")
+            },
+        ),
+        ("go", no(not_yet)),
+        ("cpp", no(not_yet)),
+    ])
 }
 
 /// What `/health` and the start-up log say about function isolation.
@@ -917,4 +953,24 @@ fn write_private(path: &Path, content: &str) -> std::io::Result<()> {
         .open(path)?;
     f.write_all(content.as_bytes())?;
     f.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn health_names_every_runtime_of_the_original_and_why_one_is_missing() {
+        let with_node = runtime_support(true);
+        assert_eq!(
+            with_node.keys().copied().collect::<Vec<_>>(),
+            ["cpp", "go", "nodejs", "python"]
+        );
+        assert!(with_node["python"].available && with_node["nodejs"].available);
+        assert!(!with_node["go"].available && !with_node["cpp"].available);
+        let without = runtime_support(false);
+        assert!(!without["nodejs"].available);
+        assert!(without["nodejs"].reason.as_deref().unwrap_or("").contains("NODE_BIN"));
+        assert!(without["python"].available);
+    }
 }

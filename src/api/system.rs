@@ -64,7 +64,25 @@ pub struct Probe {
     pub checks: Vec<Backend>,
     pub metrics: Arc<Metrics>,
     /// How functions run here, for processes that run them.
-    pub isolation: Option<String>,
+    pub runs: Option<Runs>,
+}
+
+/// What a process that runs functions says about it in `/health`.
+#[derive(Clone, Debug)]
+pub struct Runs {
+    /// How function processes are isolated.
+    pub isolation: String,
+    /// Each runtime of the original platform, and whether it runs here.
+    pub runtimes: BTreeMap<&'static str, RuntimeSupport>,
+}
+
+/// Whether this process runs a runtime's functions.
+#[derive(Serialize, ToSchema, Clone, Debug, PartialEq)]
+pub struct RuntimeSupport {
+    pub available: bool,
+    /// Why not, when it does not.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Serialize, ToSchema)]
@@ -85,6 +103,9 @@ pub struct Health {
     /// How function processes are isolated here (absent where none run).
     #[serde(skip_serializing_if = "Option::is_none")]
     isolation: Option<String>,
+    /// The runtimes functions may use here, by name (absent where none run).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    runtimes: Option<BTreeMap<&'static str, RuntimeSupport>>,
 }
 
 async fn check(backend: &Backend) -> (&'static str, Check) {
@@ -127,7 +148,8 @@ impl Probe {
             Json(Health {
                 status: if healthy { "ok" } else { "degraded" },
                 checks,
-                isolation: self.isolation.clone(),
+                isolation: self.runs.as_ref().map(|r| r.isolation.clone()),
+                runtimes: self.runs.as_ref().map(|r| r.runtimes.clone()),
             }),
         )
     }

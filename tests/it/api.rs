@@ -494,6 +494,11 @@ async fn health_reports_each_backend() {
     for check in ["artifacts", "registry", "queue", "resultBus", "rateLimiter"] {
         assert_eq!(body["checks"][check]["ok"], true, "{check}: {body}");
     }
+    // It runs functions, so it says in which runtimes (the test command installs Node.js).
+    for runtime in ["python", "nodejs"] {
+        assert_eq!(body["runtimes"][runtime], json!({"available": true}), "{body}");
+    }
+    assert_eq!(body["runtimes"]["go"]["available"], false, "{body}");
     // Break the artifact store: health must say so.
     std::fs::remove_dir_all(app.dir.path().join("artifacts")).unwrap();
     let r = app.client.get(app.url("/health")).send().await.unwrap();

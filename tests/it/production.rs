@@ -629,14 +629,26 @@ async fn worker_reports_its_backends() {
     for check in ["artifacts", "queue", "resultBus"] {
         assert_eq!(body["checks"][check]["ok"], true, "{body}");
     }
-    let metrics = client
-        .get(format!("{}/metrics", worker.base))
+    // Which runtimes it serves (the test command installs Node.js).
+    assert_eq!(body["runtimes"]["python"], json!({"available": true}), "{body}");
+    assert_eq!(body["runtimes"]["nodejs"], json!({"available": true}), "{body}");
+    for runtime in ["go", "cpp"] {
+        assert_eq!(body["runtimes"][runtime]["available"], false, "{body}");
+        assert!(body["runtimes"][runtime]["reason"].is_string(), "{body}");
+    }
+    // The API alone runs no function: it says nothing of runtimes.
+    let api = cluster.api(&[]);
+    let api_health: Value = client
+        .get(format!("{}/health", api.base))
         .send()
         .await
         .unwrap()
-        .text()
+        .json()
         .await
         .unwrap();
+    assert!(api_health.get("runtimes").is_none(), "{api_health}");
+    assert!(api_health.get("isolation").is_none(), "{api_health}");
+    let metrics = get_text(&client, format!("{}/metrics", worker.base)).await;
     assert!(metrics.contains("infra_warm_instances"));
 }
 
@@ -815,14 +827,7 @@ async fn the_reconciler_deploys_to_s3_and_dynamodb_and_the_function_runs_warm() 
     let series = format!(r#"infra_pool_idle_instances{{function="{id}",runtime="python"}} 1"#);
     let deadline = Instant::now() + Duration::from_secs(30);
     loop {
-        let m = client
-            .get(format!("{}/metrics", worker.base))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let m = get_text(&client, format!("{}/metrics", worker.base)).await;
         if m.contains(&series) {
             break;
         }
