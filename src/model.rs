@@ -680,8 +680,9 @@ pub struct JobResult {
     /// The job ran out of retries (or age) and is kept among the dead letters.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub dead_lettered: bool,
-    /// Top-level names of the files a program left in its output dir (the
-    /// original's `outputFiles`); absent for handler-style runs.
+    /// Top-level names of the files a program left in its output dir, and
+    /// `stdout.log`, its output (the original's `outputFiles`); absent for
+    /// handler-style runs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub output_files: Option<Vec<String>>,
     /// Every file kept from a program's output dir, with its download URL.

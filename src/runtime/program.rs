@@ -824,6 +824,32 @@ fn read_file_at(dir: &OwnedFd, name: &str, owner: Option<u32>, budget: u64) -> s
     Ok(Some(data))
 }
 
+/// The name the run's own output is kept under among a program's output
+/// files, as the original worker kept it (its `outputFiles` always list it).
+pub const RUN_LOG: &str = "stdout.log";
+
+/// Adds the run's output (stdout, then stderr) to `collected` as
+/// [`RUN_LOG`], in path order. A file of that name the program wrote itself
+/// gives way to it, with a note: in the original both wrote one file.
+pub fn add_run_log(collected: &mut CollectedOutputs, stdout: &str, stderr: &str) {
+    if let Some(i) = collected.files.iter().position(|f| f.path == RUN_LOG) {
+        collected.files.remove(i);
+        collected.skipped.push(format!(
+            "{RUN_LOG}: the name of the run's own output, which replaces it"
+        ));
+    }
+    let mut data = Vec::with_capacity(stdout.len() + stderr.len());
+    data.extend_from_slice(stdout.as_bytes());
+    data.extend_from_slice(stderr.as_bytes());
+    let log = OutputFile {
+        path: RUN_LOG.to_string(),
+        size: data.len() as u64,
+        data,
+    };
+    let at = collected.files.partition_point(|f| f.path.as_str() < RUN_LOG);
+    collected.files.insert(at, log);
+}
+
 /// The top-level names of the collected files (the original's
 /// `outputFiles`: files and dirs directly in the output dir).
 pub fn top_level_names(files: &[OutputFile]) -> Vec<String> {
@@ -839,6 +865,37 @@ pub fn top_level_names(files: &[OutputFile]) -> Vec<String> {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    fn file(path: &str, data: &[u8]) -> OutputFile {
+        OutputFile {
+            path: path.to_string(),
+            size: data.len() as u64,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn the_run_log_is_listed_in_path_order_and_replaces_a_file_of_its_name() {
+        let mut c = CollectedOutputs {
+            files: vec![file("a.txt", b"a"), file("z/b.txt", b"b")],
+            skipped: vec![],
+        };
+        add_run_log(&mut c, "out\n", "err\n");
+        let paths: Vec<&str> = c.files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["a.txt", "stdout.log", "z/b.txt"]);
+        assert_eq!(c.files[1].data, b"out\nerr\n");
+        assert_eq!(c.files[1].size, 8);
+        assert!(c.skipped.is_empty());
+
+        let mut own = CollectedOutputs {
+            files: vec![file("stdout.log", b"mine")],
+            skipped: vec![],
+        };
+        add_run_log(&mut own, "", "");
+        assert_eq!(own.files, vec![file("stdout.log", b"")]);
+        assert_eq!(own.skipped.len(), 1, "{:?}", own.skipped);
+        assert_eq!(top_level_names(&own.files), ["stdout.log"]);
+    }
 
     fn spec() -> ProgramSpec {
         ProgramSpec {

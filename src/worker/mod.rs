@@ -781,7 +781,13 @@ impl Worker {
         result.start_kind = Some(crate::runtime::StartKind::Fresh);
         result.attempt = attempt;
         let (kept, notes) = self
-            .keep_outputs(&job.request_id, run.output_dir(), run.output_owner())
+            .keep_outputs(
+                &job.request_id,
+                run.output_dir(),
+                run.output_owner(),
+                &run.stdout,
+                &run.stderr,
+            )
             .await;
         result.output_files = Some(crate::runtime::program::top_level_names(&kept));
         result.artifacts = kept
@@ -805,23 +811,31 @@ impl Worker {
         result
     }
 
-    /// Uploads the files a program left in `dir` to the artifact store
-    /// under `outputs/{requestId}/{path}`. Returns the files kept and a
-    /// note for each one that was not (at most OUTPUT_NOTES notes).
+    /// Uploads the files a program left in `dir`, and its output as
+    /// `stdout.log`, to the artifact store under `outputs/{requestId}/{path}`.
+    /// Returns the files kept and a note for each one that was not (at most
+    /// OUTPUT_NOTES notes).
     async fn keep_outputs(
         &self,
         request_id: &str,
         dir: std::path::PathBuf,
         owner: Option<u32>,
+        stdout: &str,
+        stderr: &str,
     ) -> (Vec<crate::runtime::program::OutputFile>, Vec<String>) {
         const OUTPUT_NOTES: usize = 20;
         let collected =
             tokio::task::spawn_blocking(move || crate::runtime::program::collect_outputs(&dir, owner)).await;
-        let collected = match collected {
-            Ok(Ok(c)) => c,
-            Ok(Err(e)) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
-            Err(e) => return (Vec::new(), vec![format!("cannot read the output dir: {e}")]),
+        let (mut collected, unreadable) = match collected {
+            Ok(Ok(c)) => (c, None),
+            Ok(Err(e)) => (Default::default(), Some(e.to_string())),
+            Err(e) => (Default::default(), Some(e.to_string())),
         };
+        // The log is kept even when the dir could not be read.
+        crate::runtime::program::add_run_log(&mut collected, stdout, stderr);
+        if let Some(e) = unreadable {
+            collected.skipped.push(format!("cannot read the output dir: {e}"));
+        }
         let mut notes = collected.skipped;
         let mut kept = Vec::new();
         if !collected.files.is_empty() && !crate::runtime::program::is_plain_name(request_id) {

@@ -71,7 +71,8 @@ async fn python_and_node_programs_read_payload_and_print_their_output() {
         body["result"]
     );
     assert_eq!(body["startKind"], "fresh");
-    assert_eq!(body["outputFiles"], json!([]));
+    // The run's output is an output file, as in the original.
+    assert_eq!(body["outputFiles"], json!(["stdout.log"]));
     // A fresh process (and working dir) for every run, never reused.
     let again = app.run_ok(&py, json!({"name": "Grace"})).await;
     assert_eq!(again["result"]["hello"], "Grace");
@@ -208,20 +209,28 @@ async fn output_files_are_kept_and_fetched_through_the_api() {
         .run_ok(&id, json!({"rows": 3, "secret": secret.to_string_lossy()}))
         .await;
     assert_eq!(body["status"], "SUCCESS", "{}", body["stderr"]);
-    assert_eq!(body["outputFiles"], json!(["charts", "report.json"]), "{body}");
+    assert_eq!(
+        body["outputFiles"],
+        json!(["charts", "report.json", "stdout.log"]),
+        "{body}"
+    );
     let paths: Vec<&str> = body["artifacts"]
         .as_array()
         .unwrap()
         .iter()
         .map(|a| a["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["charts/a.csv", "report.json"]);
+    assert_eq!(paths, ["charts/a.csv", "report.json", "stdout.log"]);
     let stderr = body["stderr"].as_str().unwrap();
     assert!(stderr.contains("leak.txt: symbolic link, not followed"), "{stderr}");
     assert!(stderr.contains("root: symbolic link, not followed"), "{stderr}");
     let job = body["jobId"].as_str().unwrap();
 
     let get = |path: String| app.get(&path).send();
+    let r = get(format!("/status/{job}/files/stdout.log")).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.headers()["content-type"], "text/plain; charset=utf-8");
+    assert_eq!(r.text().await.unwrap(), "{\"wrote\": 2}\n", "the run's output");
     let r = get(format!("/status/{job}/files/report.json")).await.unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.headers()["content-type"], "application/json");
@@ -417,7 +426,7 @@ async fn production_keeps_program_outputs_in_s3() {
     assert_eq!(status, 200, "{body}");
     assert_eq!(body["status"], "SUCCESS", "{body}");
     assert_eq!(body["result"], "done");
-    assert_eq!(body["outputFiles"], json!(["out.txt"]));
+    assert_eq!(body["outputFiles"], json!(["out.txt", "stdout.log"]));
     let job = body["jobId"].as_str().unwrap();
     // In the bucket under the original's layout...
     let store =
@@ -425,6 +434,8 @@ async fn production_keeps_program_outputs_in_s3() {
     use infra_controller::backend::ArtifactStore;
     let stored = store.get(&format!("outputs/{job}/out.txt")).await.unwrap();
     assert_eq!(&stored[..], b"rows=5");
+    let log = store.get(&format!("outputs/{job}/stdout.log")).await.unwrap();
+    assert_eq!(&log[..], b"done\n");
     // ...and through the API process, which never saw the file.
     let r = client
         .get(format!("{}/status/{job}/files/out.txt", api.base))
@@ -439,7 +450,7 @@ async fn production_keeps_program_outputs_in_s3() {
     assert_eq!(status, 202);
     let job = accepted["jobId"].as_str().unwrap();
     let (_, done) = wait_job_at(&client, &api.base, job, Duration::from_secs(60)).await;
-    assert_eq!(done["outputFiles"], json!(["out.txt"]), "{done}");
+    assert_eq!(done["outputFiles"], json!(["out.txt", "stdout.log"]), "{done}");
     let r = client
         .get(format!("{}/status/{job}/files/out.txt", api.base))
         .header("x-api-key", KEY)
@@ -470,8 +481,11 @@ async fn a_program_flooding_its_output_dir_is_stopped() {
         body["stderr"].as_str().unwrap().contains("more than 10000 entries"),
         "{body}"
     );
-    // What could be kept was kept, within the per-run bound.
-    assert_eq!(body["artifacts"].as_array().unwrap().len(), 100);
+    // What could be kept was kept, within the per-run bound of 100 files,
+    // and the run's own log on top.
+    let artifacts = body["artifacts"].as_array().unwrap();
+    assert_eq!(artifacts.len(), 101);
+    assert!(artifacts.iter().any(|a| a["path"] == "stdout.log"), "{body}");
     app.stop().await;
 }
 
@@ -503,7 +517,7 @@ async fn without_the_sandbox_a_program_runs_as_its_own_user_and_keeps_its_files(
     assert_eq!(body["status"], "SUCCESS", "{}", body["stderr"]);
     assert!(body["result"]["uid"].as_u64().unwrap() >= 100_000, "{body}");
     assert_ne!(body["result"]["out"], "/output");
-    assert_eq!(body["outputFiles"], json!(["a.txt"]), "{body}");
+    assert_eq!(body["outputFiles"], json!(["a.txt", "stdout.log"]), "{body}");
     let job = body["jobId"].as_str().unwrap();
     let r = app.get(&format!("/status/{job}/files/a.txt")).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "mine");
