@@ -828,12 +828,17 @@ fn read_file_at(dir: &OwnedFd, name: &str, owner: Option<u32>, budget: u64) -> s
 /// files, as the original worker kept it (its `outputFiles` always list it).
 pub const RUN_LOG: &str = "stdout.log";
 
-/// Adds the run's output (stdout, then stderr) to `collected` as
-/// [`RUN_LOG`], in path order. A file of that name the program wrote itself
-/// gives way to it, with a note: in the original both wrote one file.
+/// Adds the run's output (stdout, then stderr, each as bounded as in the
+/// result) to `collected` as [`RUN_LOG`], in path order. A file or dir of
+/// that name the program wrote itself gives way to it, with a note: in the
+/// original both wrote one file.
 pub fn add_run_log(collected: &mut CollectedOutputs, stdout: &str, stderr: &str) {
-    if let Some(i) = collected.files.iter().position(|f| f.path == RUN_LOG) {
-        collected.files.remove(i);
+    let dir = format!("{RUN_LOG}/");
+    let before = collected.files.len();
+    collected
+        .files
+        .retain(|f| f.path != RUN_LOG && !f.path.starts_with(&dir));
+    if collected.files.len() < before {
         collected.skipped.push(format!(
             "{RUN_LOG}: the name of the run's own output, which replaces it"
         ));
@@ -888,7 +893,7 @@ mod tests {
         assert!(c.skipped.is_empty());
 
         let mut own = CollectedOutputs {
-            files: vec![file("stdout.log", b"mine")],
+            files: vec![file("stdout.log", b"mine"), file("stdout.log/x", b"deeper")],
             skipped: vec![],
         };
         add_run_log(&mut own, "", "");

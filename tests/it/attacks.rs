@@ -764,7 +764,7 @@ print('done')
         .iter()
         .map(|a| a["path"].as_str().unwrap())
         .collect();
-    assert_eq!(paths, ["-", "ok.txt"], "{body}");
+    assert_eq!(paths, ["-", "ok.txt", "stdout.log"], "{body}");
     let stderr = body["stderr"].as_str().unwrap();
     for note in [
         "pipe.txt: not a regular file",
