@@ -52,7 +52,8 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
     let c2 = client.clone();
     // Runs until 6 s from now: in flight when the signal comes, however
     // slowly a loaded machine gets there.
-    let input = json!({"until": until(6.0)});
+    let end = until(6.0);
+    let input = json!({"until": end});
     let inflight = tokio::spawn(async move {
         let r = c2
             .post(format!("{base}/run"))
@@ -74,6 +75,11 @@ async fn sigterm_finishes_in_flight_requests_and_exits_0() {
         assert!(Instant::now() < deadline, "the run never started");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    // Still a while to go: the drain, not the run's end, is what is tested.
+    assert!(
+        end - until(0.0) > 1.0,
+        "the run was seen busy too late to test the drain"
+    );
     sigterm(&proc.child);
     let (status, body) = inflight.await.unwrap();
     assert_eq!(status, 200, "{body}");
@@ -162,16 +168,17 @@ async fn two_processes_on_one_host_never_give_one_uid_to_two_functions() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     let procs = [spawn_up(dir_a.path(), &env), spawn_up(dir_b.path(), &env)];
     let client = reqwest::Client::new();
-    let source = "import os, time\ndef handler(e, c):\n    time.sleep(1.5)\n    return os.getuid()\n";
+    // All four run until one moment: four instances alive together.
+    let source = runs_until("__import__('os').getuid()");
+    let input = json!({"until": until(10.0)});
     let mut runs = Vec::new();
     for proc in &procs {
-        let id = upload_at(&client, &proc.base, source).await;
-        // Two at once on each: four instances alive together.
+        let id = upload_at(&client, &proc.base, &source).await;
         for _ in 0..2 {
-            let (client, base, id) = (client.clone(), proc.base.clone(), id.clone());
-            runs.push(tokio::spawn(async move {
-                run_at(&client, &base, &id, json!({}), false).await
-            }));
+            let (client, base, id, input) = (client.clone(), proc.base.clone(), id.clone(), input.clone());
+            runs.push(tokio::spawn(
+                async move { run_at(&client, &base, &id, input, false).await },
+            ));
         }
     }
     let mut uids = Vec::new();
