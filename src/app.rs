@@ -64,13 +64,13 @@ const DEAD_LETTER_COUNT_LIMIT: usize = 10_000;
 pub enum AppError {
     #[error("storage: {0}")]
     Backend(#[from] backend::Error),
-    #[error("cannot listen on {addr}: {source}")]
+    #[error("cannot listen on {addr}")]
     Listen {
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("API key file {path}: {source}")]
+    #[error("API key file {path}")]
     ApiKeyFile {
         path: String,
         #[source]
@@ -85,8 +85,14 @@ pub enum AppError {
     Operator(#[from] crate::operator::controller::OperatorError),
     #[error("server: {0}")]
     Serve(#[source] std::io::Error),
-    #[error("data dir {path}: {source}")]
+    #[error("data dir {path}")]
     DataDir {
+        path: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("instance uid lock dir (INSTANCE_UID_LOCK_DIR) {path}")]
+    UidLockDir {
         path: String,
         #[source]
         source: std::io::Error,
@@ -554,13 +560,53 @@ fn instance_users(cfg: &PoolConfig) -> Result<Users, AppError> {
         Users::Root
     } else {
         // Shared by every worker on the host; only root (the workers) uses it.
-        private_dir(&cfg.instance_uid_lock_dir, 0o700)?;
+        use std::os::unix::fs::DirBuilderExt;
+        let dir = &cfg.instance_uid_lock_dir;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)
+            .map_err(|source| AppError::UidLockDir {
+                path: dir.display().to_string(),
+                source,
+            })?;
+        root_only_dir(dir)?;
+        let shared = crate::runtime::host::subuid_overlaps(cfg.instance_uid_base, INSTANCE_UIDS);
+        if !shared.is_empty() {
+            tracing::warn!(
+                users = shared.join(", "),
+                "INSTANCE_UID_BASE's range overlaps subordinate uids (/etc/subuid): those users' rootless containers would share uids with instances; choose another base"
+            );
+        }
         Users::Own(UidPool::new(
             cfg.instance_uid_base,
             INSTANCE_UIDS,
             cfg.instance_uid_lock_dir.clone(),
         ))
     })
+}
+
+/// Refuses a lock dir that is a symbolic link or not root's, and makes a
+/// root's one 0700: whoever else could write there could remove a lock file
+/// another worker holds (two workers, one uid) or hold every lock.
+fn root_only_dir(dir: &Path) -> Result<(), AppError> {
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let failed = |source: std::io::Error| AppError::UidLockDir {
+        path: dir.display().to_string(),
+        source,
+    };
+    let refuse = |why: String| failed(std::io::Error::new(std::io::ErrorKind::PermissionDenied, why));
+    let meta = std::fs::symlink_metadata(dir).map_err(failed)?;
+    if !meta.file_type().is_dir() {
+        return Err(refuse("not a directory (a symbolic link?)".into()));
+    }
+    if meta.uid() != 0 {
+        return Err(refuse(format!("must be root's, is uid {}'s", meta.uid())));
+    }
+    if meta.mode() & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(failed)?;
+    }
+    Ok(())
 }
 
 /// Creates `dir` (and parents) and gives it `mode`: the platform's state is
@@ -972,5 +1018,30 @@ mod tests {
         assert!(!without["nodejs"].available);
         assert!(without["nodejs"].reason.as_deref().unwrap_or("").contains("NODE_BIN"));
         assert!(without["python"].available);
+    }
+
+    #[test]
+    fn the_uid_lock_dir_must_be_roots_alone_and_no_link() {
+        use std::os::unix::fs::PermissionsExt;
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: only a root worker uses the lock dir");
+            return;
+        }
+        let reason = |e: AppError| std::error::Error::source(&e).map(|s| s.to_string()).unwrap_or_default();
+        let base = tempfile::tempdir().unwrap();
+        let dir = base.path().join("uids");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755)).unwrap();
+        assert!(root_only_dir(&dir).is_ok());
+        let mode = std::fs::metadata(&dir).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o700, "root's dir is made root's alone");
+        let link = base.path().join("link");
+        std::os::unix::fs::symlink(&dir, &link).unwrap();
+        assert!(reason(root_only_dir(&link).unwrap_err()).contains("not a directory"));
+        let theirs = base.path().join("theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(4_000_000), None).unwrap();
+        assert!(reason(root_only_dir(&theirs).unwrap_err()).contains("must be root's"));
     }
 }

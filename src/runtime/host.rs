@@ -1,6 +1,7 @@
 //! What this host offers function instances, probed once at start-up (the
 //! only I/O behind the sandbox plan): the system dirs and links, the `/etc`
-//! entries that exist, `setpriv`, and whether bubblewrap works here.
+//! entries that exist, `setpriv`, whether bubblewrap works here, and the
+//! subordinate uid ranges already given to users.
 
 use std::path::{Path, PathBuf};
 
@@ -94,4 +95,46 @@ pub fn reachable_by_others(path: &Path) -> bool {
     let Ok(path) = path.canonicalize() else { return false };
     let mode = |p: &Path| std::fs::metadata(p).map(|m| m.permissions().mode()).unwrap_or(0);
     path.ancestors().skip(1).all(|dir| mode(dir) & 0o001 != 0) && mode(&path) & 0o005 != 0
+}
+
+/// The users whose subordinate uids (`/etc/subuid`, used by rootless
+/// containers) overlap `[base, base + count)`: their containers' processes
+/// would run as instance uids (a lease's kill reaches them, and they can
+/// signal instances).
+pub fn subuid_overlaps(base: u32, count: u32) -> Vec<String> {
+    std::fs::read_to_string("/etc/subuid")
+        .map(|text| overlapping_subuids(&text, base, count))
+        .unwrap_or_default()
+}
+
+/// `subuid_overlaps` on the file's text (`user:start:count` lines).
+fn overlapping_subuids(text: &str, base: u32, count: u32) -> Vec<String> {
+    let end = u64::from(base) + u64::from(count);
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.trim().split(':');
+            let (user, start, n) = (parts.next()?, parts.next()?, parts.next()?);
+            let (start, n) = (start.parse::<u64>().ok()?, n.parse::<u64>().ok()?);
+            (start < end && u64::from(base) < start + n).then(|| format!("{user} ({start}+{n})"))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn subordinate_uid_ranges_that_meet_the_instance_range_are_named() {
+        let text = "alice:100000:65536\nbob:165536:65536\n# comment\nbad line\ncarol:99000:1000\n";
+        assert_eq!(overlapping_subuids(text, 100_000, 1024), ["alice (100000+65536)"]);
+        assert_eq!(overlapping_subuids(text, 97_000, 1024), Vec::<String>::new());
+        assert_eq!(
+            overlapping_subuids(text, 97_976, 1024),
+            Vec::<String>::new(),
+            "ends just before carol"
+        );
+        assert_eq!(overlapping_subuids(text, 98_500, 1024), ["carol (99000+1000)"]);
+        assert_eq!(overlapping_subuids(text, 1_000_000, 1024), Vec::<String>::new());
+    }
 }

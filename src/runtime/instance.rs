@@ -95,13 +95,19 @@ fn bounded(mut s: String) -> String {
 /// `infra` processes) would otherwise give one uid to two functions at once,
 /// letting one signal the other's processes, and the end of one's lease would
 /// kill the other's. The kernel drops the lock when its holder dies, even by
-/// SIGKILL, so a crashed worker's uids come back (their leftover processes
-/// are killed by the next lease).
+/// SIGKILL, so a crashed worker's uids come back; the lock file then still
+/// says `held`, and the next lease first kills what was left running as it.
 #[derive(Debug, Clone)]
 pub struct UidPool {
     free: Arc<Mutex<VecDeque<u32>>>,
     lock_dir: Arc<PathBuf>,
 }
+
+/// A lock file's content once its uid's processes were all killed at the
+/// end of a lease: the next lease needs no kill of its own (a fork).
+const UID_CLEAN: &[u8] = b"clean";
+/// A lock file's content while its uid is in use.
+const UID_HELD: &[u8] = b"held";
 
 impl UidPool {
     /// `count` uids from `base`; `lock_dir` must exist and be shared by
@@ -114,30 +120,56 @@ impl UidPool {
     }
 
     /// A uid no process on this host uses, with anything left running as it
-    /// killed; `None` when all of them are taken.
+    /// killed; `None` when all of them are taken (or cannot be locked).
     pub(super) fn lease(&self) -> Option<UidLease> {
+        let tries = self.free.lock().ok()?.len();
+        for _ in 0..tries {
+            let (uid, lock, clean) = self.lock_next()?;
+            let lease = UidLease {
+                uid,
+                pool: self.free.clone(),
+                lock: Some(lock),
+            };
+            // Left clean by the last lease, or by a holder that died (or new
+            // since boot, or from a worker without these locks), which may
+            // have left processes behind. Killed outside the pool's mutex.
+            if clean || kill_uid(uid) {
+                return Some(lease);
+            }
+            // Not killed: not used. Dropping the lease tries again and keeps
+            // the uid out of the pool if that fails too.
+            drop(lease);
+        }
+        None
+    }
+
+    /// The next free uid this process could lock, marked in use, and whether
+    /// its last lease ended cleanly.
+    fn lock_next(&self) -> Option<(u32, std::fs::File, bool)> {
         let mut free = self.free.lock().ok()?;
         for _ in 0..free.len() {
             let uid = free.pop_front()?;
-            match lock_uid(&self.lock_dir, uid) {
-                Ok(Some(lock)) => {
-                    let lease = UidLease {
-                        uid,
-                        pool: self.free.clone(),
-                        _lock: lock,
-                    };
-                    // A worker that died while holding it may have left processes.
-                    lease.kill_processes();
-                    return Some(lease);
-                }
+            let lock = match lock_uid(&self.lock_dir, uid) {
+                Ok(Some(lock)) => lock,
                 // Another process's: try it again after the others.
-                Ok(None) => free.push_back(uid),
+                Ok(None) => {
+                    free.push_back(uid);
+                    continue;
+                }
                 Err(e) => {
                     free.push_back(uid);
                     tracing::error!(uid, dir = %self.lock_dir.display(), error = %e, "cannot lock an instance uid");
                     return None;
                 }
+            };
+            let clean = was_clean(&lock);
+            if let Err(e) = mark(&lock, UID_HELD) {
+                // Unmarked, a crash would pass for a clean end: not used.
+                tracing::error!(uid, error = %e, "cannot mark an instance uid in use");
+                free.push_back(uid);
+                return None;
             }
+            return Some((uid, lock, clean));
         }
         None
     }
@@ -166,56 +198,103 @@ fn lock_uid(dir: &Path, uid: u32) -> std::io::Result<Option<std::fs::File>> {
     }
 }
 
+fn was_clean(lock: &std::fs::File) -> bool {
+    use std::os::unix::fs::FileExt;
+    let mut buf = [0u8; 8];
+    matches!(lock.read_at(&mut buf, 0), Ok(n) if &buf[..n] == UID_CLEAN)
+}
+
+fn mark(lock: &std::fs::File, state: &[u8]) -> std::io::Result<()> {
+    use std::os::unix::fs::FileExt;
+    lock.set_len(0)?;
+    lock.write_all_at(state, 0)
+}
+
+/// Kills every process running as `uid`. A uid is leased to one instance or
+/// program run only, so these are all its processes, also those a
+/// process-group kill misses: a daemon that left the group with `setsid()`
+/// (without a sandbox no PID namespace ends it). It would otherwise outlive
+/// its run, write to the output dir while the worker collects it, and still
+/// run as this uid when the uid is handed to another function (whose input
+/// and output dir are that uid's). Blocking (a fork and a wait). False when
+/// it could not be done (no fork, or the switch to the uid failed).
+fn kill_uid(uid: u32) -> bool {
+    // SAFETY: the child makes only async-signal-safe system calls
+    // (setresuid, kill, _exit) before it exits; the parent reaps it.
+    let killed = unsafe {
+        let pid = libc::fork();
+        if pid == 0 {
+            // kill(-1) as this uid reaches exactly the processes whose
+            // real or saved uid is this one (never the worker, root).
+            // One pass suffices against a fork bomb: a process with a
+            // SIGKILL pending cannot fork; the second is for good measure.
+            if libc::syscall(libc::SYS_setresuid, uid, uid, uid) != 0 {
+                libc::_exit(1);
+            }
+            libc::kill(-1, libc::SIGKILL);
+            libc::kill(-1, libc::SIGKILL);
+            libc::_exit(0);
+        }
+        let mut status = 0;
+        pid > 0 && {
+            while libc::waitpid(pid, &mut status, 0) < 0
+                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
+            {}
+            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+        }
+    };
+    if !killed {
+        tracing::error!(uid, error = %std::io::Error::last_os_error(), "cannot kill the processes of an instance uid");
+    }
+    killed
+}
+
 /// A uid in use; returned to its pool (and its host-wide lock released)
 /// when the instance is dropped.
 #[derive(Debug)]
 pub(super) struct UidLease {
     pub(super) uid: u32,
     pool: Arc<Mutex<VecDeque<u32>>>,
-    /// Holds the uid's `flock` while open.
-    _lock: std::fs::File,
+    /// Holds the uid's `flock` while open (taken when the lease ends).
+    lock: Option<std::fs::File>,
 }
 
 impl UidLease {
-    /// Kills every process running as this uid. The uid is leased to one
-    /// instance or program run only, so these are all its processes, also
-    /// those a process-group kill misses: a daemon that left the group
-    /// with `setsid()` (without a sandbox no PID namespace ends it). It
-    /// would otherwise outlive its run, write to the output dir while the
-    /// worker collects it, and still run as this uid when the uid is handed
-    /// to another function (whose input and output dir are that uid's).
-    pub(super) fn kill_processes(&self) {
-        // SAFETY: the child makes only async-signal-safe system calls
-        // (setresuid, kill, _exit) before it exits; the parent reaps it.
-        unsafe {
-            let pid = libc::fork();
-            if pid == 0 {
-                // kill(-1) as this uid reaches exactly the processes whose
-                // real or saved uid is this one (never the worker, root).
-                // One pass suffices against a fork bomb: a process with a
-                // SIGKILL pending cannot fork; the second is for good measure.
-                if libc::syscall(libc::SYS_setresuid, self.uid, self.uid, self.uid) == 0 {
-                    libc::kill(-1, libc::SIGKILL);
-                    libc::kill(-1, libc::SIGKILL);
-                }
-                libc::_exit(0);
-            }
-            if pid > 0 {
-                let mut status = 0;
-                while libc::waitpid(pid, &mut status, 0) < 0
-                    && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-                {}
-            }
-        }
+    /// Kills every process running as this uid now (see [`kill_uid`]).
+    pub(super) fn kill_processes(&self) -> bool {
+        kill_uid(self.uid)
     }
 }
 
 impl Drop for UidLease {
+    /// Nothing of this run may be alive when the uid goes to another: its
+    /// processes are killed, then it is marked clean, unlocked and returned.
+    /// Off the caller's path (a fork) when a runtime is at hand; the uid
+    /// stays out of use until then.
     fn drop(&mut self) {
-        // Nothing of this run may be alive when the uid goes to another.
-        self.kill_processes();
-        if let Ok(mut free) = self.pool.lock() {
-            free.push_back(self.uid);
+        let Some(lock) = self.lock.take() else { return };
+        let (uid, pool) = (self.uid, self.pool.clone());
+        let release = move || {
+            if !kill_uid(uid) {
+                // Something of it may live on: the uid stays out of this
+                // pool, and its file says `held` for any other worker.
+                tracing::error!(uid, "instance uid withdrawn: its processes could not be killed");
+                return;
+            }
+            if let Err(e) = mark(&lock, UID_CLEAN) {
+                // Still `held`: the next lease kills again, no harm.
+                tracing::debug!(uid, error = %e, "cannot mark an instance uid clean");
+            }
+            drop(lock);
+            if let Ok(mut free) = pool.lock() {
+                free.push_back(uid);
+            }
+        };
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                runtime.spawn_blocking(release);
+            }
+            Err(_) => release(),
         }
     }
 }
@@ -1215,5 +1294,47 @@ mod tests {
         other.kill().unwrap();
         other.wait().unwrap();
         assert_eq!(pool.lease().unwrap().uid, uid);
+    }
+
+    #[test]
+    fn a_lease_kills_leftovers_unless_the_last_lease_ended_cleanly() {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            eprintln!("skipped: running a process as another uid needs root");
+            return;
+        }
+        use std::os::unix::process::CommandExt;
+        let locks = tempfile::tempdir().unwrap();
+        let uid = BASE + 20;
+        let pool = UidPool::new(uid, 1, locks.path().to_path_buf());
+        let sleeper = || std::process::Command::new("sleep").arg("30").uid(uid).spawn().unwrap();
+        let alive = |child: &mut std::process::Child| child.try_wait().unwrap().is_none();
+
+        // A holder died: its lock file still says `held`, its process runs.
+        std::fs::write(locks.path().join(uid.to_string()), UID_HELD).unwrap();
+        let mut leftover = sleeper();
+        let lease = pool.lease().unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(&mut leftover) {
+            assert!(Instant::now() < deadline, "the dead holder's process was not killed");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        assert_eq!(std::fs::read(locks.path().join(uid.to_string())).unwrap(), UID_HELD);
+
+        // The lease ends (no runtime here: at once): killed, marked clean.
+        let mut own = sleeper();
+        drop(lease);
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(!alive(&mut own), "the lease's own process outlived it");
+        assert_eq!(std::fs::read(locks.path().join(uid.to_string())).unwrap(), UID_CLEAN);
+
+        // After a clean end, a lease forks no kill: a process started as the
+        // uid since (by no lease: only a test does that) is left alone.
+        let mut unrelated = sleeper();
+        let again = pool.lease().unwrap();
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(alive(&mut unrelated), "a clean uid was killed again");
+        drop(again);
+        let _ = unrelated.wait();
     }
 }
