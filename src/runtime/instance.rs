@@ -237,10 +237,12 @@ fn kill_uid(uid: u32) -> bool {
         }
         let mut status = 0;
         pid > 0 && {
-            while libc::waitpid(pid, &mut status, 0) < 0
-                && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted
-            {}
-            libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
+            let mut reaped = libc::waitpid(pid, &mut status, 0);
+            while reaped < 0 && std::io::Error::last_os_error().kind() == std::io::ErrorKind::Interrupted {
+                reaped = libc::waitpid(pid, &mut status, 0);
+            }
+            // Only a child seen to exit 0 did the kill.
+            reaped == pid && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0
         }
     };
     if !killed {
