@@ -4,6 +4,7 @@
 
 MOTO_VERSION=5.2.5
 FAUXQS_VERSION=1.9.2 # runs on Node.js 20 (2.x needs 22.5+)
+PLAYWRIGHT_VERSION=1.65.2
 VENV=.venv
 PY="${PYTHON_BIN:-python3}"
 SERVICE_PIDS=()
@@ -55,7 +56,23 @@ ensure_attack_tools() {
 }
 
 ensure_node() {
+    # npm too: build.rs bundles the web console (console/) with it.
     command -v node >/dev/null 2>&1 || apt_install nodejs
+    command -v npm >/dev/null 2>&1 || apt_install npm
+}
+
+# The console's browser test: Debian's Chromium, driven by Playwright from
+# PyPI (its own browsers are never downloaded; it is pointed at Chromium).
+ensure_browser() {
+    command -v chromium >/dev/null 2>&1 || apt_install chromium
+    export INFRA_TEST_CHROMIUM
+    INFRA_TEST_CHROMIUM="$(command -v chromium)"
+    if ! "$VENV/bin/python" -c "import playwright, sys; from importlib.metadata import version; sys.exit(version('playwright') != '$PLAYWRIGHT_VERSION')" 2>/dev/null; then
+        log "installing playwright==$PLAYWRIGHT_VERSION into $VENV"
+        [ -x "$VENV/bin/python" ] || "$PY" -m venv "$VENV"
+        "$VENV/bin/pip" install -q --disable-pip-version-check "playwright==$PLAYWRIGHT_VERSION"
+    fi
+    export INFRA_TEST_BROWSER_PYTHON="$PWD/$VENV/bin/python"
 }
 
 ensure_redis() {

@@ -716,6 +716,87 @@ pub async fn get_log(
     Ok(Json(InvocationLogDetail { message, entry }))
 }
 
+/// The files of the function's current code.
+#[derive(Serialize, ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeListing {
+    function_id: String,
+    sha256: String,
+    /// Sorted by path, 500 at most; UTF-8 files up to 256 KiB with their text
+    /// (1 MiB of text in all).
+    files: Vec<crate::function::package::CodeFile>,
+}
+
+/// The function's code: its files, and the text of the small ones (the
+/// console's code view).
+#[utoipa::path(
+    get, path = "/functions/{id}/code", tag = "functions",
+    params(("id" = String, Path, description = "Function id")),
+    responses((status = 200, body = CodeListing), (status = 404, body = super::ErrorBody))
+)]
+pub async fn function_code(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+) -> Result<Json<CodeListing>, ApiError> {
+    let record = state.functions.fetch(&id).await?;
+    let data = state.functions.artifacts().get(&record.s3_key).await?;
+    let files = tokio::task::spawn_blocking(move || crate::function::package::list_files(&data))
+        .await
+        .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &e))?
+        .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &e))?;
+    Ok(Json(CodeListing {
+        function_id: record.function_id,
+        sha256: record.sha256,
+        files,
+    }))
+}
+
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(rename_all = "camelCase")]
+pub struct StatsQuery {
+    /// How far back, in minutes (default 60).
+    #[param(minimum = 1, maximum = 1440)]
+    minutes: Option<u32>,
+}
+
+/// The function's recent figures from its invocation logs (the newest 1,000
+/// runs at most): runs, error rate, cold-start share, duration p50/p99, and
+/// a series of them per interval for charts.
+#[utoipa::path(
+    get, path = "/functions/{id}/stats", tag = "functions",
+    params(("id" = String, Path, description = "Function id"), StatsQuery),
+    responses(
+        (status = 200, body = crate::function::stats::FunctionStats),
+        (status = 400, body = super::ErrorBody),
+        (status = 404, description = "Unknown function, or logs not enabled", body = super::ErrorBody),
+    )
+)]
+pub async fn function_stats(
+    State(state): State<Arc<ApiState>>,
+    Path(id): Path<String>,
+    query: Result<Query<StatsQuery>, QueryRejection>,
+) -> Result<Json<crate::function::stats::FunctionStats>, ApiError> {
+    use crate::function::stats;
+    let minutes = query?.0.minutes.unwrap_or(60);
+    if !(1..=stats::MAX_WINDOW_MINUTES).contains(&minutes) {
+        return Err(ApiError::bad_request(format!(
+            "minutes must be from 1 to {}",
+            stats::MAX_WINDOW_MINUTES
+        )));
+    }
+    let store = log_store(&state)?;
+    state.functions.get(&id).await?;
+    let logs = store.list(&id, 1000).await?;
+    let window = chrono::Duration::minutes(i64::from(minutes));
+    Ok(Json(stats::compute(
+        &logs,
+        chrono::Utc::now(),
+        window,
+        stats::bucket_for(window),
+    )))
+}
+
 /// What this API process did lately (runs requested, results delivered,
 /// uploads, changes), newest first, at most 100: the original controller's
 /// activity list.

@@ -3,6 +3,7 @@
 //! the same route registrations, so it cannot list a route that does not exist.
 
 pub mod activity;
+pub mod console;
 mod dead_letters;
 pub mod error;
 mod functions;
@@ -302,6 +303,8 @@ fn routes() -> (Router<Arc<ApiState>>, utoipa::openapi::OpenApi) {
         .routes(routes!(recommendation::recommendation))
         .routes(routes!(functions::list_logs))
         .routes(routes!(functions::get_log))
+        .routes(routes!(functions::function_stats))
+        .routes(routes!(functions::function_code))
         .routes(routes!(functions::recent_activity))
         .layer(DefaultBodyLimit::max(JSON_BODY_LIMIT))
         .merge(uploads)
@@ -362,6 +365,8 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Outermost: preflights are answered before the key check, and every
         // answer (errors too) carries the CORS headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::cors))
+        // Outside the guard: the console's files need no key (its calls do).
+        .merge(console::router())
         .with_state(state)
 }
 

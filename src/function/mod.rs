@@ -7,6 +7,7 @@ pub mod cache;
 pub mod package;
 pub mod service;
 pub mod settings;
+pub mod stats;
 pub mod style;
 pub mod tuner;
 pub mod usage;

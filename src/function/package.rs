@@ -158,6 +158,57 @@ pub fn safe_entry_path(name: &str) -> Result<PathBuf, PackageError> {
     Ok(out)
 }
 
+/// One file of an artifact, as the console's code view shows it.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CodeFile {
+    pub path: String,
+    pub size: u64,
+    /// The content, when it is UTF-8 text of at most `MAX_SHOWN_FILE_BYTES`
+    /// and the listing's text budget allows.
+    pub text: Option<String>,
+}
+
+/// Largest file whose text a listing carries.
+pub const MAX_SHOWN_FILE_BYTES: u64 = 256 * 1024;
+/// Most text one listing carries in all.
+pub const MAX_SHOWN_BYTES: u64 = 1024 * 1024;
+/// Most files one listing names.
+pub const MAX_LISTED_FILES: usize = 500;
+
+/// The files of a stored artifact (a zip this module built), sorted by path,
+/// directories left out; small text files with their content. CPU-bound for
+/// large archives: call it off the async threads.
+pub fn list_files(data: &[u8]) -> Result<Vec<CodeFile>, PackageError> {
+    let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
+    let mut files = Vec::new();
+    let mut budget = MAX_SHOWN_BYTES;
+    let mut names: Vec<(usize, String)> = (0..archive.len())
+        .filter_map(|i| archive.name_for_index(i).map(|n| (i, n.to_string())))
+        .filter(|(_, n)| !n.ends_with('/'))
+        .collect();
+    names.sort_by(|a, b| a.1.cmp(&b.1));
+    for (i, name) in names.into_iter().take(MAX_LISTED_FILES) {
+        let entry = archive.by_index(i).map_err(|e| PackageError::BadZip(e.to_string()))?;
+        let size = entry.size();
+        let text = if size <= MAX_SHOWN_FILE_BYTES && size <= budget {
+            let mut bytes = Vec::with_capacity(size as usize);
+            entry
+                .take(MAX_SHOWN_FILE_BYTES)
+                .read_to_end(&mut bytes)
+                .map_err(|e| PackageError::BadZip(format!("entry {name:?}: {e}")))?;
+            String::from_utf8(bytes).ok()
+        } else {
+            None
+        };
+        if let Some(t) = &text {
+            budget -= t.len() as u64;
+        }
+        files.push(CodeFile { path: name, size, text });
+    }
+    Ok(files)
+}
+
 fn is_symlink(mode: Option<u32>) -> bool {
     mode.is_some_and(|m| m & 0o170000 == 0o120000)
 }
@@ -262,6 +313,26 @@ pub enum ExtractError {
 
 #[cfg(test)]
 pub(crate) mod tests {
+    #[test]
+    fn listing_shows_text_files_and_names_the_rest() {
+        let mut files = std::collections::BTreeMap::new();
+        files.insert("main.py".to_string(), b"def handler(e, c):\n    return 1\n".to_vec());
+        files.insert("lib/data.bin".to_string(), vec![0xff, 0xfe, 0x00]);
+        files.insert("big.txt".to_string(), vec![b'a'; MAX_SHOWN_FILE_BYTES as usize + 1]);
+        let zip = zip_files(&files).unwrap();
+        let listed = list_files(&zip).unwrap();
+        let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(paths, ["big.txt", "lib/data.bin", "main.py"]);
+        assert_eq!(listed[0].text, None, "too large to show");
+        assert_eq!(listed[0].size, MAX_SHOWN_FILE_BYTES + 1);
+        assert_eq!(listed[1].text, None, "not UTF-8");
+        assert_eq!(listed[2].text.as_deref(), Some("def handler(e, c):\n    return 1\n"));
+        assert_eq!(
+            list_files(b"not a zip").unwrap_err().to_string().split(':').next(),
+            Some("not a valid zip archive")
+        );
+    }
+
     use super::*;
 
     fn pkg_of(name: &str, data: &[u8], h: &Handler, r: Runtime) -> Result<Artifact, PackageError> {

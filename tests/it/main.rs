@@ -10,6 +10,7 @@ mod compat;
 mod compat_edge;
 mod compat_wire;
 mod conformance;
+mod console;
 mod examples;
 mod folder;
 mod helpers;
