@@ -2,9 +2,12 @@
 //! package-lock.json) with esbuild, and embeds the result in the binary: the
 //! console is served at `/ui` with no separate server and no CDN.
 //!
-//! Needs Node.js (18 or newer) and npm; `npm ci` runs when `console/node_modules`
-//! is missing or older than the lock file. `INFRA_CONSOLE=skip` builds without
-//! the console (then `/ui` answers 404 saying so).
+//! Needs Node.js (18 or newer) and npm. The packages are installed with
+//! `npm ci --ignore-scripts` into this build's own `OUT_DIR` (never into the
+//! source tree, so concurrent cargo runs cannot pull each other's tree away),
+//! again only when the lock file changes. `INFRA_CONSOLE=skip` builds without
+//! the console (then `/ui/` answers 404 saying so, and the console's tests
+//! fail).
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -27,11 +30,16 @@ fn main() {
         return;
     }
     let console = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("cargo sets it")).join("console");
-    install(&console);
+    let work = out.join("console-build");
+    install(&console, &work);
     let dist = out.join("console");
     let _ = std::fs::remove_dir_all(&dist);
     run(
-        Command::new("node").arg("build.mjs").arg(&dist).current_dir(&console),
+        Command::new("node")
+            .arg(work.join("build.mjs"))
+            .arg(console.join("src"))
+            .arg(&dist)
+            .current_dir(&work),
         "bundle the console (node build.mjs)",
     );
     write_table(&dist, &table);
@@ -47,23 +55,32 @@ fn run(cmd: &mut Command, what: &str) {
     assert!(status.success(), "failed to {what}: {status}");
 }
 
-fn modified(p: &Path) -> Option<std::time::SystemTime> {
-    std::fs::metadata(p).and_then(|m| m.modified()).ok()
-}
-
-/// `npm ci` unless node_modules is as new as the lock file.
-fn install(console: &Path) {
-    let lock = modified(&console.join("package-lock.json"));
-    let installed = modified(&console.join("node_modules/.package-lock.json"));
-    if installed.is_some() && installed >= lock {
+/// The packages of `console/package-lock.json`, installed in `work` unless
+/// the lock file there is already the same.
+fn install(console: &Path, work: &Path) {
+    std::fs::create_dir_all(work).expect("create the console's build dir");
+    for f in ["package.json", "package-lock.json", "build.mjs"] {
+        std::fs::copy(console.join(f), work.join(f)).unwrap_or_else(|e| panic!("copy console/{f}: {e}"));
+    }
+    let lock = std::fs::read(console.join("package-lock.json")).expect("read console/package-lock.json");
+    let stamp = work.join("node_modules/.installed-lock");
+    if std::fs::read(&stamp).is_ok_and(|s| s == lock) {
         return;
     }
     run(
         Command::new("npm")
-            .args(["ci", "--no-audit", "--no-fund", "--loglevel=error"])
-            .current_dir(console),
+            .args([
+                "ci",
+                "--ignore-scripts",
+                "--prefer-offline",
+                "--no-audit",
+                "--no-fund",
+                "--loglevel=error",
+            ])
+            .current_dir(work),
         "install the console's packages (npm ci)",
     );
+    std::fs::write(&stamp, lock).expect("stamp the console's packages");
 }
 
 fn mime(name: &str) -> &'static str {

@@ -33,7 +33,11 @@ export async function api(method, path, { json, form, headers = {}, key } = {}) 
   try {
     res = await fetch(path, { method, headers: h, body });
   } catch (e) {
-    throw new ApiError(0, { error: `the API cannot be reached (${e.message})` }, null);
+    // fetch refuses a header value it cannot send before any request is made.
+    const why = /header|ISO-8859-1/i.test(e.message)
+      ? 'the key holds characters an HTTP header cannot carry'
+      : `the API cannot be reached (${e.message})`;
+    throw new ApiError(0, { error: why }, null);
   }
   const requestId = res.headers.get('x-request-id');
   const text = await res.text();

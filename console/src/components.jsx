@@ -33,7 +33,8 @@ export function useLoad(load, deps = []) {
     setState((s) => ({ ...s, loading: true }));
     load().then(
       (data) => live && setState({ data, error: null, loading: false }),
-      (error) => live && setState({ data: null, error, loading: false }),
+      // A failed refresh keeps what was shown (and says why beside it).
+      (error) => live && setState((s) => ({ data: s.data, error, loading: false })),
     );
     return () => {
       live = false;
@@ -85,6 +86,17 @@ export function Chart({ title, times, series, bars = false, testid }) {
       <figcaption>{title}</figcaption>
       <div ref={el} />
     </figure>
+  );
+}
+
+/** A bar of `part` out of `whole` (memory reserved of capacity, say). */
+export function Meter({ part, whole, label }) {
+  const share = whole > 0 ? Math.min(1, part / whole) : 0;
+  return (
+    <div class="meter" title={label}>
+      <div style={{ width: `${(share * 100).toFixed(1)}%` }} />
+      <span>{label}</span>
+    </div>
   );
 }
 

@@ -21,7 +21,12 @@ function useHash() {
 }
 
 function page(hash) {
-  const parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  let parts;
+  try {
+    parts = hash.replace(/^#\/?/, '').split('/').map(decodeURIComponent);
+  } catch {
+    parts = []; // a malformed link shows the list
+  }
   switch (parts[0]) {
     case 'fn':
       return <FunctionPage key={parts[1]} id={parts[1]} tab={parts[2]} />;

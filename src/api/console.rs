@@ -1,6 +1,7 @@
 //! The web console at `/ui`: static files bundled into the binary at build
-//! time (`build.rs`, from `console/`). They need no key: the console asks for
-//! one and sends it with each API call, like any other client.
+//! time (`build.rs`, from `console/`). They need no key (the guard lists
+//! their routes as public): the console asks for one and sends it with each
+//! API call, like any other client.
 
 use axum::extract::Path;
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
@@ -41,7 +42,12 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         .flat_map(|v| v.split(','))
         .any(|coding| {
             let mut parts = coding.split(';').map(str::trim);
-            parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip")) && !parts.any(|p| p.replace(' ', "") == "q=0")
+            let gzip = parts.next().is_some_and(|c| c.eq_ignore_ascii_case("gzip"));
+            // `q=0` (or 0.0, 0.000) refuses it; an unreadable weight is taken as no.
+            let weight = parts
+                .find_map(|p| p.strip_prefix("q=").or_else(|| p.strip_prefix("Q=")))
+                .map_or(Some(1.0), |q| q.trim().parse::<f32>().ok());
+            gzip && weight.is_some_and(|q| q > 0.0)
         })
 }
 
@@ -89,6 +95,9 @@ mod tests {
         assert!(accepts_gzip(&with("gzip, deflate, br")));
         assert!(accepts_gzip(&with("br;q=1.0, GZIP;q=0.5")));
         assert!(!accepts_gzip(&with("gzip;q=0")));
+        assert!(!accepts_gzip(&with("gzip; q=0.000, br")));
+        assert!(!accepts_gzip(&with("gzip;q=x")));
+        assert!(accepts_gzip(&with("gzip;q=0.001")));
         assert!(!accepts_gzip(&with("identity")));
         assert!(!accepts_gzip(&HeaderMap::new()));
     }

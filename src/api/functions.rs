@@ -725,6 +725,8 @@ pub struct CodeListing {
     /// Sorted by path, 500 at most; UTF-8 files up to 256 KiB with their text
     /// (1 MiB of text in all).
     files: Vec<crate::function::package::CodeFile>,
+    /// Files in the code (more than `files` holds when above 500).
+    total_files: usize,
 }
 
 /// The function's code: its files, and the text of the small ones (the
@@ -740,16 +742,20 @@ pub async fn function_code(
 ) -> Result<Json<CodeListing>, ApiError> {
     let record = state.functions.fetch(&id).await?;
     let data = state.functions.artifacts().get(&record.s3_key).await?;
-    let files = tokio::task::spawn_blocking(move || crate::function::package::list_files(&data))
+    let listing = tokio::task::spawn_blocking(move || crate::function::package::list_files(&data))
         .await
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &e))?
         .map_err(|e| ApiError::internal(StatusCode::INTERNAL_SERVER_ERROR, &e))?;
     Ok(Json(CodeListing {
         function_id: record.function_id,
         sha256: record.sha256,
-        files,
+        files: listing.files,
+        total_files: listing.total,
     }))
 }
+
+/// The newest logged runs the figures are computed from.
+const STATS_RUNS: usize = 1000;
 
 #[derive(Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -761,8 +767,9 @@ pub struct StatsQuery {
 }
 
 /// The function's recent figures from its invocation logs (the newest 1,000
-/// runs at most): runs, error rate, cold-start share, duration p50/p99, and
-/// a series of them per interval for charts.
+/// runs at most; `complete` is false when the window holds more): runs,
+/// error rate, cold-start share, duration p50/p99, and a series of them per
+/// interval for charts.
 #[utoipa::path(
     get, path = "/functions/{id}/stats", tag = "functions",
     params(("id" = String, Path, description = "Function id"), StatsQuery),
@@ -787,10 +794,11 @@ pub async fn function_stats(
     }
     let store = log_store(&state)?;
     state.functions.get(&id).await?;
-    let logs = store.list(&id, 1000).await?;
+    let logs = store.list(&id, STATS_RUNS).await?;
     let window = chrono::Duration::minutes(i64::from(minutes));
     Ok(Json(stats::compute(
         &logs,
+        STATS_RUNS,
         chrono::Utc::now(),
         window,
         stats::bucket_for(window),

@@ -40,6 +40,10 @@ const PUBLIC_ROUTES: &[&str] = &[
     "/api/metrics",
     "/api/openapi.json",
     "/api/models",
+    // The web console's files (its API calls carry the key).
+    "/ui",
+    "/ui/",
+    "/ui/{file}",
 ];
 
 /// The routes whose `POST` is rate limited (as the original scoped it):

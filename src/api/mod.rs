@@ -356,6 +356,7 @@ pub fn router(state: Arc<ApiState>) -> Router {
     Router::new()
         .merge(api.clone())
         .nest("/api", api)
+        .merge(console::router())
         .fallback(no_route)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::guard))
@@ -365,8 +366,6 @@ pub fn router(state: Arc<ApiState>) -> Router {
         // Outermost: preflights are answered before the key check, and every
         // answer (errors too) carries the CORS headers.
         .layer(axum::middleware::from_fn_with_state(state.clone(), middleware::cors))
-        // Outside the guard: the console's files need no key (its calls do).
-        .merge(console::router())
         .with_state(state)
 }
 

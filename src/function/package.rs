@@ -176,10 +176,17 @@ pub const MAX_SHOWN_BYTES: u64 = 1024 * 1024;
 /// Most files one listing names.
 pub const MAX_LISTED_FILES: usize = 500;
 
+/// What `list_files` found: at most `MAX_LISTED_FILES` of `total` files.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CodeFiles {
+    pub files: Vec<CodeFile>,
+    pub total: usize,
+}
+
 /// The files of a stored artifact (a zip this module built), sorted by path,
 /// directories left out; small text files with their content. CPU-bound for
 /// large archives: call it off the async threads.
-pub fn list_files(data: &[u8]) -> Result<Vec<CodeFile>, PackageError> {
+pub fn list_files(data: &[u8]) -> Result<CodeFiles, PackageError> {
     let mut archive = ZipArchive::new(Cursor::new(data)).map_err(|e| PackageError::BadZip(e.to_string()))?;
     let mut files = Vec::new();
     let mut budget = MAX_SHOWN_BYTES;
@@ -188,6 +195,7 @@ pub fn list_files(data: &[u8]) -> Result<Vec<CodeFile>, PackageError> {
         .filter(|(_, n)| !n.ends_with('/'))
         .collect();
     names.sort_by(|a, b| a.1.cmp(&b.1));
+    let total = names.len();
     for (i, name) in names.into_iter().take(MAX_LISTED_FILES) {
         let entry = archive.by_index(i).map_err(|e| PackageError::BadZip(e.to_string()))?;
         let size = entry.size();
@@ -201,12 +209,15 @@ pub fn list_files(data: &[u8]) -> Result<Vec<CodeFile>, PackageError> {
         } else {
             None
         };
+        // By what was read, not what the entry declares: an archive that
+        // lies about its sizes cannot overdraw the budget.
+        let text = text.filter(|t| t.len() as u64 <= budget);
         if let Some(t) = &text {
             budget -= t.len() as u64;
         }
         files.push(CodeFile { path: name, size, text });
     }
-    Ok(files)
+    Ok(CodeFiles { files, total })
 }
 
 fn is_symlink(mode: Option<u32>) -> bool {
@@ -320,7 +331,8 @@ pub(crate) mod tests {
         files.insert("lib/data.bin".to_string(), vec![0xff, 0xfe, 0x00]);
         files.insert("big.txt".to_string(), vec![b'a'; MAX_SHOWN_FILE_BYTES as usize + 1]);
         let zip = zip_files(&files).unwrap();
-        let listed = list_files(&zip).unwrap();
+        let CodeFiles { files: listed, total } = list_files(&zip).unwrap();
+        assert_eq!(total, 3);
         let paths: Vec<&str> = listed.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(paths, ["big.txt", "lib/data.bin", "main.py"]);
         assert_eq!(listed[0].text, None, "too large to show");

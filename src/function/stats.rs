@@ -16,8 +16,13 @@ pub struct FunctionStats {
     pub from: DateTime<Utc>,
     pub to: DateTime<Utc>,
     pub bucket_seconds: u32,
-    /// Runs of the window that the logs hold (the newest 1,000 at most).
+    /// Runs of the window among the entries given (the API gives the newest
+    /// 1,000 logged runs).
     pub runs: u64,
+    /// False when the entries may not reach back to `from` (as many as the
+    /// limit were given, and the oldest is inside the window): the figures
+    /// then cover only the newest runs.
+    pub complete: bool,
     /// Runs whose status is not SUCCESS.
     pub errors: u64,
     /// `errors / runs`; 0 without runs.
@@ -100,7 +105,13 @@ pub fn bucket_for(window: Duration) -> Duration {
 
 /// The figures of `entries` that finished in `(now - window, now]`, in
 /// intervals of `bucket` aligned to whole multiples of it since the epoch.
-pub fn compute(entries: &[LogEntry], now: DateTime<Utc>, window: Duration, bucket: Duration) -> FunctionStats {
+pub fn compute(
+    entries: &[LogEntry],
+    limit: usize,
+    now: DateTime<Utc>,
+    window: Duration,
+    bucket: Duration,
+) -> FunctionStats {
     let step = bucket.num_seconds().max(1);
     let from = now - window;
     let first = from.timestamp().div_euclid(step) * step;
@@ -134,7 +145,9 @@ pub fn compute(entries: &[LogEntry], now: DateTime<Utc>, window: Duration, bucke
         .collect();
     let (p50_ms, p99_ms) = all.percentiles();
     let runs = all.durations.len() as u64;
+    let complete = entries.len() < limit || entries.iter().map(|e| e.finished_at).min().is_some_and(|t| t <= from);
     FunctionStats {
+        complete,
         from,
         to: now,
         bucket_seconds: step as u32,
@@ -195,8 +208,9 @@ mod tests {
             entry(t(599), 7.0, JobStatus::Success, false),
             entry(t(700), 1.0, JobStatus::Success, false), // after now
         ];
-        let s = compute(&logs, t(600), Duration::minutes(10), Duration::seconds(60));
+        let s = compute(&logs, 100, t(600), Duration::minutes(10), Duration::seconds(60));
         assert_eq!(s.bucket_seconds, 60);
+        assert!(s.complete);
         assert_eq!((s.runs, s.errors, s.cold_starts), (4, 2, 1));
         assert_eq!(s.error_rate, 0.5);
         assert_eq!(s.cold_share, 0.25);
@@ -219,9 +233,29 @@ mod tests {
 
     #[test]
     fn no_runs_no_figures() {
-        let s = compute(&[], t(0), Duration::minutes(60), bucket_for(Duration::minutes(60)));
+        let s = compute(&[], 100, t(0), Duration::minutes(60), bucket_for(Duration::minutes(60)));
         assert_eq!((s.runs, s.error_rate, s.cold_share, s.p50_ms), (0, 0.0, 0.0, None));
         assert!(s.series.iter().all(|p| p.runs == 0));
+    }
+
+    #[test]
+    fn figures_from_the_newest_runs_only_say_so() {
+        let logs: Vec<LogEntry> = (0..3)
+            .map(|i| entry(t(100 + i), 1.0, JobStatus::Success, false))
+            .collect();
+        let window = Duration::minutes(10);
+        assert!(
+            !compute(&logs, 3, t(600), window, Duration::seconds(60)).complete,
+            "the limit was reached inside the window"
+        );
+        assert!(
+            compute(&logs, 4, t(600), window, Duration::seconds(60)).complete,
+            "fewer than the limit: all there is"
+        );
+        assert!(
+            compute(&logs, 3, t(200), Duration::seconds(60), Duration::seconds(10)).complete,
+            "the oldest is before the window"
+        );
     }
 
     #[test]
@@ -230,7 +264,7 @@ mod tests {
         let day = Duration::minutes(MAX_WINDOW_MINUTES as i64);
         let b = bucket_for(day);
         assert_eq!(b, Duration::seconds(240));
-        let s = compute(&[], t(0), day, b);
+        let s = compute(&[], 100, t(0), day, b);
         assert!(s.series.len() as i64 <= MAX_POINTS + 1);
     }
 }

@@ -38,6 +38,7 @@ async fn console_files_are_served_without_a_key_compressed_and_cacheable() {
         "{csp}"
     );
     assert_eq!(h["x-content-type-options"], "nosniff");
+    assert!(h.contains_key("x-request-id"), "the API's request handling applies");
 
     let html = plain.get(app.url("/ui/")).send().await.unwrap().text().await.unwrap();
     let script = html
@@ -66,7 +67,12 @@ async fn console_files_are_served_without_a_key_compressed_and_cacheable() {
         assert_eq!(resp.status(), 404, "{path}");
         let body: Value = resp.json().await.unwrap();
         assert!(body["error"].as_str().unwrap().contains("no console file"), "{body}");
+        assert!(body["requestId"].is_string(), "{body}");
     }
+    let resp = plain.post(app.url("/ui/")).send().await.unwrap();
+    assert_eq!(resp.status(), 405);
+    let body: Value = resp.json().await.unwrap();
+    assert!(body["error"].as_str().unwrap().contains("not allowed"), "{body}");
     // The API keeps its key.
     let resp = plain.get(app.url("/functions")).send().await.unwrap();
     assert_eq!(resp.status(), 401);
@@ -113,6 +119,7 @@ async fn stats_count_runs_errors_and_cold_starts_per_interval() {
     assert_eq!(s["errorRate"], 0.25);
     assert_eq!(s["coldStarts"], 1, "one instance, started once: {s}");
     assert_eq!(s["bucketSeconds"], 10);
+    assert_eq!(s["complete"], true);
     assert!(s["p50Ms"].as_f64().unwrap() > 0.0);
     assert!(s["p99Ms"].as_f64().unwrap() >= s["p50Ms"].as_f64().unwrap());
     let series = s["series"].as_array().unwrap();
@@ -151,6 +158,7 @@ async fn code_lists_the_functions_files_with_the_text_of_small_ones() {
         body["files"],
         json!([{"path": "main.py", "size": source.len(), "text": source}])
     );
+    assert_eq!(body["totalFiles"], 1);
     let f: Value = app
         .get(&format!("/functions/{id}"))
         .send()

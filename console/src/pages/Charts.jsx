@@ -34,6 +34,9 @@ export function Charts({ fn, version }) {
             <div><span>{pct(data.errorRate)}</span>errors</div>
             <div><span>{pct(data.coldShare)}</span>cold starts</div>
           </div>
+          {!data.complete && (
+            <p class="note">More runs than the newest 1,000 fall in this window: the figures cover those only.</p>
+          )}
           <div class="charts">
             <Chart title={`Invocations per ${data.bucketSeconds} s`} testid="chart-invocations" bars times={times}
               series={[

@@ -53,6 +53,9 @@ export function Code({ fn, version, onDeployed }) {
         )}
       </header>
       <ErrorBox error={error} />
+      {data && data.totalFiles > files.length && (
+        <p class="note">Showing {files.length} of {data.totalFiles} files.</p>
+      )}
       {file && file.text == null && <p class="muted">{file.path}: {file.size} bytes, not shown (binary or large).</p>}
       {file && file.text != null && (
         <textarea class="code" name="code" rows="16" spellcheck={false} readOnly={!single || owned}

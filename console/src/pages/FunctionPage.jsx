@@ -31,8 +31,7 @@ export function FunctionPage({ id, tab = 'run' }) {
       setDeleteError(e);
     }
   };
-  if (error) return <ErrorBox error={error} />;
-  if (!fn) return <p class="muted">Loading…</p>;
+  if (!fn) return error ? <ErrorBox error={error} /> : <p class="muted">Loading…</p>;
   return (
     <section>
       <header class="bar">
@@ -43,7 +42,7 @@ export function FunctionPage({ id, tab = 'run' }) {
         <code class="muted">{fn.functionId}</code>
         {!fn.owner && <button class="danger" onClick={remove}>Delete</button>}
       </header>
-      <ErrorBox error={deleteError} />
+      <ErrorBox error={deleteError || error} />
       <nav class="tabs">
         {TABS.map(([t, label]) => (
           <a href={`#/fn/${enc(id)}/${t}`} class={t === tab ? 'active' : ''}>{label}</a>

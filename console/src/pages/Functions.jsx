@@ -2,22 +2,25 @@ import { useEffect, useState } from 'preact/hooks';
 import { enc, get } from '../api.js';
 import { ErrorBox, ms, pct, useInterval, useLoad } from '../components.jsx';
 
-/** Each function's last hour, fetched after the list (logs may be off: then none). */
+/** Each function's last hour, fetched when the set of functions changes and
+ * every 30 s (logs may be off: then none). */
 function useStats(functions) {
   const [stats, setStats] = useState({});
+  const [tick, setTick] = useState(0);
+  useInterval(() => setTick((t) => t + 1), 30000);
+  const ids = (functions || []).map((f) => f.functionId).join(',');
   useEffect(() => {
-    if (!functions) return;
     let live = true;
-    for (const f of functions) {
-      get(`/functions/${enc(f.functionId)}/stats?minutes=60`).then(
-        (s) => live && setStats((all) => ({ ...all, [f.functionId]: s })),
+    for (const id of ids ? ids.split(',') : []) {
+      get(`/functions/${enc(id)}/stats?minutes=60`).then(
+        (s) => live && setStats((all) => ({ ...all, [id]: s })),
         () => {},
       );
     }
     return () => {
       live = false;
     };
-  }, [functions]);
+  }, [ids, tick]);
   return stats;
 }
 
@@ -57,7 +60,7 @@ export function Functions() {
                   <td>{f.invocations}</td>
                   <td>{ms(s?.p50Ms)}</td>
                   <td>{ms(s?.p99Ms)}</td>
-                  <td>{s ? pct(s.errorRate) : '–'}</td>
+                  <td data-col="errors">{s ? pct(s.errorRate) : '–'}</td>
                   <td>{s ? pct(s.coldShare) : '–'}</td>
                   <td>{f.owner || <span class="muted">API</span>}</td>
                   <td title={f.sha256}><code>{f.sha256.slice(0, 8)}</code></td>

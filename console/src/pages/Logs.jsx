@@ -1,16 +1,26 @@
 import { useState } from 'preact/hooks';
 import { enc, get } from '../api.js';
-import { ErrorBox, Json, time, useLoad } from '../components.jsx';
+import { ErrorBox, Json, time, useInterval, useLoad } from '../components.jsx';
+
+const SINCE = [
+  ['all', 'any time', 0],
+  ['15m', 'last 15 min', 15],
+  ['1h', 'last hour', 60],
+  ['24h', 'last 24 h', 1440],
+];
 
 export function Logs({ fn, version }) {
   const [status, setStatus] = useState('all');
   const [text, setText] = useState('');
   const [open, setOpen] = useState(null);
   const [detail, setDetail] = useState(null);
-  const { data, error, reload } = useLoad(
-    () => get(`/functions/${enc(fn.functionId)}/logs?limit=200`),
-    [fn.functionId, version],
-  );
+  const [since, setSince] = useState('all');
+  const { data, error, reload } = useLoad(() => {
+    const minutes = SINCE.find(([k]) => k === since)[2];
+    const from = minutes ? `&startTime=${enc(new Date(Date.now() - minutes * 60_000).toISOString())}` : '';
+    return get(`/functions/${enc(fn.functionId)}/logs?limit=200${from}`);
+  }, [fn.functionId, version, since]);
+  useInterval(reload, 5000);
   const shown = (data || []).filter(
     (l) =>
       (status === 'all' || (status === 'ok' ? l.status === 'SUCCESS' : l.status !== 'SUCCESS')) &&
@@ -30,6 +40,9 @@ export function Logs({ fn, version }) {
       <header class="bar">
         <h3>Logs</h3>
         <span class="grow" />
+        <select name="since" value={since} onChange={(e) => setSince(e.currentTarget.value)}>
+          {SINCE.map(([k, label]) => <option value={k}>{label}</option>)}
+        </select>
         <select name="status" value={status} onChange={(e) => setStatus(e.currentTarget.value)}>
           <option value="all">all runs</option>
           <option value="ok">succeeded</option>

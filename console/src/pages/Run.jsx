@@ -1,8 +1,9 @@
-import { useState } from 'preact/hooks';
+import { useEffect, useRef, useState } from 'preact/hooks';
 import { api, enc, TERMINAL } from '../api.js';
 import { ErrorBox, Json, ms } from '../components.jsx';
 
 const sleep = (t) => new Promise((r) => setTimeout(r, t));
+const FOLLOW_MS = 10 * 60 * 1000;
 
 /** A finished job (sync answer or /status): outcome, result, output. */
 export function JobView({ job }) {
@@ -46,6 +47,11 @@ export function Run({ fn, onRan }) {
   const [job, setJob] = useState(null);
   const [error, setError] = useState(null);
   const [busy, setBusy] = useState(false);
+  // Following a job stops when the panel goes away.
+  const mounted = useRef(true);
+  useEffect(() => () => {
+    mounted.current = false;
+  }, []);
 
   const run = async (asynchronous) => {
     setError(null);
@@ -67,11 +73,17 @@ export function Run({ fn, onRan }) {
       } else {
         let current = { jobId: data.jobId, status: 'PENDING' };
         setJob(current);
+        const until = Date.now() + FOLLOW_MS;
         for (let wait = 200; !TERMINAL.has(current.status); wait = Math.min(wait * 1.5, 1000)) {
           await sleep(wait);
+          if (!mounted.current) return;
+          if (Date.now() > until) {
+            throw new Error(`job ${data.jobId} is still ${current.state || current.status} after 10 minutes: follow it with infra jobs get ${data.jobId}`);
+          }
           const s = (await api('GET', `/status/${enc(data.jobId)}`)).data;
-          current = { ...s, jobId: data.jobId };
-          setJob(current);
+          // Unfinished: the original's {status: "pending", state}.
+          current = { ...s, jobId: data.jobId, status: s.state || s.status };
+          if (mounted.current) setJob(current);
         }
       }
       onRan?.();

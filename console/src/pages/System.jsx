@@ -1,28 +1,110 @@
 import { api, get } from '../api.js';
-import { ErrorBox, Fields, time, useLoad } from '../components.jsx';
+import { ErrorBox, Fields, Meter, time, useInterval, useLoad } from '../components.jsx';
 import { useState } from 'preact/hooks';
+
+const RUNTIMES = ['python', 'nodejs', 'go', 'cpp'];
+const ago = (t) => (t ? `${Math.max(0, Math.round((Date.now() - Date.parse(t)) / 1000))} s ago` : '–');
 
 export function System() {
   const status = useLoad(() => get('/system/status'));
   const pool = useLoad(() => get('/warm-pool'));
+  useInterval(() => {
+    status.reload();
+    pool.reload();
+  }, 5000);
+  const st = status.data;
+  const spec = pool.data?.spec;
+  const capacity = pool.data?.capacity;
   return (
     <section>
       <header class="bar">
         <h2>Workers and warm pools</h2>
         <span class="grow" />
-        <button class="secondary" onClick={() => { status.reload(); pool.reload(); }}>Refresh</button>
+        {st && <span class={`badge ${st.status === 'online' ? 'ok' : 'bad'}`}>{st.status}</span>}
       </header>
+      <ErrorBox error={status.error || pool.error} />
+      {capacity && (
+        <div class="card">
+          <h3>Memory</h3>
+          <Meter part={capacity.reservedMb} whole={capacity.capacityMb}
+            label={`${capacity.reservedMb} of ${capacity.capacityMb} MB reserved by instances on ${capacity.workers} worker(s)`} />
+        </div>
+      )}
       <div class="cols">
-        <div class="card" data-testid="system-status">
-          <h3>System status</h3>
-          <ErrorBox error={status.error} />
-          {status.data && <Fields value={status.data} />}
+        <div class="card" data-testid="runtimes">
+          <h3>Runtimes</h3>
+          {spec && st && (
+            <table class="list">
+              <thead><tr><th>Runtime</th><th>Warm instances</th><th>Stem cells wanted</th><th>Warm memory</th><th>Slots</th></tr></thead>
+              <tbody>
+                {RUNTIMES.map((r) => {
+                  const d = spec.runtimes[r];
+                  return (
+                    <tr>
+                      <td>{r}</td>
+                      <td>{st.pools?.[r] ?? 0}</td>
+                      <td>{d ? d.stemCells : <span class="muted">not run here</span>}</td>
+                      <td>{d ? `${d.warmMemoryMb} MB` : '–'}</td>
+                      <td>{d ? d.slots : '–'}</td>
+                    </tr>
+                  );
+                })}
+              </tbody>
+            </table>
+          )}
         </div>
-        <div class="card" data-testid="warm-pool">
-          <h3>Warm pool</h3>
-          <ErrorBox error={pool.error} />
-          {pool.data && <Fields value={pool.data} />}
+        <div class="card" data-testid="warm-functions">
+          <h3>Kept warm (minWarm)</h3>
+          {spec && !spec.functions.length && <p class="muted">No function asks for warm instances.</p>}
+          {spec?.functions.length > 0 && (
+            <table class="list">
+              <thead><tr><th>Function</th><th>Runtime</th><th>minWarm</th><th>Memory</th><th>Owner</th></tr></thead>
+              <tbody>
+                {spec.functions.map((f) => (
+                  <tr>
+                    <td><a href={`#/fn/${encodeURIComponent(f.functionId)}`}>{f.functionId}</a></td>
+                    <td>{f.runtime}</td>
+                    <td>{f.minWarm}</td>
+                    <td>{f.memoryMb} MB</td>
+                    <td>{f.owner || '–'}</td>
+                  </tr>
+                ))}
+              </tbody>
+            </table>
+          )}
         </div>
+      </div>
+      <div class="card" data-testid="workers">
+        <h3>Workers</h3>
+        {st && !st.workers?.length && <p class="muted">No worker has reported.</p>}
+        {st?.workers?.length > 0 && (
+          <table class="list">
+            <thead>
+              <tr><th>Worker</th><th>Host</th><th>Jobs</th><th>Warm</th><th>Idle / busy instances</th><th>Memory reserved</th><th>Reported</th></tr>
+            </thead>
+            <tbody>
+              {st.workers.map((w) => (
+                <tr>
+                  <td><code>{w.workerId.slice(0, 8)}</code></td>
+                  <td>{w.hostname}</td>
+                  <td>{w.activeJobs} / {w.concurrency}</td>
+                  <td>{w.warmInstances}</td>
+                  <td>{w.pool ? `${w.pool.idleInstances} / ${w.pool.busyInstances}` : '–'}</td>
+                  <td>
+                    {w.pool ? <Meter part={w.pool.reservedMb} whole={w.pool.capacityMb} label={`${w.pool.reservedMb} / ${w.pool.capacityMb} MB`} /> : '–'}
+                  </td>
+                  <td>{ago(w.reportedAt)}</td>
+                </tr>
+              ))}
+            </tbody>
+          </table>
+        )}
+        {st && (
+          <details>
+            <summary class="muted">All of /system/status</summary>
+            <Fields value={st} />
+          </details>
+        )}
       </div>
     </section>
   );
@@ -35,6 +117,7 @@ const lastError = (l) => {
 
 export function DeadLetters() {
   const { data, error, reload } = useLoad(() => get('/dead-letters?limit=100'));
+  useInterval(reload, 5000);
   const [outcome, setOutcome] = useState(null);
   const [redriveError, setRedriveError] = useState(null);
   const redrive = async (jobIds) => {
