@@ -129,6 +129,7 @@ impl UidPool {
                 uid,
                 pool: self.free.clone(),
                 lock: Some(lock),
+                killed: std::sync::atomic::AtomicBool::new(false),
             };
             // Left clean by the last lease, or by a holder that died (or new
             // since boot, or from a worker without these locks), which may
@@ -259,12 +260,25 @@ pub(super) struct UidLease {
     pool: Arc<Mutex<VecDeque<u32>>>,
     /// Holds the uid's `flock` while open (taken when the lease ends).
     lock: Option<std::fs::File>,
+    /// Set by a successful `kill_processes`: nothing has run as the uid since
+    /// (its holder starts nothing more), so the end of the lease need not
+    /// kill again.
+    killed: std::sync::atomic::AtomicBool,
 }
 
 impl UidLease {
-    /// Kills every process running as this uid now (see [`kill_uid`]).
-    pub(super) fn kill_processes(&self) -> bool {
-        kill_uid(self.uid)
+    /// Kills every process running as this uid now (see [`kill_uid`]), on a
+    /// blocking thread (it forks and waits). The caller must start nothing
+    /// more as this uid afterwards.
+    pub(super) async fn kill_processes(&self) -> bool {
+        let uid = self.uid;
+        let killed = tokio::task::spawn_blocking(move || kill_uid(uid))
+            .await
+            .unwrap_or(false);
+        if killed {
+            self.killed.store(true, std::sync::atomic::Ordering::Release);
+        }
+        killed
     }
 }
 
@@ -276,8 +290,9 @@ impl Drop for UidLease {
     fn drop(&mut self) {
         let Some(lock) = self.lock.take() else { return };
         let (uid, pool) = (self.uid, self.pool.clone());
+        let killed = self.killed.load(std::sync::atomic::Ordering::Acquire);
         let release = move || {
-            if !kill_uid(uid) {
+            if !killed && !kill_uid(uid) {
                 // Something of it may live on: the uid stays out of this
                 // pool, and its file says `held` for any other worker.
                 tracing::error!(uid, "instance uid withdrawn: its processes could not be killed");

@@ -396,7 +396,7 @@ pub async fn run_program(
     // ... and whatever left the group (a `setsid()` daemon; without a
     // sandbox no PID namespace ends it): every process of the run's uid.
     if let Some(lease) = &lease {
-        lease.kill_processes();
+        lease.kill_processes().await;
     }
     let duration_ms = started.elapsed().as_secs_f64() * 1000.0;
     let status = match waited {
