@@ -207,7 +207,9 @@ impl FunctionService {
     /// already gone, so cleanup can be repeated.
     pub async fn remove_owned(&self, id: &str, owner: &str) -> Result<()> {
         match self.delete(id, Some(owner)).await {
-            Ok(()) | Err(ServiceError::NotFound(_)) => {}
+            // `delete` removed the artifacts too.
+            Ok(()) => return Ok(()),
+            Err(ServiceError::NotFound(_)) => {}
             Err(e) => return Err(e),
         }
         // Artifacts left by an interrupted earlier cleanup.

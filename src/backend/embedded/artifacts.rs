@@ -136,7 +136,9 @@ impl ArtifactStore for LocalArtifactStore {
         let prefix = prefix.to_string();
         tokio::task::spawn_blocking(move || {
             let mut keys = Vec::new();
-            let mut stack = vec![root.clone()];
+            // From the deepest folder the prefix names, not the whole tree: a
+            // cleanup of one of 1,000 functions must not walk all of them.
+            let mut stack = vec![root.join(prefix_dir(&prefix))];
             while let Some(dir) = stack.pop() {
                 let entries = match std::fs::read_dir(&dir) {
                     Ok(e) => e,
@@ -186,9 +188,36 @@ impl ArtifactStore for LocalArtifactStore {
     }
 }
 
+/// The folder (relative to the root) that holds every key starting with
+/// `prefix`: its part up to the last `/`, when that part is plain names.
+fn prefix_dir(prefix: &str) -> std::path::PathBuf {
+    let dir = prefix.rsplit_once('/').map_or("", |(d, _)| d);
+    let plain = std::path::Path::new(dir)
+        .components()
+        .all(|c| matches!(c, std::path::Component::Normal(_)));
+    if plain {
+        std::path::PathBuf::from(dir)
+    } else {
+        std::path::PathBuf::new()
+    }
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{validate_key, LocalArtifactStore};
+    #[test]
+    fn a_listing_starts_in_the_folder_its_prefix_names() {
+        use std::path::PathBuf;
+        assert_eq!(prefix_dir("functions/abc/"), PathBuf::from("functions/abc"));
+        assert_eq!(prefix_dir("functions/ab"), PathBuf::from("functions"));
+        assert_eq!(prefix_dir("functions"), PathBuf::new());
+        assert_eq!(prefix_dir(""), PathBuf::new());
+        // Anything but plain names walks from the root (and filters there).
+        assert_eq!(prefix_dir("../x/"), PathBuf::new());
+        assert_eq!(prefix_dir("/etc/"), PathBuf::new());
+        assert_eq!(prefix_dir("a/./b/"), PathBuf::from("a/b"));
+    }
+
+    use super::{prefix_dir, validate_key, LocalArtifactStore};
     use crate::backend::ArtifactStore;
     use std::time::{Duration, SystemTime};
 
