@@ -73,6 +73,8 @@ const RESULTS: &str = "results/";
 const DEAD_LETTERS: &str = "dead-letters/";
 const IDEMPOTENCY: &str = "idempotency/";
 const PAYLOADS: &str = "payloads/";
+/// Dead-letter reads in flight when listing them.
+const DEAD_LETTER_READS: usize = 16;
 
 impl Ledger {
     pub fn new(store: Arc<dyn RecordStore>) -> Self {
@@ -121,14 +123,21 @@ impl Ledger {
             Some(f) => format!("{DEAD_LETTERS}{f}/"),
             None => DEAD_LETTERS.to_string(),
         };
+        use futures::{StreamExt, TryStreamExt};
         let keys = self.store.list(&prefix, limit).await?;
-        let mut letters = Vec::with_capacity(keys.len());
-        for key in keys {
-            // Gone meanwhile (redriven by someone else): skip.
-            if let Some(bytes) = self.store.get(&key).await? {
-                letters.push(decode::<DeadLetter>("dead letter", &bytes)?);
-            }
-        }
+        // One read per letter (an S3 GET in production): several at a time.
+        let store = &self.store;
+        let read: Vec<Option<bytes::Bytes>> = futures::stream::iter(keys)
+            .map(|key| async move { store.get(&key).await })
+            .buffer_unordered(DEAD_LETTER_READS)
+            .try_collect()
+            .await?;
+        // A letter gone meanwhile (redriven by someone else) is skipped.
+        let mut letters = read
+            .into_iter()
+            .flatten()
+            .map(|bytes| decode::<DeadLetter>("dead letter", &bytes))
+            .collect::<Result<Vec<_>>>()?;
         letters.sort_by_key(|l| l.dead_lettered_at);
         Ok(letters)
     }
