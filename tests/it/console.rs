@@ -159,14 +159,7 @@ async fn code_lists_the_functions_files_with_the_text_of_small_ones() {
         json!([{"path": "main.py", "size": source.len(), "text": source}])
     );
     assert_eq!(body["totalFiles"], 1);
-    let f: Value = app
-        .get(&format!("/functions/{id}"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let f = app.fetch_json(&format!("/functions/{id}")).await;
     assert_eq!(body["sha256"], f["sha256"]);
 
     let resp = app.get("/functions/nope/code").send().await.unwrap();
