@@ -27,10 +27,13 @@ const CSP: &str = "default-src 'none'; script-src 'self'; style-src 'self'; img-
 pub fn router<S: Clone + Send + Sync + 'static>() -> Router<S> {
     Router::new()
         .route("/ui", get(|| async { Redirect::permanent("/ui/") }))
-        .route("/ui/", get(|h: HeaderMap| async move { serve("index.html", &h) }))
+        .route(
+            "/ui/",
+            get(|h: HeaderMap| async move { serve(ASSETS, "index.html", &h) }),
+        )
         .route(
             "/ui/{file}",
-            get(|Path(file): Path<String>, h: HeaderMap| async move { serve(&file, &h) }),
+            get(|Path(file): Path<String>, h: HeaderMap| async move { serve(ASSETS, &file, &h) }),
         )
 }
 
@@ -51,9 +54,10 @@ fn accepts_gzip(headers: &HeaderMap) -> bool {
         })
 }
 
-fn serve(name: &str, headers: &HeaderMap) -> Response {
-    let Some(asset) = ASSETS.iter().find(|a| a.name == name) else {
-        let message = if ASSETS.is_empty() {
+/// `name` from `assets` (the bundle; empty when built without it).
+fn serve(assets: &[Asset], name: &str, headers: &HeaderMap) -> Response {
+    let Some(asset) = assets.iter().find(|a| a.name == name) else {
+        let message = if assets.is_empty() {
             "the web console is not in this build (built with INFRA_CONSOLE=skip)".to_string()
         } else {
             format!("no console file {name:?}")
@@ -100,6 +104,18 @@ mod tests {
         assert!(accepts_gzip(&with("gzip;q=0.001")));
         assert!(!accepts_gzip(&with("identity")));
         assert!(!accepts_gzip(&HeaderMap::new()));
+    }
+
+    #[tokio::test]
+    async fn a_build_without_the_console_says_so() {
+        let resp = serve(&[], "index.html", &HeaderMap::new());
+        assert_eq!(resp.status(), StatusCode::NOT_FOUND);
+        let body = axum::body::to_bytes(resp.into_body(), 4096).await.unwrap();
+        let text = String::from_utf8_lossy(&body);
+        assert!(
+            text.contains("not in this build (built with INFRA_CONSOLE=skip)"),
+            "{text}"
+        );
     }
 
     #[test]
